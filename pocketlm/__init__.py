@@ -1,0 +1,57 @@
+"""pocketlm: run small language models on your own machine, offline.
+
+import pocketlm
+with pocketlm.load("smollm2-135m-instruct") as m:
+    print(m.generate("Why is the sky blue?", max_tokens=64).text)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["load", "pull", "GenerationParams", "LoadParams", "PocketError", "__version__"]
+
+if TYPE_CHECKING:
+    from pocketlm.services.runtime import LoadedModel
+    from pocketlm.store.manifest import Manifest
+
+
+def load(model: str | None = None, **load_params: Any) -> LoadedModel:
+    """Load a model by store name, catalog name (pulled on first use) or GGUF path.
+
+    ``load_params`` are ``pocketlm.LoadParams`` fields: ``ctx``, ``threads``, ``batch``.
+    """
+    from pocketlm.progress import RichProgress
+    from pocketlm.services.runtime import LoadedModel
+
+    progress = RichProgress()
+    try:
+        return LoadedModel(model, progress=progress, **load_params)
+    finally:
+        progress.close()
+
+
+def pull(model: str) -> Manifest:
+    """Fetch a catalog model into the store (or register a GGUF path); returns its manifest."""
+    from pocketlm.progress import RichProgress
+    from pocketlm.store.pull import pull as _pull
+
+    progress = RichProgress()
+    try:
+        return _pull(model, progress=progress).manifest
+    finally:
+        progress.close()
+
+
+def __getattr__(name: str) -> Any:
+    # Heavy modules load on first use, so `import pocketlm` stays fast.
+    if name in ("GenerationParams", "LoadParams"):
+        from pocketlm import params
+
+        return getattr(params, name)
+    if name == "PocketError":
+        from pocketlm.errors import PocketError
+
+        return PocketError
+    raise AttributeError(f"module 'pocketlm' has no attribute {name!r}")

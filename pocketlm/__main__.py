@@ -1,0 +1,5 @@
+import sys
+
+from pocketlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""pocketlm fit NAME [--ctx N]: will the model run here, and how fast can it decode?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pocketlm.cli.fmt import human_bytes
+
+HELP = "check whether a model fits in this machine's memory, and estimate its decode speed"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name or GGUF path")
+    p.add_argument("--ctx", type=int, help="context window in tokens (default: the model's, "
+                   "at most 4096)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pocketlm.services.fit import fit
+    from pocketlm.store.gguf_check import inspect_gguf
+    from pocketlm.store.pull import looks_like_path
+    from pocketlm.store.store import Store
+
+    if looks_like_path(args.model):
+        path, name = Path(args.model).expanduser(), args.model
+    else:
+        path, name = Path(Store().get(args.model).path), args.model
+    r = fit(name, inspect_gguf(path), args.ctx)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0 if r.fits else 1
+    verdict = "fits" if r.fits else "does NOT fit"
+    limit = f" (model maximum {r.context_length})" if r.context_length else ""
+    print(f"{r.model} at {r.ctx} tokens of context{limit}: {verdict} in memory")
+    print(f"  weights        {human_bytes(r.weights_bytes):>10}")
+    print(f"  KV cache       {human_bytes(r.kv_bytes):>10}   (f16, {r.ctx} tokens)")
+    print(f"  compute        {human_bytes(r.compute_bytes):>10}   (estimate)")
+    print(f"  total          {human_bytes(r.total_bytes):>10}")
+    print(f"  RAM available  {human_bytes(r.ram_available_bytes):>10}   of "
+          f"{human_bytes(r.ram_total_bytes)}")  # fmt: skip
+    print(f"decode speed bound from memory bandwidth ({r.bandwidth_bytes_per_s / 1e9:.1f} GB/s): "
+          f"~{r.decode_tps_empty:.0f} tok/s at an empty context, ~{r.decode_tps_full:.0f} tok/s "
+          "with the context full")  # fmt: skip
+    if not r.fits:
+        print("to fit: use a smaller --ctx, or a smaller quantization of the model")
+    return 0 if r.fits else 1

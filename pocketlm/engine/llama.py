@@ -1,0 +1,256 @@
+"""Thin, typed wrappers over llama.cpp: model, context (one KV cache) and sampler.
+
+Every object owns one llama.cpp pointer and frees it in ``close()``. Nothing
+here knows about chat templates, stop strings or the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+import llama_cpp as ll
+
+from pocketlm.errors import EngineError
+
+_log_lock = threading.Lock()
+_log_tail: collections.deque[str] = collections.deque(maxlen=50)
+_log_echo = False
+_backend_ready = False
+
+
+@ll.llama_log_callback
+def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    msg = text.decode("utf-8", "replace") if text else ""
+    _log_tail.append(msg)
+    if _log_echo:
+        sys.stderr.write(msg)
+
+
+def init_backend() -> None:
+    """Route llama.cpp's log through pocketlm (kept for error messages, echoed to stderr only
+    with POCKETLM_ENGINE_LOG=1); idempotent."""
+    global _backend_ready, _log_echo
+    with _log_lock:
+        _log_echo = os.environ.get("POCKETLM_ENGINE_LOG", "") not in ("", "0")
+        if not _backend_ready:
+            ll.llama_log_set(_on_log, ctypes.c_void_p(0))
+            ll.llama_backend_init()
+            _backend_ready = True
+
+
+def last_log_error() -> str:
+    """The last non-empty line llama.cpp logged (its own reason for a failure)."""
+    for line in reversed(_log_tail):
+        if line.strip():
+            return line.strip()
+    return "no details"
+
+
+class Model:
+    """A loaded model (weights) and its vocabulary."""
+
+    def __init__(self, path: str, *, use_extra_bufts: bool = True, vocab_only: bool = False):
+        init_backend()
+        params = ll.llama_model_default_params()
+        params.use_extra_bufts = use_extra_bufts
+        params.vocab_only = vocab_only
+        _log_tail.clear()
+        self._ptr = ll.llama_model_load_from_file(path.encode(), params)
+        if not self._ptr:
+            raise EngineError(f"llama.cpp could not load {path}: {last_log_error()}")
+        self.path = path
+        self.vocab = ll.llama_model_get_vocab(self._ptr)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = ll.llama_model_n_ctx_train(self._ptr)
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self.vocab))
+        self.bos = ll.llama_vocab_bos(self.vocab)
+        self.eos = ll.llama_vocab_eos(self.vocab)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+
+    # -- vocabulary --------------------------------------------------------------
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+            if n >= 0:
+                return buf[:n]
+            cap = -n
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (cached: decoding calls this once per generated token)."""
+        key = (token, special)
+        cached = self._pieces.get(key)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+            cached = self._pieces[key] = buf.raw[:n]
+        return cached
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        arr = (ll.llama_token * len(tokens))(*tokens)
+        cap = 4 * len(tokens) + 16
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            n = ll.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, not special, special)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            cap = -n
+
+    def is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        raw = ll.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def chat_template(self) -> str | None:
+        raw = ll.llama_model_chat_template(self._ptr, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    def close(self) -> None:
+        if self._ptr:
+            ll.llama_model_free(self._ptr)
+            self._ptr = None
+
+
+class Context:
+    """One llama.cpp context holding the KV cache of a single sequence.
+
+    ``tokens`` mirrors what the KV cache holds, so a new prompt that starts with
+    the same tokens (a chat that continues, a repeated system prompt) only
+    evaluates the part that differs.
+    """
+
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int):
+        params = ll.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = 1
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        _log_tail.clear()
+        self._ptr = ll.llama_init_from_model(model._ptr, params)
+        if not self._ptr:
+            raise EngineError(f"llama.cpp could not create a context: {last_log_error()}")
+        self.model = model
+        self.n_ctx = ll.llama_n_ctx(self._ptr)
+        self.n_batch = n_batch
+        self._memory = ll.llama_get_memory(self._ptr)
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self.tokens: list[int] = []
+
+    def _decode(self, tokens: Sequence[int], start: int, want_logits: bool) -> None:
+        batch = self._batch
+        for i, tok in enumerate(tokens):
+            batch.token[i] = tok
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 0
+        if want_logits:
+            batch.logits[len(tokens) - 1] = 1
+        batch.n_tokens = len(tokens)
+        rc = ll.llama_decode(self._ptr, batch)
+        if rc != 0:
+            # The KV cache may hold part of the batch: forget it.
+            ll.llama_memory_seq_rm(self._memory, 0, start, -1)
+            raise EngineError(f"llama_decode failed (code {rc}): {last_log_error()}")
+        self.tokens.extend(tokens)
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Evaluate ``prompt``, reusing the cached prefix; returns how many tokens were reused."""
+        if not prompt:
+            raise EngineError("cannot evaluate an empty prompt")
+        common = 0
+        for a, b in zip(self.tokens, prompt):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(prompt) - 1)  # the last token must be evaluated for its logits
+        ll.llama_memory_seq_rm(self._memory, 0, common, -1)
+        del self.tokens[common:]
+        for at in range(common, len(prompt), self.n_batch):
+            chunk = prompt[at : at + self.n_batch]
+            self._decode(chunk, at, want_logits=at + len(chunk) == len(prompt))
+        return common
+
+    def step(self, token: int) -> None:
+        """Append one token (the one just sampled) to the sequence."""
+        self._decode((token,), len(self.tokens), want_logits=True)
+
+    def reset(self) -> None:
+        ll.llama_memory_clear(self._memory, True)
+        self.tokens.clear()
+
+    def close(self) -> None:
+        if self._ptr:
+            ll.llama_batch_free(self._batch)
+            ll.llama_free(self._ptr)
+            self._ptr = None
+
+
+class Sampler:
+    """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, then a draw."""
+
+    def __init__(
+        self,
+        *,
+        n_vocab: int,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repeat_penalty: float,
+        repeat_last_n: int,
+        seed: int,
+    ):
+        self._ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        add = lambda s: ll.llama_sampler_chain_add(self._ptr, s)  # noqa: E731
+        if repeat_penalty != 1.0 and repeat_last_n != 0:
+            add(ll.llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, 0.0, 0.0))
+        if temperature <= 0.0:
+            add(ll.llama_sampler_init_greedy())
+            return
+        if top_k > 0:
+            add(ll.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            add(ll.llama_sampler_init_top_p(top_p, 1))
+        if min_p > 0.0:
+            add(ll.llama_sampler_init_min_p(min_p, 1))
+        add(ll.llama_sampler_init_temp(temperature))
+        add(ll.llama_sampler_init_dist(seed))
+
+    @classmethod
+    def greedy(cls, n_vocab: int) -> Sampler:
+        return cls(
+            n_vocab=n_vocab, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
+            repeat_last_n=0, seed=0,
+        )  # fmt: skip
+
+    def sample(self, ctx: Context) -> int:
+        """Draw the next token from the logits of the last evaluated position (and accept it)."""
+        return ll.llama_sampler_sample(self._ptr, ctx._ptr, -1)
+
+    def accept(self, token: int) -> None:
+        """Feed a token the model did not sample (prompt history) to the penalties."""
+        ll.llama_sampler_accept(self._ptr, token)
+
+    def close(self) -> None:
+        if self._ptr:
+            ll.llama_sampler_free(self._ptr)
+            self._ptr = None

@@ -1,0 +1,69 @@
+"""Errors that reach the user.
+
+Every error pocketlm raises on purpose is a ``PocketError``: its message is one
+line that says what is wrong and, where there is one, the command that fixes
+it. Interfaces print it without a traceback (the CLI exits with ``exit_code``,
+the server maps ``http_status``).
+"""
+
+from __future__ import annotations
+
+
+class PocketError(Exception):
+    """Base class: a one-line message for the user."""
+
+    exit_code = 1
+    http_status = 400
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class UsageError(PocketError):
+    """Invalid option value or argument."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(PocketError):
+    """No model of that name in the store or the catalog."""
+
+    http_status = 404
+
+
+class InvalidModelError(PocketError):
+    """A file that is not a usable GGUF model (rejected before llama.cpp reads it)."""
+
+    http_status = 422
+
+
+class PullError(PocketError):
+    """A pull that could not finish; nothing was left in the store."""
+
+    http_status = 502
+
+
+class ContextOverflowError(PocketError):
+    """Prompt plus requested tokens do not fit in the context window."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int, hint: str | None = None):
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        need = prompt_tokens + max_tokens
+        super().__init__(
+            f"prompt ({prompt_tokens} tokens) + max tokens ({max_tokens}) = {need} "
+            f"exceeds the context window ({n_ctx} tokens)",
+            hint,
+        )
+
+
+class EngineError(PocketError):
+    """llama.cpp could not load or run a model."""
+
+    http_status = 500

@@ -1,0 +1,103 @@
+"""The one typed definition of generation and load parameters.
+
+CLI flags (``pocketlm.cli.flags``), the Python API and, later, HTTP request
+schemas are all derived from these models, so names, ranges and defaults cannot
+drift apart. Each field's ``description`` is its help text; ``cli`` in
+``json_schema_extra`` gives the flag name where it differs from the field name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pocketlm.errors import UsageError
+
+
+class GenerationParams(BaseModel):
+    """How to sample one answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="most tokens to generate (default: until the model stops "
+        "or the context is full)",
+    )
+    temperature: float = Field(
+        0.8, ge=0.0, le=5.0, description="sampling temperature; 0 picks the likeliest token"
+    )
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling: keep this mass")
+    top_k: int = Field(40, ge=0, description="keep the k likeliest tokens (0: all)")
+    min_p: float = Field(
+        0.05, ge=0.0, le=1.0, description="drop tokens below this fraction of the top one"
+    )
+    repeat_penalty: float = Field(
+        1.1, gt=0.0, le=10.0, description="penalise recently seen tokens (1: off)"
+    )
+    repeat_last_n: int = Field(64, ge=0, description="how many recent tokens the penalty sees")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 2, description="random seed (same seed, same output)"
+    )
+    stop: tuple[str, ...] = Field(
+        (),
+        description="stop when this text appears (repeatable)",
+        json_schema_extra={"cli_repeat": True},
+    )
+    truncate: bool = Field(
+        False,
+        description="when the prompt does not fit, drop the oldest messages (or the "
+        "start of a raw prompt) and say what was dropped, instead of failing",
+    )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return (v,)
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(s == "" for s in v):
+            raise ValueError("stop sequences must not be empty")
+        return v
+
+
+class LoadParams(BaseModel):
+    """How to load a model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ctx: int | None = Field(
+        None,
+        ge=16,
+        le=1 << 20,
+        description="context window in tokens (default: the model's, at most 4096)",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads (default: physical cores)"
+    )
+    batch: int = Field(512, ge=1, le=1 << 16, description="prompt tokens evaluated per step")
+
+
+DEFAULT_CTX_CAP = 4096
+
+
+def validate(model: type[BaseModel], values: dict[str, Any], flag_names: bool = False):
+    """Build ``model`` from ``values``; errors become one-line ``UsageError``s naming the field."""
+    try:
+        return model(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "value"
+        if flag_names:
+            field = "--" + field.replace("_", "-")
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            raise UsageError(f"unknown parameter '{field}'", f"known: {known}") from None
+        got = err.get("input")
+        raise UsageError(f"invalid {field} {got!r}: {err['msg'].lower()}") from None

@@ -1,0 +1,102 @@
+"""Progress reporting for long work (pulls, benchmarks), decoupled from any UI.
+
+Services report through a ``Progress``; the CLI passes a ``RichProgress`` that
+draws bars with rate and ETA on stderr (stdout stays for results), and prints a
+line per step when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol
+
+
+class Task(Protocol):
+    def advance(self, n: int) -> None: ...
+    def update(self, completed: int, total: int | None = None) -> None: ...
+
+
+class Progress(Protocol):
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> Task: ...
+    def note(self, message: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class _NullTask:
+    def advance(self, n: int) -> None:
+        pass
+
+    def update(self, completed: int, total: int | None = None) -> None:
+        pass
+
+
+class NullProgress:
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> Task:
+        return _NullTask()
+
+    def note(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RichTask:
+    def __init__(self, progress, task_id):
+        self._progress, self._id = progress, task_id
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._id, n)
+
+    def update(self, completed: int, total: int | None = None) -> None:
+        if total is not None:
+            self._progress.update(self._id, total=total)
+        self._progress.update(self._id, completed=completed)
+
+
+class RichProgress:
+    """Bars on stderr: description, bar, done/total, rate, ETA."""
+
+    def __init__(self, file=None):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as _Progress
+
+        self.console = Console(file=file or sys.stderr)
+        self._interactive = self.console.is_terminal
+        self._bars = _Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+            disable=not self._interactive,
+        )
+        self._started = False
+
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> Task:
+        if not self._started:
+            self._bars.start()
+            self._started = True
+        if not self._interactive:
+            size = f" ({total / 1e6:.1f} MB)" if total and unit == "bytes" else ""
+            self.console.print(f"{description}{size}", highlight=False)
+        return _RichTask(self._bars, self._bars.add_task(description, total=total))
+
+    def note(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    def close(self) -> None:
+        if self._started:
+            self._bars.stop()
+            self._started = False

@@ -1,0 +1,1 @@
+"""Services: what pocketlm does (generate, chat, fit...), independent of any interface."""

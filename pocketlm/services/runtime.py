@@ -1,0 +1,390 @@
+"""A loaded model and what you can ask of it: generate, chat, tokenize.
+
+This is the service the CLI (`pocketlm run`), the Python API (`pocketlm.load`)
+and the server stand on. Generation is a generator of text pieces: prefill
+(evaluate the prompt, reusing any cached prefix) and then one decode step per
+token, with stop strings, UTF-8 reassembly and the context limit handled here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import resource
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pocketlm import config
+from pocketlm.errors import ContextOverflowError, UsageError
+from pocketlm.params import DEFAULT_CTX_CAP, GenerationParams, LoadParams, validate
+from pocketlm.progress import NullProgress, Progress
+from pocketlm.services import chat_template
+from pocketlm.services.machine import default_threads
+from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
+from pocketlm.store.manifest import Manifest
+from pocketlm.store.pull import looks_like_path, pull
+from pocketlm.store.store import Store
+
+
+@dataclass
+class Stats:
+    """Timings of one generation; rates in tokens per second."""
+
+    load_s: float = 0.0
+    ttft_s: float = 0.0  # request start (after load) to the first generated token
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache, not recomputed
+    prefill_tps: float = 0.0
+    completion_tokens: int = 0
+    decode_tps: float = 0.0  # tokens after the first, over the time after the first
+    peak_rss_bytes: int = 0
+    seed: int | None = None
+    truncated_tokens: int = 0  # prompt tokens dropped to fit the context (--truncate)
+    truncated_messages: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (end of turn or stop string), "length" (max tokens), "context"
+    stats: Stats = field(default_factory=Stats)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def resolve(ref: str, store: Store, progress: Progress) -> tuple[Path, Manifest | None]:
+    """A model reference (store name, catalog name, or GGUF path) -> file, manifest."""
+    if looks_like_path(ref):
+        return Path(ref).expanduser(), None
+    manifest = store.find(ref)
+    if manifest is None:
+        from pocketlm.store import catalog
+
+        if ref not in catalog.CATALOG:
+            store.get(ref)  # raises "unknown model" with close names
+        manifest = pull(ref, store=store, progress=progress).manifest
+    return Path(manifest.path), manifest
+
+
+class LoadedModel:
+    """A model loaded into memory with one context. Use as a context manager, or ``close()``."""
+
+    def __init__(
+        self,
+        ref: str | None = None,
+        *,
+        store: Store | None = None,
+        progress: Progress | None = None,
+        **load_params: Any,
+    ):
+        from pocketlm.engine import probe
+        from pocketlm.engine.llama import Context, Model, init_backend
+
+        self.params: LoadParams = validate(LoadParams, load_params)
+        started = time.perf_counter()
+        store = store or Store()
+        self.ref = ref or config.default_model()
+        path, self.manifest = resolve(self.ref, store, progress or NullProgress())
+        self.info: GGUFInfo = inspect_gguf(path)  # before llama.cpp sees a byte of it
+        self.name = self.manifest.name if self.manifest else path.name
+        init_backend()
+        extra = probe.extra_bufts_safe(str(path))
+        self._model = Model(str(path), use_extra_bufts=extra)
+        n_ctx = self.params.ctx or min(self._model.n_ctx_train or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+        self._ctx = Context(
+            self._model,
+            n_ctx=n_ctx,
+            n_threads=self.params.threads or default_threads(),
+            n_batch=min(self.params.batch, n_ctx),
+        )
+        self.template = self._model.chat_template()
+        self.load_s = time.perf_counter() - started
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            self._ctx.close()
+            self._model.close()
+            self._ctx = self._model = None
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    @property
+    def n_ctx(self) -> int:
+        return self._ctx.n_ctx
+
+    # -- vocabulary -----------------------------------------------------------------
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return self._model.detokenize(list(tokens), special=special)
+
+    # -- generation -----------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        raw: bool = False,
+        stream: bool = False,
+        **params: Any,
+    ) -> Completion | Stream:
+        """Complete ``prompt``: formatted with the model's chat template unless ``raw`` (or the
+        model has none). ``stream=True`` returns an iterator of text pieces."""
+        if not prompt.strip():
+            raise UsageError("the prompt is empty", 'give a prompt, e.g. pocketlm run "Hello"')
+        if raw or not self.template:
+            if system:
+                prompt = f"{system}\n\n{prompt}"
+            return self._start(self._raw_prompt(prompt), params, stream)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return self.chat(messages, stream=stream, **params)
+
+    def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = False, **params: Any):
+        """Answer the last message of a conversation, formatted with the model's template."""
+        checked = chat_template.check_messages(messages)
+        if not self.template:
+            raise UsageError(
+                f"model '{self.name}' has no chat template", "use generate(..., raw=True)"
+            )
+        return self._start(_ChatPrompt(self, checked), params, stream)
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        bos = self._model.token_text(self._model.bos) if self._model.bos >= 0 else ""
+        eos = self._model.token_text(self._model.eos) if self._model.eos >= 0 else ""
+        return chat_template.render(self.template, messages, bos_token=bos, eos_token=eos)
+
+    def _raw_prompt(self, text: str) -> _RawPrompt:
+        return _RawPrompt(self.tokenize(text, add_special=True, parse_special=True))
+
+    def _start(self, prompt: _Prompt, params: dict[str, Any], stream: bool):
+        gen = validate(GenerationParams, params)
+        s = Stream(self, prompt, gen)
+        if stream:
+            return s
+        for _ in s:
+            pass
+        return s.completion
+
+    def _chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self.render(messages)
+        bos = self._model.token_text(self._model.bos) if self._model.bos >= 0 else None
+        add_bos = self._model.add_bos and not (bos and text.startswith(bos))
+        return self.tokenize(text, add_special=add_bos, parse_special=True)
+
+
+class _RawPrompt:
+    def __init__(self, tokens: list[int]):
+        self.tokens = tokens
+        self.dropped_messages = 0
+
+    def fit(self, budget: int) -> int:
+        """Drop tokens from the start (keeping a leading BOS) until ``budget`` is met."""
+        excess = len(self.tokens) - budget
+        if excess <= 0:
+            return 0
+        keep_head = 1 if len(self.tokens) > 1 else 0
+        del self.tokens[keep_head : keep_head + excess]
+        return excess
+
+
+class _ChatPrompt:
+    def __init__(self, model: LoadedModel, messages: list[dict[str, str]]):
+        self._model = model
+        self.messages = messages
+        self.tokens = model._chat_tokens(messages)
+        self.dropped_messages = 0
+
+    def fit(self, budget: int) -> int:
+        """Drop the oldest non-system messages until ``budget`` is met; return tokens dropped."""
+        before = len(self.tokens)
+        while len(self.tokens) > budget:
+            droppable = [i for i, m in enumerate(self.messages[:-1]) if m["role"] != "system"]
+            if not droppable:
+                break
+            del self.messages[droppable[0]]
+            self.dropped_messages += 1
+            self.tokens = self._model._chat_tokens(self.messages)
+        return before - len(self.tokens)
+
+
+_Prompt = _RawPrompt | _ChatPrompt
+
+
+class Stream:
+    """Iterate to receive the answer as text pieces; ``completion`` holds the result after."""
+
+    def __init__(self, model: LoadedModel, prompt: _Prompt, params: GenerationParams):
+        self._model = model
+        self._params = params
+        self.completion: Completion | None = None
+        self._started = time.perf_counter()
+        n_ctx = model.n_ctx
+        stats = Stats(load_s=model.load_s)
+        want = params.max_tokens or 0
+        if len(prompt.tokens) + max(want, 1) > n_ctx:
+            if not params.truncate:
+                raise ContextOverflowError(
+                    len(prompt.tokens), want, n_ctx, _overflow_hint(model, len(prompt.tokens), want)
+                )
+            reserve = want or min(256, n_ctx // 4)
+            stats.truncated_tokens = prompt.fit(n_ctx - reserve)
+            stats.truncated_messages = prompt.dropped_messages
+            if len(prompt.tokens) + max(want, 1) > n_ctx:
+                raise ContextOverflowError(
+                    len(prompt.tokens),
+                    want,
+                    n_ctx,
+                    "even the last message alone does not fit: raise --ctx or shorten it",
+                )
+        self.tokens = prompt.tokens
+        stats.prompt_tokens = len(self.tokens)
+        stats.seed = params.seed if params.seed is not None else secrets.randbelow(2**32 - 1)
+        self.stats = stats
+        self._iter = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._iter
+
+    def __next__(self) -> str:
+        return next(self._iter)
+
+    def close(self) -> None:
+        """Stop generating (``completion`` then holds what was produced so far)."""
+        self._iter.close()
+
+    def _run(self) -> Iterator[str]:
+        from pocketlm.engine.llama import Sampler
+
+        model, p, stats = self._model, self._params, self.stats
+        ctx, vocab = model._ctx, model._model
+        sampler = Sampler(
+            n_vocab=vocab.n_vocab, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+            min_p=p.min_p, repeat_penalty=p.repeat_penalty, repeat_last_n=p.repeat_last_n,
+            seed=stats.seed,
+        )  # fmt: skip
+        text = _TextAssembler(p.stop)
+        finish = "length"
+        n_out = 0
+        t_first = None
+        try:
+            for tok in self.tokens[-p.repeat_last_n :] if p.repeat_last_n else ():
+                sampler.accept(tok)
+            stats.cached_tokens = ctx.prefill(self.tokens)
+            t_prefilled = time.perf_counter()
+            evaluated = stats.prompt_tokens - stats.cached_tokens
+            stats.prefill_tps = evaluated / max(t_prefilled - self._started, 1e-9)
+            limit = min(p.max_tokens or ctx.n_ctx, ctx.n_ctx - len(self.tokens))
+            while True:
+                tok = sampler.sample(ctx)
+                if vocab.is_eog(tok):
+                    finish = "stop"
+                    break
+                n_out += 1
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    stats.ttft_s = t_first - self._started
+                piece, stopped = text.push(vocab.piece(tok))
+                if piece:
+                    yield piece
+                if stopped:
+                    finish = "stop"
+                    break
+                if n_out >= limit:
+                    finish = "length" if p.max_tokens and n_out >= p.max_tokens else "context"
+                    break
+                ctx.step(tok)
+            if rest := text.flush():
+                yield rest
+        finally:
+            sampler.close()
+            t_end = time.perf_counter()
+            stats.completion_tokens = n_out
+            if t_first is not None and n_out > 1:
+                stats.decode_tps = (n_out - 1) / max(t_end - t_first, 1e-9)
+            stats.peak_rss_bytes = peak_rss_bytes()
+            self.completion = Completion(text.text, finish, stats)
+
+
+def _overflow_hint(model: LoadedModel, prompt_tokens: int, want: int) -> str:
+    need = prompt_tokens + max(want, 1)
+    train = model._model.n_ctx_train
+    if need <= train:
+        fix = f"raise the context with --ctx {need} (the model supports up to {train})"
+    else:
+        fix = f"the model supports at most {train} tokens: shorten the prompt"
+    if want:
+        fix += ", lower --max-tokens"
+    return fix + ", or pass --truncate to drop the oldest messages"
+
+
+class _TextAssembler:
+    """Bytes of tokens in, text out: whole UTF-8 characters only, stop strings cut off.
+
+    Text that could be the start of a stop string is held back until it is not.
+    """
+
+    def __init__(self, stop: Sequence[str]):
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._stop = tuple(stop)
+        self._pending = ""
+        self.text = ""
+
+    def push(self, data: bytes) -> tuple[str, bool]:
+        self._pending += self._decoder.decode(data)
+        if not self._stop:
+            out, self._pending = self._pending, ""
+            self.text += out
+            return out, False
+        cut = min((i for i in (self._pending.find(s) for s in self._stop) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self._pending = self._pending[:cut], ""
+            self.text += out
+            return out, True
+        hold = max((_overlap(self._pending, s) for s in self._stop), default=0)
+        out = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(out) :]
+        self.text += out
+        return out, False
+
+    def flush(self) -> str:
+        out = self._pending + self._decoder.decode(b"", final=True)
+        self._pending = ""
+        self.text += out
+        return out
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0

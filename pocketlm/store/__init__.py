@@ -1,0 +1,1 @@
+"""The model store: GGUF files, their manifests, the catalog, pull and import."""

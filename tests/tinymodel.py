@@ -1,0 +1,358 @@
+"""Tiny random GGUF models that llama.cpp really loads, and broken copies of them.
+
+Tests across pocketlm use these instead of a real model: a 2-layer, 64-wide
+llama with a ~550-token byte-level BPE vocab (ChatML special tokens as in
+SmolLM2) writes in milliseconds and loads and decodes in llama.cpp just as fast.
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", qtype="Q8_0")
+    bad = write_malformed_gguf(tmp_path / "bad.gguf", "tensor_count")
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import struct
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+QTYPES = ("F32", "F16", "Q8_0", "Q4_0")
+VOCABS = ("bpe", "none")  # "none": no tokenizer at all, for testing the checker
+
+# Token ids as in SmolLM2: the specials come first, then the 256 byte tokens, then merges.
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+ENDOFTEXT_ID, BOS_ID, EOS_ID = 0, 1, 2  # bos <|im_start|>, eos <|im_end|>
+N_MERGES = 300
+
+# Training text for the merges: common words of the tests become single tokens with
+# their leading space ("Ġthe", "Ġcat", "Ġworld").
+_CORPUS = """
+Hello world, the cat sat on the mat. Hello world, the cat is on the mat and the dog is
+in the house. The cat and the dog like the sun. Hello, how are you? I am fine, thank you.
+What is the capital of France? The capital of France is Paris. What is two plus two? Two
+plus two is four. Tell me a story about the cat. Once upon a time there was a cat that
+lived in a house with a dog. The cat liked to sleep in the sun and the dog liked to run in
+the park. One day the cat and the dog went to the park together, and they played all day.
+You are a helpful assistant. Answer the question in one short sentence. Write a poem about
+the sea. The sea is blue and the sky is blue. The quick brown fox jumps over the lazy dog.
+This is a test of the model. The model is small and fast, and it runs on your own machine.
+It is not a good model, but it is a real one: it loads, it reads the prompt, and it writes
+text one token at a time until it is told to stop. Hello world, hello world, hello world.
+"""
+# The GPT-2 pre-tokenizer ("gpt-2" in llama.cpp), with Python's \w for \p{L}.
+_PRETOKENIZE = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+""")
+
+_GGML_TYPES = {
+    "F32": gguf.GGMLQuantizationType.F32,
+    "F16": gguf.GGMLQuantizationType.F16,
+    "Q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "Q4_0": gguf.GGMLQuantizationType.Q4_0,
+}
+_FILE_TYPES = {
+    "F32": gguf.LlamaFileType.ALL_F32,
+    "F16": gguf.LlamaFileType.MOSTLY_F16,
+    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from bytes to printable characters (space -> "Ġ", newline -> "Ċ")."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    return dict(sorted(chars.items()))
+
+
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+@functools.cache
+def bpe_vocab(n_merges: int = N_MERGES) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tokens, merges) of a byte-level BPE trained on a few English sentences.
+
+    tokens holds the special tokens, the 256 byte tokens and one token per new merge
+    result; merges are "left right" strings in rank order, as llama.cpp reads them.
+    """
+    b2u = _bytes_to_unicode()
+    words = Counter("".join(b2u[b] for b in w.encode()) for w in _PRETOKENIZE.findall(_CORPUS))
+    splits = {w: list(w) for w in words}
+    merges: list[tuple[str, str]] = []
+    for _ in range(n_merges):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            s = splits[word]
+            for pair in zip(s, s[1:], strict=False):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))  # ties broken by the pair: deterministic
+        merges.append(best)
+        splits = {w: _merge(s, best) for w, s in splits.items()}
+    tokens = list(SPECIAL_TOKENS) + list(b2u.values())
+    for left, right in merges:
+        if left + right not in tokens:
+            tokens.append(left + right)
+    return tuple(tokens), tuple(f"{a} {b}" for a, b in merges)
+
+
+def _check_args(n_embd: int, n_head: int, n_head_kv: int, n_ff: int, vocab: str, qtype: str):
+    if qtype not in QTYPES:
+        raise ValueError(f"qtype {qtype!r} is not one of {', '.join(QTYPES)}")
+    if vocab not in VOCABS:
+        raise ValueError(f"vocab {vocab!r} is not one of {', '.join(VOCABS)}")
+    if n_embd % n_head or n_head % n_head_kv:
+        raise ValueError("n_embd must be a multiple of n_head, n_head a multiple of n_head_kv")
+    block = gguf.GGML_QUANT_SIZES[_GGML_TYPES[qtype]][0]
+    if n_embd % block or n_ff % block:
+        raise ValueError(f"{qtype} needs n_embd and n_ff to be multiples of {block}")
+
+
+def _add_tokenizer(w: gguf.GGUFWriter, chat_template: str | None) -> None:
+    tokens, merges = bpe_vocab()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(list(tokens))
+    control, normal = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL
+    w.add_token_types([control if t in SPECIAL_TOKENS else normal for t in tokens])
+    w.add_token_merges(list(merges))
+    w.add_bos_token_id(BOS_ID)
+    w.add_eos_token_id(EOS_ID)
+    w.add_pad_token_id(EOS_ID)
+    w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+
+
+def _silent_tokens(tokens: tuple[str, ...]) -> list[int]:
+    """Ids of the special tokens and of the bytes that are not printable ASCII or newline."""
+    u2b = {c: b for b, c in _bytes_to_unicode().items()}
+    shown = {*range(0x20, 0x7F), ord("\n")}
+    return [
+        i
+        for i, t in enumerate(tokens)
+        if t in SPECIAL_TOKENS or (len(t) == 1 and u2b.get(t, ord(" ")) not in shown)
+    ]
+
+
+def _add_weights(w, rng, qtype: str, tokens, n_layer, n_embd, n_head, n_head_kv, n_ff):
+    """Llama-layout tensors; numpy shapes are [out, in] (GGUF stores them reversed).
+
+    The scales are large enough that greedy decoding wanders instead of repeating one
+    token. output.weight has zero rows for _silent_tokens: their logit is 0 while about
+    half the others are positive, so greedy decoding writes visible text and never ends
+    by itself (no EOS): generation runs to max_tokens.
+    """
+    ggml_type = _GGML_TYPES[qtype]
+
+    def matrix(name: str, rows: int, cols: int, scale: float = 0.3, zero_rows=()) -> None:
+        data = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        data[list(zero_rows)] = 0.0
+        if qtype in ("F32", "F16"):
+            w.add_tensor(name, gguf.quants.quantize(data, ggml_type))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, ggml_type), raw_dtype=ggml_type)
+
+    def norm(name: str) -> None:
+        w.add_tensor(name, np.ones(n_embd, dtype=np.float32))
+
+    n_vocab, n_embd_kv = len(tokens), n_embd // n_head * n_head_kv
+    matrix("token_embd.weight", n_vocab, n_embd, scale=1.0)
+    matrix("output.weight", n_vocab, n_embd, scale=1.0, zero_rows=_silent_tokens(tokens))
+    norm("output_norm.weight")
+    for i in range(n_layer):
+        norm(f"blk.{i}.attn_norm.weight")
+        matrix(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        matrix(f"blk.{i}.attn_k.weight", n_embd_kv, n_embd)
+        matrix(f"blk.{i}.attn_v.weight", n_embd_kv, n_embd)
+        matrix(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        norm(f"blk.{i}.ffn_norm.weight")
+        matrix(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        matrix(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+
+
+def write_tiny_gguf(
+    path: str | os.PathLike,
+    *,
+    arch: str = "llama",
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 128,
+    n_ctx: int = 512,
+    vocab: str = "bpe",
+    seed: int = 0,
+    qtype: str = "F32",
+    chat_template: str | None = CHATML_TEMPLATE,
+    name: str | None = "tiny-test",
+    license: str | None = "apache-2.0",
+) -> Path:
+    """Write a random llama-layout model; the same arguments give the same bytes.
+
+    `arch` only names the architecture in the metadata (tensors always follow the
+    llama layout): anything but "llama" is for testing the checker. 2-D weights
+    are stored as `qtype`, norms as F32.
+    """
+    _check_args(n_embd, n_head, n_head_kv, n_ff, vocab, qtype)
+    path = Path(path)
+    w = gguf.GGUFWriter(path, arch)
+    if name is not None:
+        w.add_name(name)
+    if license is not None:
+        w.add_license(license)
+    w.add_file_type(_FILE_TYPES[qtype])
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    tokens = bpe_vocab()[0]
+    if vocab == "bpe":
+        _add_tokenizer(w, chat_template)
+    w.add_vocab_size(len(tokens))
+    rng = np.random.default_rng(seed)
+    _add_weights(w, rng, qtype, tokens, n_layer, n_embd, n_head, n_head_kv, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# --- broken files -----------------------------------------------------------------
+
+
+def truncate_copy(src: str | os.PathLike, dst: str | os.PathLike, n_bytes: int) -> Path:
+    """Copy the first n_bytes of src to dst (a download cut short)."""
+    with open(src, "rb") as f:
+        data = f.read(n_bytes)
+    Path(dst).write_bytes(data)
+    return Path(dst)
+
+
+def flip_byte(src: str | os.PathLike, dst: str | os.PathLike, offset: int, mask: int) -> Path:
+    """Copy src to dst with the byte at `offset` XORed with `mask` (bit rot)."""
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
+    return Path(dst)
+
+
+class _Layout:
+    """Byte offsets of the fields of a GGUF file, found with gguf-py's reader."""
+
+    def __init__(self, path: Path):
+        reader = gguf.GGUFReader(path)
+        self.key = {name: f.offset for name, f in reader.fields.items()}
+        self.array_count = {
+            name: self._ends(f)[4] for name, f in reader.fields.items() if len(f.types) == 2
+        }
+        # per tensor, the offsets of: name length, name, n_dims, dims, type, data offset
+        self.tensor = [self._ends(t.field) for t in reader.tensors]
+        self.tensor_names = [t.name for t in reader.tensors]
+        self.size = path.stat().st_size
+
+    @staticmethod
+    def _ends(field) -> list[int]:
+        offsets = [field.offset]
+        for part in field.parts:
+            offsets.append(offsets[-1] + int(part.nbytes))
+        return offsets
+
+
+def _put(fmt: str, offset: int, value) -> Callable[[bytearray, _Layout], None]:
+    return lambda buf, _: struct.pack_into(fmt, buf, offset, value)
+
+
+def _patch_tensor(index: int, part: int, fmt: str, value, dim: int = 0):
+    def patch(buf: bytearray, layout: _Layout) -> None:
+        struct.pack_into(fmt, buf, layout.tensor[index][part] + 8 * dim, value)
+
+    return patch
+
+
+def _offset_past_eof(buf: bytearray, layout: _Layout) -> None:
+    struct.pack_into("<Q", buf, layout.tensor[-1][5], (layout.size // 32 + 64) * 32)
+
+
+def _tokens_count(buf: bytearray, layout: _Layout) -> None:
+    struct.pack_into("<Q", buf, layout.array_count["tokenizer.ggml.tokens"], 1 << 40)
+
+
+def _rename_key(buf: bytearray, layout: _Layout) -> None:
+    start = layout.key["general.architecture"] + 8
+    buf[start : start + 20] = b"general.architecturX"
+
+
+def _duplicate_tensor(buf: bytearray, layout: _Layout) -> None:
+    # blk.0.attn_k.weight -> blk.0.attn_q.weight, the name of the tensor before it
+    i = layout.tensor_names.index("blk.0.attn_k.weight")
+    buf[layout.tensor[i][1] + 11] = ord("q")
+
+
+# kind -> patch of a valid tiny model, each breaking one thing llama.cpp relies on
+MALFORMED: dict[str, Callable[[bytearray, _Layout], None]] = {
+    "bad_magic": _put("<4s", 0, b"GGUX"),
+    "old_version": _put("<I", 4, 1),
+    "future_version": _put("<I", 4, 4),
+    "tensor_count": _put("<Q", 8, 1 << 40),
+    "kv_count": _put("<Q", 16, 1 << 40),
+    "string_past_eof": _put("<Q", 24, 1 << 29),  # length of the first key
+    "array_past_eof": _tokens_count,
+    "n_dims": _patch_tensor(0, 2, "<I", 9),
+    "dim_zero": _patch_tensor(0, 3, "<q", 0),
+    "dim_overflow": _patch_tensor(0, 3, "<q", 1 << 62, dim=1),  # token_embd [n_embd, n_vocab]
+    "tensor_type": _patch_tensor(0, 4, "<I", 99),
+    "block_size": _patch_tensor(0, 4, "<I", int(gguf.GGMLQuantizationType.Q4_K)),  # 256 > 64
+    "misaligned_offset": _patch_tensor(0, 5, "<Q", 1),
+    "overlap": _patch_tensor(1, 5, "<Q", 0),
+    "tensor_offset_past_eof": _offset_past_eof,
+    "duplicate_tensor": _duplicate_tensor,
+    "no_architecture": _rename_key,
+}
+
+
+def write_malformed_gguf(path: str | os.PathLike, kind: str, **tiny_kwargs) -> Path:
+    """Write a tiny model (see write_tiny_gguf) whose header lies in one way: MALFORMED[kind].
+
+    The lies are patched in with struct after writing, as GGUFWriter refuses them.
+    """
+    if kind not in MALFORMED:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(MALFORMED)}")
+    path = write_tiny_gguf(path, **tiny_kwargs)
+    layout = _Layout(path)
+    buf = bytearray(path.read_bytes())
+    MALFORMED[kind](buf, layout)
+    path.write_bytes(buf)
+    return path
