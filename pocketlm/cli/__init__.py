@@ -23,22 +23,24 @@ VERBS = {
 }
 
 
-def build_parser(verb: str | None = None) -> ArgumentParser:
+def _top_help() -> str:
     from pocketlm import __version__
 
-    parser = ArgumentParser(
-        prog="pocketlm", description="Run small language models on your own machine, offline."
-    )
-    parser.add_argument("--version", action="version", version=f"pocketlm {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=ArgumentParser)
-    for name, module_name in VERBS.items():
-        if verb is not None and name != verb:
-            sub.add_parser(name)  # listed, not configured: only the chosen verb is imported
-            continue
+    width = max(map(len, VERBS))
+    lines = [f"pocketlm {__version__}: run small language models on your own machine, offline.",
+             "", "usage: pocketlm COMMAND [options]   (pocketlm COMMAND --help for details)", "",
+             "commands:"]  # fmt: skip
+    for verb, module_name in VERBS.items():
         module = importlib.import_module(f"pocketlm.cli.{module_name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_main=module.main)
+        lines.append(f"  {verb.ljust(width)}  {module.HELP}")
+    return "\n".join(lines)
+
+
+def build_parser(verb: str) -> ArgumentParser:
+    module = importlib.import_module(f"pocketlm.cli.{VERBS[verb]}")
+    parser = ArgumentParser(prog=f"pocketlm {verb}", description=module.HELP)
+    module.add_arguments(parser)
+    parser.set_defaults(_main=module.main)
     return parser
 
 
@@ -46,12 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     from pocketlm.errors import PocketError
 
     argv = sys.argv[1:] if argv is None else argv
-    verb = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(verb if verb in VERBS else None)
-    args = parser.parse_args(argv)
-    if not getattr(args, "_main", None):
-        parser.print_help()
-        return 0 if not argv else 2
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from pocketlm import __version__
+
+        print(f"pocketlm {__version__}")
+        return 0
+    if argv[0] not in VERBS:
+        print(f"pocketlm: error: unknown command '{argv[0]}' (commands: {', '.join(VERBS)})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    # Intermixed: options may come before, between or after the words of a prompt.
+    args = build_parser(argv[0]).parse_intermixed_args(argv[1:])
     try:
         return args._main(args) or 0
     except PocketError as e:

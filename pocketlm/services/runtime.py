@@ -343,7 +343,7 @@ def _overflow_hint(model: LoadedModel, prompt_tokens: int, want: int) -> str:
         fix = f"the model supports at most {train} tokens: shorten the prompt"
     if want:
         fix += ", lower --max-tokens"
-    return fix + ", or pass --truncate to drop the oldest messages"
+    return fix + ", or pass --truncate to drop the oldest part of the prompt"
 
 
 class _TextAssembler:

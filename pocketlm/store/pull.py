@@ -225,7 +225,7 @@ def import_file(
     progress = progress or NullProgress()
     file = Path(path).expanduser()
     if not file.exists():
-        raise InvalidModelError(f"no such file: {file}", "check the path")
+        raise InvalidModelError(f"{file} does not exist", "check the path")
     file = file.resolve()
     info = inspect_gguf(file)
     name = check_name(name or default_name(file))

