@@ -49,7 +49,11 @@ def test_merges_make_words_single_tokens(llm):
 
 
 def test_special_tokens(llm):
-    assert (llm.token_bos(), llm.token_eos(), llm.n_vocab()) == (BOS_ID, EOS_ID, len(bpe_vocab()[0]))
+    assert (llm.token_bos(), llm.token_eos(), llm.n_vocab()) == (
+        BOS_ID,
+        EOS_ID,
+        len(bpe_vocab()[0]),
+    )
     ids = llm.tokenize(b"<|im_start|>user\nhi<|im_end|>", add_bos=False, special=True)
     assert ids[0] == BOS_ID and ids[-1] == EOS_ID
     plain = llm.tokenize(b"<|im_start|>", add_bos=False, special=False)

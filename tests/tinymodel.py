@@ -1,7 +1,7 @@
 """Tiny random GGUF models that llama.cpp really loads, and broken copies of them.
 
 Tests across pocketlm use these instead of a real model: a 2-layer, 64-wide
-llama with a ~550-token byte-level BPE vocab (ChatML special tokens as in
+llama with a 527-token byte-level BPE vocab (ChatML special tokens as in
 SmolLM2) writes in milliseconds and loads and decodes in llama.cpp just as fast.
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf", qtype="Q8_0")
@@ -35,7 +35,7 @@ VOCABS = ("bpe", "none")  # "none": no tokenizer at all, for testing the checker
 # Token ids as in SmolLM2: the specials come first, then the 256 byte tokens, then merges.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 ENDOFTEXT_ID, BOS_ID, EOS_ID = 0, 1, 2  # bos <|im_start|>, eos <|im_end|>
-N_MERGES = 300
+N_MERGES = 300  # the corpus runs out after 268: 3 specials + 256 bytes + 268 = 527 tokens
 
 # Training text for the merges: common words of the tests become single tokens with
 # their leading space ("Ġthe", "Ġcat", "Ġworld").
@@ -270,34 +270,48 @@ def flip_byte(src: str | os.PathLike, dst: str | os.PathLike, offset: int, mask:
 
 
 class _Layout:
-    """Byte offsets of the fields of a GGUF file, found with gguf-py's reader."""
+    """Byte offsets in a GGUF file, found with gguf-py's reader."""
 
     def __init__(self, path: Path):
         reader = gguf.GGUFReader(path)
-        self.key = {name: f.offset for name, f in reader.fields.items()}
-        self.array_count = {
-            name: self._ends(f)[4] for name, f in reader.fields.items() if len(f.types) == 2
-        }
-        # per tensor, the offsets of: name length, name, n_dims, dims, type, data offset
-        self.tensor = [self._ends(t.field) for t in reader.tensors]
+        # per key, where its parts start: key length, key, type, then the value's parts
+        # (a scalar at [3]; an array's item type at [3], count at [4], items after)
+        self.kv = {name: self._starts(f) for name, f in reader.fields.items()}
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        self.token_text = [self.kv[tokens.name][i] for i in tokens.data] if tokens else []
+        # per tensor: name length, name, n_dims, dims, type, data offset
+        self.tensor = [self._starts(t.field) for t in reader.tensors]
         self.tensor_names = [t.name for t in reader.tensors]
         self.size = path.stat().st_size
 
     @staticmethod
-    def _ends(field) -> list[int]:
+    def _starts(field) -> list[int]:
         offsets = [field.offset]
         for part in field.parts:
             offsets.append(offsets[-1] + int(part.nbytes))
         return offsets
 
 
-def _put(fmt: str, offset: int, value) -> Callable[[bytearray, _Layout], None]:
+Patch = Callable[[bytearray, _Layout], None]
+
+
+def _put(fmt: str, offset: int, value) -> Patch:
     return lambda buf, _: struct.pack_into(fmt, buf, offset, value)
 
 
-def _patch_tensor(index: int, part: int, fmt: str, value, dim: int = 0):
+def _put_kv(key: str, part: int, fmt: str, value) -> Patch:
+    return lambda buf, layout: struct.pack_into(fmt, buf, layout.kv[key][part], value)
+
+
+def _put_tensor(index: int, part: int, fmt: str, value, dim: int = 0) -> Patch:
+    return lambda buf, layout: struct.pack_into(
+        fmt, buf, layout.tensor[index][part] + 8 * dim, value
+    )
+
+
+def _put_token(token_id: int, at: int, byte: int) -> Patch:
     def patch(buf: bytearray, layout: _Layout) -> None:
-        struct.pack_into(fmt, buf, layout.tensor[index][part] + 8 * dim, value)
+        buf[layout.token_text[token_id] + at] = byte
 
     return patch
 
@@ -306,12 +320,8 @@ def _offset_past_eof(buf: bytearray, layout: _Layout) -> None:
     struct.pack_into("<Q", buf, layout.tensor[-1][5], (layout.size // 32 + 64) * 32)
 
 
-def _tokens_count(buf: bytearray, layout: _Layout) -> None:
-    struct.pack_into("<Q", buf, layout.array_count["tokenizer.ggml.tokens"], 1 << 40)
-
-
 def _rename_key(buf: bytearray, layout: _Layout) -> None:
-    start = layout.key["general.architecture"] + 8
+    start = layout.kv["general.architecture"][1]
     buf[start : start + 20] = b"general.architecturX"
 
 
@@ -321,25 +331,32 @@ def _duplicate_tensor(buf: bytearray, layout: _Layout) -> None:
     buf[layout.tensor[i][1] + 11] = ord("q")
 
 
+_BYTE_B = len(SPECIAL_TOKENS) + ord("b")  # the byte tokens follow the specials in byte order
+_THE = bpe_vocab()[0].index("Ġthe")  # "Ġthe" is b"\xc4\xa0the"
+
 # kind -> patch of a valid tiny model, each breaking one thing llama.cpp relies on
-MALFORMED: dict[str, Callable[[bytearray, _Layout], None]] = {
+MALFORMED: dict[str, Patch] = {
     "bad_magic": _put("<4s", 0, b"GGUX"),
     "old_version": _put("<I", 4, 1),
     "future_version": _put("<I", 4, 4),
     "tensor_count": _put("<Q", 8, 1 << 40),
     "kv_count": _put("<Q", 16, 1 << 40),
     "string_past_eof": _put("<Q", 24, 1 << 29),  # length of the first key
-    "array_past_eof": _tokens_count,
-    "n_dims": _patch_tensor(0, 2, "<I", 9),
-    "dim_zero": _patch_tensor(0, 3, "<q", 0),
-    "dim_overflow": _patch_tensor(0, 3, "<q", 1 << 62, dim=1),  # token_embd [n_embd, n_vocab]
-    "tensor_type": _patch_tensor(0, 4, "<I", 99),
-    "block_size": _patch_tensor(0, 4, "<I", int(gguf.GGMLQuantizationType.Q4_K)),  # 256 > 64
-    "misaligned_offset": _patch_tensor(0, 5, "<Q", 1),
-    "overlap": _patch_tensor(1, 5, "<Q", 0),
+    "array_past_eof": _put_kv("tokenizer.ggml.tokens", 4, "<Q", 1 << 40),
+    "n_dims": _put_tensor(0, 2, "<I", 9),
+    "dim_zero": _put_tensor(0, 3, "<q", 0),
+    "dim_overflow": _put_tensor(0, 3, "<q", 1 << 62, dim=1),  # token_embd [n_embd, n_vocab]
+    "tensor_type": _put_tensor(0, 4, "<I", 99),
+    "block_size": _put_tensor(0, 4, "<I", int(gguf.GGMLQuantizationType.Q4_K)),  # 256 > 64
+    "misaligned_offset": _put_tensor(0, 5, "<Q", 1),
+    "overlap": _put_tensor(1, 5, "<Q", 0),
     "tensor_offset_past_eof": _offset_past_eof,
     "duplicate_tensor": _duplicate_tensor,
     "no_architecture": _rename_key,
+    "zero_layers": _put_kv("llama.block_count", 3, "<I", 0),
+    "duplicate_token": _put_token(_BYTE_B, 0, ord("a")),  # "b" -> "a"
+    "nul_in_token": _put_token(_THE, 2, 0),  # "Ġ\0he" is "Ġ" to llama.cpp
+    "bos_not_utf8": _put_token(BOS_ID, 1, 0x82),  # "<\x82im_start|>"
 }
 
 

@@ -99,6 +99,9 @@ def _answer(model, messages, params: dict, verbose: bool):
     except PocketError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
+    except KeyboardInterrupt:
+        print("\n(stopped)", file=sys.stderr)
+        return None
     try:
         for piece in stream:
             sys.stdout.write(piece)

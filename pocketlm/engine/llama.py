@@ -134,7 +134,9 @@ class Context:
     evaluates the part that differs.
     """
 
-    def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int):
+    def __init__(
+        self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int, flash_attn: bool = False
+    ):
         params = ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -143,6 +145,9 @@ class Context:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
+        params.flash_attn_type = (
+            ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         _log_tail.clear()
         self._ptr = ll.llama_init_from_model(model._ptr, params)
         if not self._ptr:

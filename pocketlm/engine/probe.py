@@ -101,16 +101,19 @@ def _probe(model_path: str) -> bool:
 def _run_child(model_path: str, *, extra_bufts: bool) -> tuple[int, str]:
     """Run the probe in a child; return its exit code (negative: killed by a signal) and
     the last line it wrote to stderr."""
-    cmd = [sys.executable, "-m", "pocketlm.engine.probe", model_path, str(int(extra_bufts))]
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S
+            child_command(model_path, extra_bufts), capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S
         )
     except subprocess.TimeoutExpired:
         raise EngineError(
             f"llama.cpp hung for {PROBE_TIMEOUT_S} s running {model_path}", REINSTALL_HINT
         ) from None
     return proc.returncode, (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+
+
+def child_command(model_path: str, extra_bufts: bool) -> list[str]:
+    return [sys.executable, "-m", "pocketlm.engine.probe", model_path, str(int(extra_bufts))]
 
 
 def _signal_name(returncode: int) -> str:

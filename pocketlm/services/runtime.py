@@ -109,6 +109,7 @@ class LoadedModel:
             n_ctx=n_ctx,
             n_threads=self.params.threads or default_threads(),
             n_batch=min(self.params.batch, n_ctx),
+            flash_attn=self.params.flash_attn,
         )
         self.template = self._model.chat_template()
         self.load_s = time.perf_counter() - started

@@ -1,18 +1,20 @@
 """Check a GGUF file before llama.cpp opens it, and describe the model inside.
 
-llama.cpp trusts much of a GGUF header: a corrupt count or length can make it
-allocate gigabytes or crash the process. ``inspect_gguf`` walks the header with
-bounds-checked reads of its own: no number read from the file sizes a loop or an
-allocation before it is checked against the bytes left in the file. It then
-checks the tensor layout the way llama.cpp's ``gguf_init_from_file`` does, and
-returns a ``GGUFInfo``. Every problem found is an ``InvalidModelError``.
+llama.cpp trusts much of a GGUF file: a corrupt count or length can make it
+allocate gigabytes, and some bad values trip a GGML_ASSERT that aborts the whole
+process. ``inspect_gguf`` walks the header with bounds-checked reads of its own
+(no number read from the file sizes a loop or an allocation before it is checked
+against the bytes left in the file), checks the tensor layout as llama.cpp's
+``gguf_init_from_file`` does, then the few values llama.cpp asserts on while
+loading (a unique vocab, the layer count, ...), and returns a ``GGUFInfo``.
+Every problem found is an ``InvalidModelError``.
 
 Only the header (metadata and tensor infos, ~2 MB for a 49k-token vocab) is
 read, never the tensor data. gguf-py is not imported here: its ``GGUFReader``
 builds a numpy view per array element (2 s on SmolLM2-135M, 10 s on Gemma 3
-270M) and importing the package costs ~50 ms of every ``pocketlm run``. The two
-tables it would give us are copied below from the vendored llama.cpp instead,
-and tests/store/test_gguf_check.py checks them against gguf-py.
+270M), and importing the package adds 35-70 ms to every ``pocketlm run``. The
+two tables it would give us are copied below from the vendored llama.cpp
+instead, and tests/store/test_gguf_check.py checks them against gguf-py.
 """
 
 from __future__ import annotations
@@ -120,9 +122,13 @@ _MAX_NAME = 64  # GGML_MAX_NAME: llama.cpp rejects tensor names this long or lon
 _MAX_LENGTH = 1 << 30  # GGUF_MAX_STRING_LENGTH and GGUF_MAX_ARRAY_ELEMENTS in gguf.cpp
 _INT64_MAX = (1 << 63) - 1
 _DEFAULT_ALIGNMENT = 32
+_MAX_LAYERS = 512  # LLAMA_MAX_LAYERS (src/llama-hparams.h)
+_MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS
+_ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")  # LLAMA_ROPE_SCALING_TYPES
 
 # GGUF value types; 8 (string) and 9 (array) are read separately.
 _STRING, _ARRAY = 8, 9
+_TOKENS = "tokenizer.ggml.tokens"
 _SCALARS = {
     code: struct.Struct("<" + fmt)
     for code, fmt in {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
@@ -201,19 +207,20 @@ class _Header:
     def __init__(self, file: BinaryIO, size: int):
         self.file = file
         self.size = size
-        self.data = bytearray()  # the file's first len(data) bytes
+        self.data = b""  # the file's first len(data) bytes (bytes: slices can go in a set)
         self.pos = 0
 
-    def _fill(self, end: int, what: str) -> None:
+    def _fill(self, end: int, what: str) -> bytes:
         if end > self.size:
             raise _Malformed(
                 f"{what} at byte {self.pos} runs past the end of the file ({self.size} bytes)"
             )
-        # Read ahead in growing chunks: a header is read in a handful of calls.
+        # Read ahead in doubling chunks: a header takes a handful of reads and copies.
         want = min(self.size, max(end, 2 * len(self.data), 1 << 20))
-        self.data.extend(self.file.read(want - len(self.data)))
+        self.data += self.file.read(want - len(self.data))
         if len(self.data) < end:
             raise _Malformed(f"the file shrank to {len(self.data)} bytes while being read")
+        return self.data
 
     def take(self, n: int, what: str) -> int:
         """Step over n bytes of `what`; return the offset where they start."""
@@ -235,30 +242,58 @@ class _Header:
         if n > _MAX_LENGTH or n > self.size - self.pos:
             raise _Malformed(f"{what} at byte {at} claims {n} bytes, past the end of the file")
         start = self.take(n, what)
-        return bytes(self.data[start : start + n])
+        return self.data[start : start + n]
 
     def string(self, what: str) -> str:
-        return self.raw_string(what).decode("utf-8", "replace")
+        """A UTF-8 string (llama-cpp-python decodes metadata strictly)."""
+        at = self.pos
+        try:
+            return self.raw_string(what).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Malformed(f"{what} at byte {at} is not valid UTF-8") from None
 
     def skip_strings(self, count: int, what: str) -> None:
-        """Step over `count` length-prefixed strings (the hot loop: vocab and merges)."""
-        data, pos, avail, unpack = self.data, self.pos, len(self.data), _U64.unpack_from
+        """Step over `count` length-prefixed strings (the hot loop: merges)."""
+        data, pos, unpack = self.data, self.pos, _U64.unpack_from
+        avail = len(data)
         for _ in range(count):
             if pos + 8 > avail:
                 self.pos = pos
-                self._fill(pos + 8, what)
+                data = self._fill(pos + 8, what)
                 avail = len(data)
             pos += 8 + unpack(data, pos)[0]
         self.pos = pos
         if pos > self.size:
             raise _Malformed(f"{what} runs past the end of the file ({self.size} bytes)")
 
-    def string_at(self, array: _Array, index: int) -> str:
+    def count_distinct_strings(self, count: int, what: str) -> int:
+        """Step over `count` strings like skip_strings; return how many differ (the vocab)."""
+        seen: set[bytes] = set()
+        data, pos, unpack, add = self.data, self.pos, _U64.unpack_from, seen.add
+        avail = len(data)
+        for _ in range(count):
+            start = pos + 8
+            if start > avail:
+                self.pos = pos
+                data = self._fill(start, what)
+                avail = len(data)
+            pos = start + unpack(data, pos)[0]
+            if pos > avail:
+                self.pos = start - 8
+                data = self._fill(pos, what)
+                avail = len(data)
+            add(data[start:pos])
+        self.pos = pos
+        if b"\0" in b"".join(seen):  # llama.cpp reads tokens as C strings: "a\0b" is "a"
+            return len({t.split(b"\0", 1)[0] for t in seen})
+        return len(seen)
+
+    def string_at(self, array: _Array, index: int) -> bytes:
         """Item `index` of a string array already stepped over once."""
         saved, self.pos = self.pos, array.start
         try:
             self.skip_strings(index, "string array")
-            return self.string("string array item")
+            return self.raw_string("string array item")
         finally:
             self.pos = saved
 
@@ -286,7 +321,12 @@ def _read_array(h: _Header, key: str, item_type: int, count: int) -> _Array:
     if count > _MAX_LENGTH or count * item_min_size > h.size - h.pos:
         raise _Malformed(f"array '{key}' claims {count} items, more than the file can hold")
     array = _Array(item_type, count, h.pos)
-    if item_type == _STRING:
+    if key == _TOKENS and item_type == _STRING:
+        # Duplicate tokens make llama.cpp abort (GGML_ASSERT in llama-vocab.cpp).
+        n_distinct = h.count_distinct_strings(count, f"array '{key}'")
+        if n_distinct < count:
+            raise _Malformed(f"array '{key}' holds {count - n_distinct} duplicate tokens")
+    elif item_type == _STRING:
         h.skip_strings(count, f"array '{key}'")
     else:
         h.take(count * item_min_size, f"array '{key}'")
@@ -373,7 +413,7 @@ def _check_layout(tensors: list[_Tensor], data_start: int, alignment: int, size:
 
 def _parse(h: _Header) -> tuple[int, dict[str, object], list[_Tensor]]:
     """Read and check the whole header; return (version, metadata, tensors)."""
-    magic, version, n_tensors, n_kv = h.unpack(_HEADER, "header")
+    _, version, n_tensors, n_kv = h.unpack(_HEADER, "header")
     room = h.size - _HEADER.size
     if n_tensors * _MIN_TENSOR_INFO_BYTES > room:
         raise _Malformed(f"header claims {n_tensors} tensors, more than the file can hold")
@@ -409,7 +449,25 @@ def _token(h: _Header, tokens: _Array, kv: dict[str, object], key: str) -> str |
     token_id = _int(kv, key)
     if token_id is None or not 0 <= token_id < tokens.count:
         return None  # llama.cpp warns and falls back to a default id
-    return h.string_at(tokens, token_id)
+    try:  # llama-cpp-python decodes the bos and eos texts strictly
+        return h.string_at(tokens, token_id).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Malformed(f"{key} {token_id} names a token that is not valid UTF-8") from None
+
+
+def _check_hparams(kv: dict[str, object], arch: str) -> None:
+    """Values llama.cpp checks with GGML_ASSERT (which aborts the process) while loading."""
+    n_layer = _int(kv, f"{arch}.block_count")
+    if n_layer is None or not 0 < n_layer <= _MAX_LAYERS:
+        raise _Malformed(f"{arch}.block_count is {kv.get(f'{arch}.block_count')!r}, not 1 to 512")
+    if (_int(kv, f"{arch}.nextn_predict_layers") or 0) > n_layer:
+        raise _Malformed(f"{arch}.nextn_predict_layers is more than {arch}.block_count")
+    n_expert = _int(kv, f"{arch}.expert_count") or 0
+    if n_expert > _MAX_EXPERTS or (_int(kv, f"{arch}.expert_used_count") or 0) > n_expert:
+        raise _Malformed(f"{arch}.expert_count / expert_used_count are out of range")
+    scaling = kv.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in _ROPE_SCALING_TYPES:
+        raise _Malformed(f"{arch}.rope.scaling.type is {scaling!r}, not a known type")
 
 
 def _describe(path: Path, h: _Header, version: int, kv: dict, tensors: list) -> GGUFInfo:
@@ -422,7 +480,7 @@ def _describe(path: Path, h: _Header, version: int, kv: dict, tensors: list) -> 
             "(llama-cpp-python 0.3.36) does not support",
             "use a model of a supported architecture, such as llama, qwen2 or gemma3",
         )
-    tokens = kv.get("tokenizer.ggml.tokens")
+    tokens = kv.get(_TOKENS)
     if not _str(kv, "tokenizer.ggml.model") or not isinstance(tokens, _Array):
         raise InvalidModelError(
             f"{path} has no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens)",
@@ -432,6 +490,7 @@ def _describe(path: Path, h: _Header, version: int, kv: dict, tensors: list) -> 
         raise InvalidModelError(f"{path} has an invalid tokenizer.ggml.tokens", _HINT_DAMAGED)
     if not tensors:
         raise InvalidModelError(f"{path} contains no tensors", _HINT_NOT_MODEL)
+    _check_hparams(kv, arch)
 
     n_params = sum(t.n_elements for t in tensors)
     n_bytes = sum(t.n_bytes for t in tensors)
@@ -509,7 +568,9 @@ def _open(path: Path) -> tuple[BinaryIO, int]:
     except FileNotFoundError:
         raise InvalidModelError(f"{path} does not exist", "check the path") from None
     except PermissionError:
-        raise InvalidModelError(f"{path} cannot be read (permission denied)", None) from None
+        raise InvalidModelError(
+            f"{path} cannot be read (permission denied)", "check the file's permissions"
+        ) from None
     except OSError as e:
         raise InvalidModelError(f"{path} cannot be read: {e.strerror or e}", None) from None
 
@@ -522,7 +583,7 @@ def inspect_gguf(path: str | os.PathLike) -> GGUFInfo:
         h = _Header(file, size)
         try:
             h.take(min(size, _HEADER.size), "header")
-            _check_start(path, bytes(h.data[: _HEADER.size]))
+            _check_start(path, h.data[: _HEADER.size])
             h.pos = 0
             version, kv, tensors = _parse(h)
             return _describe(path, h, version, kv, tensors)

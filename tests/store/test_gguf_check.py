@@ -112,6 +112,10 @@ MALFORMED_MESSAGES = {
     "tensor_offset_past_eof": "but the file has only",
     "duplicate_tensor": "appears twice",
     "no_architecture": "no general.architecture",
+    "zero_layers": "llama.block_count is 0",
+    "duplicate_token": "1 duplicate tokens",
+    "nul_in_token": "1 duplicate tokens",
+    "bos_not_utf8": "not valid UTF-8",
 }
 
 
