@@ -89,10 +89,14 @@ def main() -> int:
     args = ap.parse_args()
     src = default_model_path()
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"SmolLM2-135M Q4_1 (default)": src,
-                  "same model requantized to Q4_0": q4_0_copy(src, Path(tmp, "q4_0.gguf"))}
-        configs = {"remedy 1: no-AMX build, repacking on": (sys.executable, True),
-                   "remedy 2: no extra buffer types": (sys.executable, False)}
+        models = {
+            "SmolLM2-135M Q4_1 (default)": src,
+            "same model requantized to Q4_0": q4_0_copy(src, Path(tmp, "q4_0.gguf")),
+        }
+        configs = {
+            "remedy 1: no-AMX build, repacking on": (sys.executable, True),
+            "remedy 2: no extra buffer types": (sys.executable, False),
+        }
         if args.native_python:
             configs["remedy 2 on a default native build"] = (args.native_python, False)
             configs["default native build, as is"] = (args.native_python, True)

@@ -118,8 +118,10 @@ def main() -> int:
     args = ap.parse_args()
     path = default_model_path()
     tokens = prompt_tokens(path)
-    print(f"model {path.name}, prompt {len(tokens)} tokens, greedy, up to {args.tokens} tokens, "
-          f"{threads()} threads, {args.rounds} rounds (alternating)")
+    print(
+        f"model {path.name}, prompt {len(tokens)} tokens, greedy, up to {args.tokens} tokens, "
+        f"{threads()} threads, {args.rounds} rounds (alternating)"
+    )
     results: dict[str, list[float]] = {"pocketlm run": [], "bare Llama.generate": [],
                                        "bare C-API loop": []}  # fmt: skip
     counts = {}
@@ -132,18 +134,25 @@ def main() -> int:
             tps, n = fn()
             results[name].append(tps)
             counts[name] = n
-        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{k} {v[-1]:.1f}" for k, v in results.items()), flush=True)
+        print(
+            f"  round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
+            flush=True,
+        )
     print("\ndecode tok/s (median, min, max):")
     for name, xs in results.items():
         print(f"  {name:22s} {spread(xs)}   [{counts[name]} tokens]")
     best_bare = max(median(results["bare Llama.generate"]), median(results["bare C-API loop"]))
     ratio = median(results["pocketlm run"]) / best_bare
-    print(f"ratio pocketlm / fastest bare loop: {ratio:.3f}  "
-          f"(pocketlm costs {100 * (1 - ratio):+.1f}% of decode speed; target: at most 3%)")
+    print(
+        f"ratio pocketlm / fastest bare loop: {ratio:.3f}  "
+        f"(pocketlm costs {100 * (1 - ratio):+.1f}% of decode speed; target: at most 3%)"
+    )
     ttfb = [time_to_first_byte() for _ in range(args.rounds)]
-    print(f"process start -> first answer byte of `pocketlm run` (s): median {median(ttfb):.3f} "
-          f"(min {min(ttfb):.3f}, max {max(ttfb):.3f}); target < 1.5 s")
+    print(
+        f"process start -> first answer byte of `pocketlm run` (s): median {median(ttfb):.3f} "
+        f"(min {min(ttfb):.3f}, max {max(ttfb):.3f}); target < 1.5 s"
+    )
     return 0
 
 

@@ -83,7 +83,8 @@ class LoadParams(BaseModel):
     )
     batch: int = Field(512, ge=1, le=1 << 16, description="prompt tokens evaluated per step")
     flash_attn: bool = Field(
-        False, description="use flash attention (off by default: on CPUs it made decoding "
+        False,
+        description="use flash attention (off by default: on CPUs it made decoding "
         "up to 2x slower in benchmarks/run_overhead.py)",
     )
 

@@ -103,7 +103,11 @@ def _run_child(model_path: str, *, extra_bufts: bool) -> tuple[int, str]:
     the last line it wrote to stderr."""
     try:
         proc = subprocess.run(
-            child_command(model_path, extra_bufts), capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S
+            child_command(model_path, extra_bufts),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
         raise EngineError(

@@ -111,7 +111,9 @@ class LoadedModel:
             n_batch=min(self.params.batch, n_ctx),
             flash_attn=self.params.flash_attn,
         )
-        self.template = self._model.chat_template()
+        # A base (not instruction-tuned) model completes text: no template unless asked.
+        chat = self.manifest.chat if self.manifest else True
+        self.template = self._model.chat_template() if chat else None
         self.load_s = time.perf_counter() - started
 
     # -- life cycle ---------------------------------------------------------------
@@ -174,7 +176,8 @@ class LoadedModel:
         checked = chat_template.check_messages(messages)
         if not self.template:
             raise UsageError(
-                f"model '{self.name}' has no chat template", "use generate(..., raw=True)"
+                f"model '{self.name}' is not a chat model (no chat template)",
+                "complete text with generate(..., raw=True)",
             )
         return self._start(_ChatPrompt(self, checked), params, stream)
 

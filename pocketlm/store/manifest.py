@@ -41,6 +41,7 @@ class Manifest(BaseModel):
     bits_per_weight: float
     context_length: int | None = None
     chat_template: str | None = None
+    chat: bool = True  # instruction-tuned: prompts use the chat template unless --raw
     license: str | None = None
     parent: str | None = None  # the model this one was derived from (quantization, distillation)
     imported: bool = False  # True: the file lives outside the store and is not ours to delete

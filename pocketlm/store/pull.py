@@ -86,6 +86,7 @@ def pull(ref: str, store: Store | None = None, progress: Progress | None = None)
             license=entry.license,
             description=entry.description,
             imported=False,
+            chat=entry.chat,
         )
         store.put(manifest)
         progress.note(f"verified sha256 {sha[:12]}..., stored {entry.name}")
@@ -281,6 +282,7 @@ def manifest_from_info(
     description: str | None,
     imported: bool,
     parent: str | None = None,
+    chat: bool | None = None,
 ) -> Manifest:
     return Manifest(
         name=name,
@@ -299,4 +301,5 @@ def manifest_from_info(
         imported=imported,
         description=description or info.name,
         file_mtime_ns=Path(path).stat().st_mtime_ns,
+        chat=bool(info.chat_template) if chat is None else chat,
     )

@@ -13,7 +13,7 @@ GREEDY = {"temperature": 0.0, "repeat_penalty": 1.0}
 
 @pytest.fixture(scope="module")
 def model(tiny_gguf):
-    with LoadedModel(str(tiny_gguf), ctx=256, threads=2) as m:
+    with LoadedModel(str(tiny_gguf), ctx=256, threads=1) as m:
         yield m
 
 
