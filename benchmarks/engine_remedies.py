@@ -73,6 +73,9 @@ def measure(python: str, path: Path, extra: bool) -> dict | None:
 def q4_0_copy(src: Path, dst: Path) -> Path:
     import llama_cpp as ll
 
+    from pocketlm.engine.llama import init_backend
+
+    init_backend()  # llama.cpp's log goes to pocketlm's (silent) handler
     params = ll.llama_model_quantize_default_params()
     params.ftype = ll.LLAMA_FTYPE_MOSTLY_Q4_0
     params.allow_requantize = True
