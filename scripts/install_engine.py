@@ -115,7 +115,7 @@ def build_wheel(out: Path, flags: list[str], log: Path) -> Path:
         f"{' '.join(flags) or '(native)'}; this takes a few minutes (log: {log})",
         flush=True,
     )
-    start = time.time()
+    bar = _Bar()
     with open(log, "w") as logf:
         proc = subprocess.Popen(
             cmd,
@@ -127,8 +127,9 @@ def build_wheel(out: Path, flags: list[str], log: Path) -> Path:
         )
         for line in proc.stdout:
             logf.write(line)
-            if m := re.search(r"\[\s*(\d+)%\]", line):
-                _bar(int(m.group(1)), time.time() - start)
+            if m := _STEP.search(line):  # ninja: [57/140], make: [ 40%]
+                done, total = m.group(1, 2)
+                bar(int(done) * 100 // int(total) if total else int(done))
         proc.wait()
     print(flush=True)
     if proc.returncode != 0:
@@ -147,15 +148,30 @@ def build_wheel(out: Path, flags: list[str], log: Path) -> Path:
     return final
 
 
-def _bar(percent: int, elapsed: float) -> None:
-    width = 30
-    done = width * percent // 100
-    eta = elapsed * (100 - percent) / percent if percent else 0
-    sys.stdout.write(
-        f"\r  [{'#' * done}{'.' * (width - done)}] {percent:3d}%  "
-        f"{elapsed:4.0f} s elapsed, ~{eta:3.0f} s left "
-    )
-    sys.stdout.flush()
+_STEP = re.compile(r"^\s*\[\s*(\d+)(?:/(\d+)|%)\]")
+
+
+class _Bar:
+    """A progress bar with elapsed time and ETA; a line per 10% when not on a terminal."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+        self.tty = sys.stdout.isatty()
+        self.shown = -1
+
+    def __call__(self, percent: int) -> None:
+        elapsed = time.time() - self.start
+        eta = elapsed * (100 - percent) / percent if percent else 0
+        if self.tty:
+            done = 30 * percent // 100
+            sys.stdout.write(
+                f"\r  [{'#' * done}{'.' * (30 - done)}] {percent:3d}%  "
+                f"{elapsed:4.0f} s elapsed, ~{eta:3.0f} s left "
+            )
+        elif percent // 10 > self.shown:
+            self.shown = percent // 10
+            sys.stdout.write(f"  {percent:3d}%  {elapsed:4.0f} s elapsed, ~{eta:3.0f} s left\n")
+        sys.stdout.flush()
 
 
 def main() -> int:

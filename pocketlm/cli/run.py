@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 
 from pocketlm import config
 from pocketlm.cli.flags import add_flags, collect
-from pocketlm.errors import UsageError
+from pocketlm.errors import ModelNotFoundError, UsageError
 from pocketlm.params import GenerationParams, LoadParams
 
 HELP = "answer a prompt with a model (streamed), or chat when no prompt is given"
@@ -43,7 +44,21 @@ def split_model_and_prompt(words: list[str], model: str | None) -> tuple[str, st
             model, words = first, words[1:]
         elif len(words) > 1 and first and " " not in first:
             store.get(first)  # an unknown model name: fails naming the closest ones
+        elif len(words) == 1 and " " not in first:
+            close = difflib.get_close_matches(first, known_names(store), n=1, cutoff=0.8)
+            if close:  # `pocketlm run smolm2`: a typo, not a one-word prompt
+                raise ModelNotFoundError(
+                    f"unknown model '{first}'",
+                    f"did you mean '{close[0]}'? (to send '{first}' as the prompt: "
+                    f"pocketlm run {config.default_model()} {first})",
+                )
     return model or config.default_model(), " ".join(words) if words else None
+
+
+def known_names(store) -> list[str]:
+    from pocketlm.store import catalog
+
+    return sorted(set(store.names()) | set(catalog.CATALOG))
 
 
 def read_stdin() -> str:

@@ -119,10 +119,11 @@ class LoadedModel:
     # -- life cycle ---------------------------------------------------------------
 
     def close(self) -> None:
-        if getattr(self, "_ctx", None):
-            self._ctx.close()
-            self._model.close()
-            self._ctx = self._model = None
+        """Free the context and the weights (idempotent)."""
+        for part in ("_ctx", "_model"):  # the context first: it points into the model
+            if getattr(self, part, None) is not None:
+                getattr(self, part).close()
+                setattr(self, part, None)
 
     def __enter__(self) -> LoadedModel:
         return self
@@ -250,7 +251,7 @@ class Stream:
         self._model = model
         self._params = params
         self.completion: Completion | None = None
-        self._started = time.perf_counter()
+        self._started = 0.0  # set when generation starts (a stream may be consumed later)
         n_ctx = model.n_ctx
         stats = Stats(load_s=model.load_s)
         want = params.max_tokens or 0
@@ -289,6 +290,7 @@ class Stream:
         from pocketlm.engine.llama import Sampler
 
         model, p, stats = self._model, self._params, self.stats
+        self._started = time.perf_counter()
         ctx, vocab = model._ctx, model._model
         sampler = Sampler(
             n_vocab=vocab.n_vocab, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,

@@ -185,3 +185,19 @@ def test_import_refuses_a_name_taken_by_another_file(tiny_gguf, tmp_path):
     assert run_cli("import", str(tiny_gguf), "--name", "m").returncode == 0
     assert_clean_error(run_cli("import", str(other), "--name", "m"), "already exists", "--name")
     assert_clean_error(run_cli("import", str(other), "--name", "bad/name"), "invalid model name")
+
+
+def test_one_word_close_to_a_model_name_is_a_typo_not_a_prompt():
+    assert_clean_error(run_cli("run", "smollm2-135m-instrut"), "did you mean",
+                       "smollm2-135m-instruct")  # fmt: skip
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(tiny_gguf):
+    import subprocess
+
+    cmd = (f"'{sys.executable}' -m pocketlm run '{tiny_gguf}' 'the cat' --ctx 4096 "
+           "--threads 1 | head -c 10 > /dev/null")  # fmt: skip
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)  # fmt: skip
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0
