@@ -20,6 +20,8 @@ VERBS = {
     "show": "show",
     "rm": "rm",
     "fit": "fit",
+    "serve": "serve",
+    "ps": "ps",
 }
 
 

@@ -135,13 +135,27 @@ class Context:
     """
 
     def __init__(
-        self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int, flash_attn: bool = False
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_batch: int,
+        flash_attn: bool = False,
+        n_seq: int = 1,
+        embeddings: bool = False,
     ):
         params = ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = min(n_batch, 512)
-        params.n_seq_max = 1
+        params.n_seq_max = n_seq
+        # One KV buffer shared by all sequences: a prefix evaluated for one sequence can be
+        # copied to another (llama_memory_seq_cp) instead of being computed again.
+        params.kv_unified = n_seq > 1
+        params.embeddings = embeddings
+        if embeddings:
+            params.pooling_type = ll.LLAMA_POOLING_TYPE_MEAN
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
@@ -155,18 +169,21 @@ class Context:
         self.model = model
         self.n_ctx = ll.llama_n_ctx(self._ptr)
         self.n_batch = n_batch
+        self.n_seq = n_seq
         self._memory = ll.llama_get_memory(self._ptr)
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self.tokens: list[int] = []
 
-    def _decode(self, tokens: Sequence[int], start: int, want_logits: bool) -> None:
+    def _decode(
+        self, tokens: Sequence[int], start: int, want_logits: bool, all_outputs: bool = False
+    ) -> None:
         batch = self._batch
         for i, tok in enumerate(tokens):
             batch.token[i] = tok
             batch.pos[i] = start + i
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0
-            batch.logits[i] = 0
+            batch.logits[i] = all_outputs
         if want_logits:
             batch.logits[len(tokens) - 1] = 1
         batch.n_tokens = len(tokens)
@@ -193,6 +210,13 @@ class Context:
             chunk = prompt[at : at + self.n_batch]
             self._decode(chunk, at, want_logits=at + len(chunk) == len(prompt))
         return common
+
+    def prefill_all(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` from the start of the sequence, keeping every output (embeddings)."""
+        self.reset()
+        for at in range(0, len(tokens), self.n_batch):
+            chunk = tokens[at : at + self.n_batch]
+            self._decode(chunk, at, want_logits=True, all_outputs=True)
 
     def step(self, token: int) -> None:
         """Append one token (the one just sampled) to the sequence."""
@@ -223,9 +247,18 @@ class Sampler:
         repeat_penalty: float,
         repeat_last_n: int,
         seed: int,
+        grammar: str | None = None,
+        vocab=None,
     ):
         self._ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         add = lambda s: ll.llama_sampler_chain_add(self._ptr, s)  # noqa: E731
+        if grammar is not None:
+            # First in the chain: tokens the grammar forbids never reach the other samplers.
+            g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not g:
+                self.close()
+                raise EngineError(f"invalid grammar: {last_log_error()}")
+            add(g)
         if repeat_penalty != 1.0 and repeat_last_n != 0:
             add(ll.llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, 0.0, 0.0))
         if temperature <= 0.0:
@@ -247,12 +280,15 @@ class Sampler:
             repeat_last_n=0, seed=0,
         )  # fmt: skip
 
-    def sample(self, ctx: Context) -> int:
-        """Draw the next token from the logits of the last evaluated position (and accept it)."""
-        return ll.llama_sampler_sample(self._ptr, ctx._ptr, -1)
+    def sample(self, ctx: Context, index: int = -1) -> int:
+        """Draw the next token from the logits at batch position ``index`` (and accept it)."""
+        return ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
 
     def accept(self, token: int) -> None:
-        """Feed a token the model did not sample (prompt history) to the penalties."""
+        """Feed a token the model did not sample (prompt history) to the penalties.
+
+        Never with a grammar in the chain: it would see tokens outside its language, and
+        llama.cpp aborts the process on that."""
         ll.llama_sampler_accept(self._ptr, token)
 
     def close(self) -> None:

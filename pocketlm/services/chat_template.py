@@ -87,3 +87,14 @@ def render(
             f"the model's chat template failed ({e})",
             "run with --raw to send the prompt without a template",
         ) from None
+
+
+def chat_tokens(model, template: str, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Render ``messages`` with ``template`` and tokenize the result for ``model`` (an engine
+    Model): special tokens in the text are parsed, and BOS is added only if the model wants
+    one and the template did not write it."""
+    bos = model.token_text(model.bos) if model.bos >= 0 else ""
+    eos = model.token_text(model.eos) if model.eos >= 0 else ""
+    text = render(template, messages, bos_token=bos, eos_token=eos)
+    add_bos = model.add_bos and not (bos and text.startswith(bos))
+    return model.tokenize(text, add_special=add_bos, parse_special=True)

@@ -8,7 +8,6 @@ token, with stop strings, UTF-8 reassembly and the context limit handled here.
 
 from __future__ import annotations
 
-import codecs
 import resource
 import secrets
 import sys
@@ -24,6 +23,7 @@ from pocketlm.params import DEFAULT_CTX_CAP, GenerationParams, LoadParams, valid
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services import chat_template
 from pocketlm.services.machine import default_threads
+from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
 from pocketlm.store.manifest import Manifest
 from pocketlm.store.pull import looks_like_path, pull
@@ -183,8 +183,9 @@ class LoadedModel:
         return self._start(_ChatPrompt(self, checked), params, stream)
 
     def render(self, messages: Sequence[dict[str, str]]) -> str:
-        bos = self._model.token_text(self._model.bos) if self._model.bos >= 0 else ""
-        eos = self._model.token_text(self._model.eos) if self._model.eos >= 0 else ""
+        m = self._model
+        bos = m.token_text(m.bos) if m.bos >= 0 else ""
+        eos = m.token_text(m.eos) if m.eos >= 0 else ""
         return chat_template.render(self.template, messages, bos_token=bos, eos_token=eos)
 
     def _raw_prompt(self, text: str) -> _RawPrompt:
@@ -200,10 +201,7 @@ class LoadedModel:
         return s.completion
 
     def _chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = self.render(messages)
-        bos = self._model.token_text(self._model.bos) if self._model.bos >= 0 else None
-        add_bos = self._model.add_bos and not (bos and text.startswith(bos))
-        return self.tokenize(text, add_special=add_bos, parse_special=True)
+        return chat_template.chat_tokens(self._model, self.template, messages)
 
 
 class _RawPrompt:
@@ -297,7 +295,7 @@ class Stream:
             min_p=p.min_p, repeat_penalty=p.repeat_penalty, repeat_last_n=p.repeat_last_n,
             seed=stats.seed,
         )  # fmt: skip
-        text = _TextAssembler(p.stop)
+        text = TextAssembler(p.stop)
         finish = "length"
         n_out = 0
         t_first = None
@@ -350,47 +348,3 @@ def _overflow_hint(model: LoadedModel, prompt_tokens: int, want: int) -> str:
     if want:
         fix += ", lower --max-tokens"
     return fix + ", or pass --truncate to drop the oldest part of the prompt"
-
-
-class _TextAssembler:
-    """Bytes of tokens in, text out: whole UTF-8 characters only, stop strings cut off.
-
-    Text that could be the start of a stop string is held back until it is not.
-    """
-
-    def __init__(self, stop: Sequence[str]):
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._stop = tuple(stop)
-        self._pending = ""
-        self.text = ""
-
-    def push(self, data: bytes) -> tuple[str, bool]:
-        self._pending += self._decoder.decode(data)
-        if not self._stop:
-            out, self._pending = self._pending, ""
-            self.text += out
-            return out, False
-        cut = min((i for i in (self._pending.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self._pending = self._pending[:cut], ""
-            self.text += out
-            return out, True
-        hold = max((_overlap(self._pending, s) for s in self._stop), default=0)
-        out = self._pending[: len(self._pending) - hold]
-        self._pending = self._pending[len(out) :]
-        self.text += out
-        return out, False
-
-    def flush(self) -> str:
-        out = self._pending + self._decoder.decode(b"", final=True)
-        self._pending = ""
-        self.text += out
-        return out
-
-
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0

@@ -1,6 +1,6 @@
 """Streaming text reassembly: UTF-8 split across tokens, stop strings split across tokens."""
 
-from pocketlm.services.runtime import _TextAssembler
+from pocketlm.services.text import TextAssembler as _TextAssembler
 
 
 def feed(asm, chunks):

@@ -1,0 +1,99 @@
+"""pocketlm serve: OpenAI- and Ollama-compatible HTTP API, and a web chat page."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import os
+import socket
+import sys
+
+from pocketlm.errors import UsageError
+
+HELP = "serve models over HTTP (OpenAI and Ollama APIs, web chat page at /)"
+DEFAULT_PORT = 11434  # Ollama's: its clients find pocketlm with no configuration
+API_KEY_ENV = "POCKETLM_API_KEY"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port (default: {DEFAULT_PORT}, Ollama's)")  # fmt: skip
+    p.add_argument("--api-key", help=f"require this Bearer token (or set {API_KEY_ENV}); "
+                   "mandatory when binding a non-loopback address")  # fmt: skip
+    p.add_argument("--parallel", type=int, default=8, help="sequences decoded together per model")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait (more: 503)")
+    p.add_argument("--ctx", type=int, help="context per sequence (default: the model's, <= 4096)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument("--keep-alive", type=float, default=300,
+                   help="seconds an idle model stays loaded (default: 300)")  # fmt: skip
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        help="GB the loaded models may use (default: 90%% of available RAM)",
+    )
+    p.add_argument("--preload", metavar="MODEL", help="load this model at start")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"port {port} on {host} is already in use (Ollama, or another pocketlm?)",
+                    "stop it, or choose another port with --port",
+                ) from None
+            raise UsageError(f"cannot bind {host}:{port} ({e.strerror})") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(args.host) and not api_key:
+        raise UsageError(
+            f"binding {args.host} exposes the server to the network without authentication",
+            f"pass --api-key KEY (or set {API_KEY_ENV}); clients send 'Authorization: Bearer KEY'",
+        )
+    for name in ("parallel", "queue"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"invalid --{name} {getattr(args, name)}: must be at least 1")
+    if args.ctx is not None and args.ctx < 16:
+        raise UsageError(f"invalid --ctx {args.ctx}: must be at least 16")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"invalid --port {args.port}: must be 1-65535")
+    check_port(args.host, args.port)
+
+    import asyncio
+
+    import uvicorn
+
+    from pocketlm.server.app import create_app
+    from pocketlm.services.serving import ModelPool, ServeConfig
+
+    cfg = ServeConfig(
+        n_seq=args.parallel, ctx=args.ctx, threads=args.threads, max_queue=args.queue,
+        keep_alive_s=args.keep_alive,
+        memory_budget_bytes=int(args.memory_budget * 1e9) if args.memory_budget else None,
+    )  # fmt: skip
+    pool = ModelPool(cfg=cfg)
+    if args.preload:
+        asyncio.run(pool.acquire(args.preload, float("inf")))
+    app = create_app(pool, api_key=api_key)
+    print(f"pocketlm {args.host}:{args.port}: OpenAI API at /v1, Ollama API at /api, "
+          f"chat page at http://{args.host}:{args.port}/", file=sys.stderr)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=5)  # fmt: skip
+    return 0

@@ -1,0 +1,359 @@
+"""Continuous batching: many sequences decoded together in one llama.cpp context.
+
+A scheduler thread owns the context. Each step it builds one llama.cpp batch out of
+  - one token for every sequence that is generating, and
+  - prompt chunks of sequences still being prefilled (within ``n_batch`` tokens),
+runs one ``llama_decode``, and samples the next token of every sequence whose logits came
+out, each with its own sampler chain (parameters, seed, grammar). New requests join at
+the next step; a cancelled one leaves at the next step.
+
+Prefix cache: a slot keeps the KV of its last sequence after it finishes. A new request
+goes to the free slot whose cached tokens share the longest prefix with its prompt, and if
+another slot (busy or not) shares a longer prefix, those cells are copied over
+(``llama_memory_seq_cp``, one KV buffer for all sequences): only the rest is evaluated.
+
+Callbacks run on the scheduler thread and must be quick.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp as ll
+import numpy as np
+
+from pocketlm.engine.llama import Context, Model, Sampler
+from pocketlm.errors import PocketError
+
+
+class Overloaded(PocketError):
+    """The request queue is full."""
+
+    http_status = 503
+
+
+@dataclass
+class TokenEvent:
+    token: int
+    logprob: float | None = None  # log-probability of ``token`` under the model
+    top: list[tuple[int, float]] | None = None  # the most likely tokens and their logprobs
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop" (end of turn or stopped by the consumer), "length", "cancelled", "error"
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    t_queued: float
+    t_started: float  # left the queue
+    t_first: float | None  # first token sampled (end of prefill)
+    t_end: float
+    # per prompt token: (logprob, top alternatives) given the tokens before it; None for the first
+    prompt_logprobs: list[tuple[float, list[tuple[int, float]]] | None] | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    tokens: list[int]
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int = 0
+    max_tokens: int = 256  # 0: evaluate the prompt only (scoring)
+    grammar: str | None = None
+    n_logprobs: int | None = None  # None: no logprobs; k: the chosen token's and top k
+    prompt_logprobs: bool = False
+    on_token: Callable[[TokenEvent], bool] = lambda e: True  # False: stop here
+    on_done: Callable[[Finished], None] = lambda f: None
+    cancelled: bool = False
+    t_queued: float = field(default_factory=time.perf_counter)
+
+
+class _Slot:
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.tokens: list[int] = []  # what the KV cache holds for this sequence
+        self.req: Request | None = None
+        self.pending: list[int] = []  # prompt tokens not evaluated yet
+        self.next_token: int | None = None
+        self.sampler: Sampler | None = None
+        self.n_out = 0
+        self.cached = 0
+        self.t_started = 0.0
+        self.t_first: float | None = None
+        self.prompt_lp: list | None = None
+        self.carry: np.ndarray | None = None  # logprobs from the last evaluated prompt token
+        self.last_used = 0.0
+
+
+class BatchEngine:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_seq: int = 8,
+        n_ctx_seq: int = 4096,
+        n_threads: int = 1,
+        n_batch: int = 512,
+        max_queue: int = 16,
+        flash_attn: bool = False,
+    ):
+        self.model = model
+        self.n_ctx_seq = n_ctx_seq
+        self.max_queue = max_queue
+        self.ctx = Context(model, n_ctx=n_ctx_seq * n_seq, n_threads=n_threads, n_batch=n_batch,
+                           flash_attn=flash_attn, n_seq=n_seq)  # fmt: skip
+        self.n_batch = n_batch
+        self._slots = [_Slot(i) for i in range(n_seq)]
+        self._queue: collections.deque[Request] = collections.deque()
+        self._cv = threading.Condition()
+        self._running = True
+        self.tokens_evaluated = 0  # counters for metrics
+        self.tokens_generated = 0
+        self._thread = threading.Thread(target=self._loop, name="pocketlm-batch", daemon=True)
+        self._thread.start()
+
+    # -- public, any thread ---------------------------------------------------------------
+
+    def submit(self, req: Request) -> None:
+        if len(req.tokens) + max(req.max_tokens, 1) > self.n_ctx_seq:
+            raise ValueError("request does not fit the per-sequence context")  # caller checks
+        with self._cv:
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded(
+                    f"the server is busy ({len(self._queue)} requests waiting)", "retry shortly"
+                )
+            self._queue.append(req)
+            self._cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        with self._cv:
+            req.cancelled = True
+            self._cv.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def active(self) -> int:
+        return sum(s.req is not None for s in self._slots)
+
+    def close(self) -> None:
+        with self._cv:
+            self._running = False
+            self._cv.notify()
+        self._thread.join()
+        for slot in self._slots:
+            if slot.req is not None:
+                self._finish(slot, "cancelled")
+        for req in self._queue:
+            req.on_done(_unstarted(req, "cancelled"))
+        self._queue.clear()
+        self.ctx.close()
+
+    # -- scheduler thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while self._running and not self._queue and not any(s.req for s in self._slots):
+                    self._cv.wait()
+                if not self._running:
+                    return
+                self._drop_cancelled()
+                self._admit()
+            try:
+                self._step()
+            except Exception as e:  # keep serving: fail the sequences of this step only
+                for slot in self._slots:
+                    if slot.req is not None:
+                        self._finish(slot, "error", error=str(e))
+
+    def _drop_cancelled(self) -> None:
+        for req in [r for r in self._queue if r.cancelled]:
+            self._queue.remove(req)
+            req.on_done(_unstarted(req, "cancelled"))
+        for slot in self._slots:
+            if slot.req is not None and slot.req.cancelled:
+                self._finish(slot, "cancelled")
+
+    def _admit(self) -> None:
+        while self._queue:
+            free = [s for s in self._slots if s.req is None]
+            if not free:
+                return
+            req = self._queue.popleft()
+            prompt = req.tokens
+            limit = 0 if req.prompt_logprobs else len(prompt) - 1  # >= 1 token to evaluate
+            slot = max(free, key=lambda s: (_common(s.tokens, prompt), -s.last_used))
+            reuse = min(_common(slot.tokens, prompt), limit)
+            donor, donated = None, reuse
+            for other in self._slots:
+                n = min(_common(other.tokens, prompt), limit)
+                if other is not slot and n > donated:
+                    donor, donated = other, n
+            mem = self.ctx._memory
+            if donor is not None:
+                ll.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+                ll.llama_memory_seq_cp(mem, donor.seq, slot.seq, 0, donated)
+                reuse = donated
+            else:
+                ll.llama_memory_seq_rm(mem, slot.seq, reuse, -1)
+            slot.tokens = list(prompt[:reuse])
+            slot.pending = list(prompt[reuse:])
+            slot.req, slot.n_out, slot.cached = req, 0, reuse
+            slot.t_started, slot.t_first, slot.next_token = time.perf_counter(), None, None
+            slot.prompt_lp = [None] if req.prompt_logprobs else None
+            slot.carry = None
+            try:
+                slot.sampler = Sampler(
+                    n_vocab=self.model.n_vocab, temperature=req.temperature, top_k=req.top_k,
+                    top_p=req.top_p, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
+                    repeat_last_n=req.repeat_last_n, seed=req.seed, grammar=req.grammar,
+                    vocab=self.model.vocab,
+                )  # fmt: skip
+            except PocketError as e:
+                slot.sampler = None
+                self._finish(slot, "error", error=str(e))
+                continue
+            # The penalties' history starts with the prompt. Not with a grammar: it would
+            # reject the prompt's tokens (llama.cpp aborts the process on that).
+            if req.grammar is None and req.repeat_last_n:
+                for tok in prompt[-req.repeat_last_n :]:
+                    slot.sampler.accept(tok)
+
+    def _step(self) -> None:
+        batch, n = self.ctx._batch, 0
+        plan: list[tuple[_Slot, int, int, bool]] = []  # slot, first index, count, is a prompt
+
+        def put(tok: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = tok, pos, 1
+            batch.seq_id[n][0], batch.logits[n] = seq, logits
+            n += 1
+
+        for slot in self._slots:  # generating sequences: one token each
+            if slot.req is not None and slot.next_token is not None:
+                plan.append((slot, n, 1, False))
+                put(slot.next_token, len(slot.tokens), slot.seq, True)
+        for slot in self._slots:  # prompts, in chunks, with what room is left
+            if slot.req is None or not slot.pending or n >= self.n_batch:
+                continue
+            take = min(len(slot.pending), self.n_batch - n)
+            done = take == len(slot.pending)
+            all_logits = slot.req.prompt_logprobs
+            plan.append((slot, n, take, True))
+            for i, tok in enumerate(slot.pending[:take]):
+                put(tok, len(slot.tokens) + i, slot.seq, all_logits or (done and i == take - 1))
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = ll.llama_decode(self.ctx._ptr, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed (code {rc})")
+        self.tokens_evaluated += n
+        for slot, first, count, is_prompt in plan:
+            if not is_prompt:
+                slot.tokens.append(slot.next_token)
+                self._sample(slot, first)
+                continue
+            chunk = slot.pending[:count]
+            if slot.prompt_lp is not None:
+                self._prompt_logprobs(slot, first, chunk)
+            slot.tokens.extend(chunk)
+            del slot.pending[:count]
+            if not slot.pending:
+                self._sample(slot, first + count - 1)
+
+    def _prompt_logprobs(self, slot: _Slot, first: int, chunk: list[int]) -> None:
+        # logits at position i predict token i + 1: the chunk's first token is scored by the
+        # previous chunk's last logits, kept in ``slot.carry``.
+        k = slot.req.n_logprobs or 0
+        for i, tok in enumerate(chunk):
+            if slot.carry is not None:
+                slot.prompt_lp.append((float(slot.carry[tok]), _top(slot.carry, k)))
+            slot.carry = _log_softmax(self._logits(first + i))
+
+    def _logits(self, index: int) -> np.ndarray:
+        ptr = ll.llama_get_logits_ith(self.ctx._ptr, index)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        req = slot.req
+        if slot.t_first is None:
+            slot.t_first = time.perf_counter()
+            slot.carry = None
+            if req.max_tokens == 0:
+                self._finish(slot, "length")
+                return
+        event = TokenEvent(0)
+        if req.n_logprobs is not None:
+            lp = _log_softmax(self._logits(index))
+        tok = slot.sampler.sample(self.ctx, index)
+        event.token = tok
+        if req.n_logprobs is not None:
+            event.logprob = float(lp[tok])
+            event.top = _top(lp, req.n_logprobs)
+        if self.model.is_eog(tok):
+            self._finish(slot, "stop")
+            return
+        slot.n_out += 1
+        self.tokens_generated += 1
+        keep_going = req.on_token(event)
+        if not keep_going:
+            self._finish(slot, "stop")
+        elif slot.n_out >= req.max_tokens or len(slot.tokens) + 1 >= self.n_ctx_seq:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = tok
+
+    def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
+        req = slot.req
+        if slot.sampler is not None:
+            slot.sampler.close()
+        slot.sampler, slot.req, slot.next_token, slot.pending = None, None, None, []
+        slot.last_used = time.perf_counter()
+        req.on_done(Finished(
+            reason=reason, prompt_tokens=len(req.tokens), cached_tokens=slot.cached,
+            completion_tokens=slot.n_out, t_queued=req.t_queued, t_started=slot.t_started,
+            t_first=slot.t_first, t_end=slot.last_used, prompt_logprobs=slot.prompt_lp,
+            error=error,
+        ))  # fmt: skip
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _top(logprobs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k most likely tokens, most likely first."""
+    if k <= 0:
+        return []
+    top = np.argpartition(-logprobs, k)[:k]
+    top = top[np.argsort(-logprobs[top])]
+    return [(int(t), float(logprobs[t])) for t in top]
+
+
+def _unstarted(req: Request, reason: str) -> Finished:
+    now = time.perf_counter()
+    return Finished(reason, len(req.tokens), 0, 0, req.t_queued, now, None, now)

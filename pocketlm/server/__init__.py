@@ -1,0 +1,1 @@
+"""HTTP interface: OpenAI- and Ollama-compatible APIs, metrics and a web chat page."""

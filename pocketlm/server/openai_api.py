@@ -1,0 +1,291 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sse_starlette.sse import EventSourceResponse
+
+from pocketlm.server.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponseFormat,
+    generation_params,
+)
+from pocketlm.services.serving import Piece, ServedModel
+
+router = APIRouter(prefix="/v1")
+
+
+def _pool(request: Request):
+    return request.app.state.pool
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...] | None:
+    if stop is None:
+        return None
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def grammar_for(fmt: ResponseFormat | None) -> str | None:
+    """A GBNF grammar that only admits JSON (matching the schema, if one is given)."""
+    if fmt is None or fmt.type == "text":
+        return None
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    schema: dict[str, Any] = {"type": "object"}
+    if fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema_:
+        schema = fmt.json_schema.schema_
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # the converter raises plain exceptions on schemas it cannot map
+        from pocketlm.errors import UsageError
+
+        raise UsageError(f"invalid response_format json_schema: {e}") from None
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict:
+    pool = _pool(request)
+    data = [{"id": m.name, "object": "model", "created": _created(m.created_at),
+             "owned_by": "pocketlm"} for m in pool.store.list()]  # fmt: skip
+    listed = {d["id"] for d in data}
+    data += [{"id": n, "object": "model", "created": int(s.loaded_at), "owned_by": "pocketlm"}
+             for n, s in pool.models.items() if n not in listed]  # fmt: skip
+    return {"object": "list", "data": data}
+
+
+def _created(iso: str) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(iso).timestamp())
+    except ValueError:
+        return 0
+
+
+async def _merge(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:
+    """Interleave several choices' streams as their pieces arrive."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[Piece]) -> None:
+        try:
+            async for piece in stream:
+                await queue.put((i, piece))
+        except Exception as e:  # surfaces in the consumer
+            await queue.put((i, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, piece = await queue.get()
+            if isinstance(piece, Exception):
+                raise piece
+            if piece.done is not None:
+                remaining -= 1
+            yield i, piece
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            await s.aclose()
+
+
+def _finish_reason(piece: Piece) -> str:
+    reason = piece.done.reason
+    if piece.done.error:
+        raise RuntimeError(piece.done.error)
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(prompt_tokens: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion}  # fmt: skip
+
+
+def _token_logprob(served: ServedModel, tok: int, lp: float, top) -> dict:
+    text = served.token_text(tok)
+    return {
+        "token": text, "logprob": lp, "bytes": list(served.model.piece(tok)),
+        "top_logprobs": [{"token": served.token_text(t), "logprob": v,
+                          "bytes": list(served.model.piece(t))} for t, v in (top or [])],
+    }  # fmt: skip
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    pool = _pool(request)
+    served = await pool.acquire(body.model)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages]  # fmt: skip
+    tokens = served.chat_tokens(messages)
+    params = generation_params(body, stop=_stops(body.stop))
+    max_tokens = body.max_completion_tokens or body.max_tokens or served.n_ctx_seq - len(tokens)
+    n_lp = (body.top_logprobs or 0) if body.logprobs else None
+    grammar = grammar_for(body.response_format)
+    served.check_fits(len(tokens), max_tokens)
+    streams = [
+        served.stream(tokens, _seeded(params, i), max_tokens=max_tokens, grammar=grammar,
+                      n_logprobs=n_lp)
+        for i in range(body.n)
+    ]  # fmt: skip
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    head = {"id": rid, "created": created, "model": body.model}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventSourceResponse(_chat_events(served, streams, head, len(tokens), n_lp,
+                                                include_usage))  # fmt: skip
+    texts, reasons = [""] * body.n, ["stop"] * body.n
+    lps: list[list] = [[] for _ in range(body.n)]
+    completion = 0
+    async for i, piece in _merge(streams):
+        texts[i] += piece.text
+        if piece.event is not None and n_lp is not None:
+            e = piece.event
+            lps[i].append(_token_logprob(served, e.token, e.logprob, e.top))
+        if piece.done is not None:
+            reasons[i] = _finish_reason(piece)
+            completion += piece.done.completion_tokens
+    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                "logprobs": {"content": lps[i]} if n_lp is not None else None,
+                "finish_reason": reasons[i]} for i in range(body.n)]  # fmt: skip
+    return {**head, "object": "chat.completion", "choices": choices,
+            "usage": _usage(len(tokens), completion)}  # fmt: skip
+
+
+async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage):
+    chunk = {**head, "object": "chat.completion.chunk"}
+    for i in range(len(streams)):
+        first = {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        yield json.dumps({**chunk, "choices": [first]})
+    completion = 0
+    async for i, piece in _merge(streams):
+        choice: dict[str, Any] = {"index": i, "delta": {}, "finish_reason": None}
+        if piece.text:
+            choice["delta"] = {"content": piece.text}
+        if piece.event is not None and n_lp is not None:
+            e = piece.event
+            choice["logprobs"] = {"content": [_token_logprob(served, e.token, e.logprob, e.top)]}
+        if piece.done is not None:
+            choice["finish_reason"] = _finish_reason(piece)
+            completion += piece.done.completion_tokens
+        if piece.text or piece.done is not None or "logprobs" in choice:
+            yield json.dumps({**chunk, "choices": [choice]})
+    if include_usage:
+        yield json.dumps({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion)})
+    yield "[DONE]"
+
+
+def _seeded(params, i: int):
+    if i == 0 or params.seed is None:
+        return params
+    return params.model_copy(update={"seed": (params.seed + i) % (2**32 - 1)})
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    pool = _pool(request)
+    served = await pool.acquire(body.model)
+    if isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], int):
+        prompts = [list(body.prompt)]
+    else:
+        texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        prompts = [served.text_tokens(t) for t in texts]
+    params = generation_params(body, stop=_stops(body.stop))
+    n_lp = body.logprobs
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
+    if max_tokens == 0 and not body.echo:
+        max_tokens = 1
+    streams, plan = [], []
+    for p_i, tokens in enumerate(prompts):
+        served.check_fits(len(tokens), max_tokens)
+        for c in range(body.n):
+            streams.append(served.stream(
+                tokens, _seeded(params, c), max_tokens=max_tokens, n_logprobs=n_lp,
+                prompt_logprobs=body.echo and n_lp is not None,
+            ))  # fmt: skip
+            plan.append(tokens)
+    rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
+    prompt_total = sum(len(t) for t in prompts)
+    if body.stream:
+        return EventSourceResponse(_completion_events(served, streams, plan, head, body.echo,
+                                                      n_lp))  # fmt: skip
+    texts = ["" for _ in streams]
+    toks: list[list] = [[] for _ in streams]
+    reasons, prompt_lps = ["stop"] * len(streams), [None] * len(streams)
+    completion = 0
+    async for i, piece in _merge(streams):
+        texts[i] += piece.text
+        if piece.event is not None:
+            toks[i].append(piece.event)
+        if piece.done is not None:
+            reasons[i] = _finish_reason(piece)
+            prompt_lps[i] = piece.done.prompt_logprobs
+            completion += piece.done.completion_tokens
+    choices = []
+    for i in range(len(streams)):
+        text = (served.model.detokenize(plan[i]) if body.echo else "") + texts[i]
+        lp = None
+        if n_lp is not None:
+            lp = _completion_logprobs(served, plan[i] if body.echo else [], prompt_lps[i],
+                                      toks[i])  # fmt: skip
+        choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": reasons[i]})
+    return {**head, "choices": choices, "usage": _usage(prompt_total, completion)}
+
+
+def _completion_logprobs(served, prompt: list[int], prompt_lps, events) -> dict:
+    tokens, token_lps, tops, offsets, at = [], [], [], [], 0
+    for j, tok in enumerate(prompt):
+        text = served.token_text(tok)
+        entry = prompt_lps[j] if prompt_lps and j < len(prompt_lps) else None
+        tokens.append(text)
+        token_lps.append(entry[0] if entry else None)
+        tops.append({served.token_text(t): v for t, v in entry[1]} if entry else None)
+        offsets.append(at)
+        at += len(text)
+    for e in events:
+        text = served.token_text(e.token)
+        tokens.append(text)
+        token_lps.append(e.logprob)
+        tops.append({served.token_text(t): v for t, v in (e.top or [])})
+        offsets.append(at)
+        at += len(text)
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops,
+            "text_offset": offsets}  # fmt: skip
+
+
+async def _completion_events(served, streams, plan, head, echo, n_lp):
+    if echo:
+        for i, tokens in enumerate(plan):
+            choice = {"index": i, "text": served.model.detokenize(tokens), "logprobs": None,
+                      "finish_reason": None}  # fmt: skip
+            yield json.dumps({**head, "choices": [choice]})
+    async for i, piece in _merge(streams):
+        choice = {"index": i, "text": piece.text, "logprobs": None, "finish_reason": None}
+        if piece.event is not None and n_lp is not None:
+            choice["logprobs"] = _completion_logprobs(served, [], None, [piece.event])
+        if piece.done is not None:
+            choice["finish_reason"] = _finish_reason(piece)
+        if piece.text or piece.done is not None or choice["logprobs"]:
+            yield json.dumps({**head, "choices": [choice]})
+    yield "[DONE]"
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request):
+    served = await _pool(request).acquire(body.model)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    vectors, used = await asyncio.to_thread(served.embed, texts)
+    return {"object": "list", "model": body.model,
+            "data": [{"object": "embedding", "index": i, "embedding": v}
+                     for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": used, "total_tokens": used}}  # fmt: skip

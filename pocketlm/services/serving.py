@@ -1,0 +1,283 @@
+"""Models served to many clients: a pool that loads on first use, unloads after an idle
+``keep_alive``, refuses loads over a memory budget, and bridges the batching engine's
+thread to asyncio streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pocketlm import config
+from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
+from pocketlm.errors import ContextOverflowError, ModelNotFoundError, PocketError
+from pocketlm.params import DEFAULT_CTX_CAP, GenerationParams
+from pocketlm.services import chat_template, fit, machine
+from pocketlm.services.text import TextAssembler
+from pocketlm.store.gguf_check import inspect_gguf
+from pocketlm.store.manifest import Manifest
+from pocketlm.store.pull import looks_like_path
+from pocketlm.store.store import Store
+
+
+class InsufficientMemory(PocketError):
+    http_status = 503
+
+
+@dataclass
+class ServeConfig:
+    n_seq: int = 8  # parallel sequences per model
+    ctx: int | None = None  # context per sequence (default: the model's, at most 4096)
+    threads: int | None = None
+    batch: int = 512
+    max_queue: int = 16  # requests waiting for a sequence; more get 503
+    keep_alive_s: float = 300.0
+    memory_budget_bytes: int | None = None  # default: 90% of the RAM available at start
+
+
+@dataclass
+class Piece:
+    """One streamed increment of an answer; the last one carries ``done``."""
+
+    text: str
+    event: TokenEvent | None = None
+    done: Finished | None = None
+
+
+class ServedModel:
+    def __init__(self, name: str, path: Path, manifest: Manifest | None, cfg: ServeConfig):
+        from pocketlm.engine import probe
+        from pocketlm.engine.llama import Model, init_backend
+
+        started = time.perf_counter()
+        self.name, self.path, self.manifest = name, path, manifest
+        self.info = inspect_gguf(path)
+        init_backend()
+        self.model = Model(str(path), use_extra_bufts=probe.extra_bufts_safe(str(path)))
+        self.n_ctx_seq = cfg.ctx or min(self.info.context_length or DEFAULT_CTX_CAP,
+                                        DEFAULT_CTX_CAP)  # fmt: skip
+        self.engine = BatchEngine(
+            self.model, n_seq=cfg.n_seq, n_ctx_seq=self.n_ctx_seq,
+            n_threads=cfg.threads or machine.default_threads(), n_batch=cfg.batch,
+            max_queue=cfg.max_queue,
+        )  # fmt: skip
+        chat = manifest.chat if manifest else True
+        self.template = self.model.chat_template() if chat else None
+        self.size_bytes = estimate_bytes(self.info, self.n_ctx_seq * cfg.n_seq)
+        self.load_s = time.perf_counter() - started
+        self.loaded_at = time.time()
+        self.keep_alive_s = cfg.keep_alive_s
+        self.expires_at = self.loaded_at + self.keep_alive_s
+        self.active = 0
+        self._embed_ctx = None
+        self._embed_lock = threading.Lock()
+
+    def touch(self, keep_alive_s: float | None = None) -> None:
+        if keep_alive_s is not None:
+            self.keep_alive_s = keep_alive_s
+        self.expires_at = time.time() + self.keep_alive_s
+
+    # -- prompts ------------------------------------------------------------------------
+
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        checked = chat_template.check_messages(messages)
+        if not self.template:
+            from pocketlm.errors import UsageError
+
+            raise UsageError(f"model '{self.name}' is not a chat model (no chat template)",
+                             "use a completion endpoint instead")  # fmt: skip
+        return chat_template.chat_tokens(self.model, self.template, checked)
+
+    def text_tokens(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_special=True, parse_special=True)
+
+    def token_text(self, token: int) -> str:
+        return self.model.piece(token).decode("utf-8", "replace")
+
+    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
+        if prompt_tokens + max(max_tokens, 1) > self.n_ctx_seq:
+            raise ContextOverflowError(
+                prompt_tokens, max_tokens, self.n_ctx_seq,
+                "shorten the prompt or lower max_tokens (or start the server with a larger "
+                "--ctx)",
+            )  # fmt: skip
+
+    # -- generation ----------------------------------------------------------------------
+
+    async def stream(
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        *,
+        max_tokens: int,
+        grammar: str | None = None,
+        n_logprobs: int | None = None,
+        prompt_logprobs: bool = False,
+    ) -> AsyncIterator[Piece]:
+        """Generate on the shared engine; yields text pieces, the last one with ``done``.
+
+        Leaving the iteration early (a client that disconnects) frees the sequence at once.
+        """
+        self.check_fits(len(tokens), max_tokens)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Piece] = asyncio.Queue()
+        text = TextAssembler(params.stop)
+
+        def deliver(piece: Piece) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                pass
+
+        def on_token(event: TokenEvent) -> bool:
+            piece, stopped = text.push(self.model.piece(event.token))
+            deliver(Piece(piece, event))
+            return not stopped
+
+        def on_done(done: Finished) -> None:
+            deliver(Piece(text.flush(), None, done))
+
+        req = Request(
+            tokens=tokens, temperature=params.temperature, top_k=params.top_k,
+            top_p=params.top_p, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
+            repeat_last_n=params.repeat_last_n,
+            seed=params.seed if params.seed is not None else secrets.randbelow(2**32 - 1),
+            max_tokens=max_tokens, grammar=grammar, n_logprobs=n_logprobs,
+            prompt_logprobs=prompt_logprobs, on_token=on_token, on_done=on_done,
+        )  # fmt: skip
+        self.engine.submit(req)
+        self.active += 1
+        finished = False
+        try:
+            while not finished:
+                piece = await queue.get()
+                finished = piece.done is not None
+                yield piece
+        finally:
+            self.active -= 1
+            self.touch()
+            if not finished:
+                self.engine.cancel(req)
+
+    # -- embeddings ------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Mean-pooled, L2-normalised embeddings (a separate context); returns them and the
+        number of tokens read."""
+        import llama_cpp as ll
+        import numpy as np
+
+        from pocketlm.engine.llama import Context
+
+        with self._embed_lock:
+            if self._embed_ctx is None:
+                self._embed_ctx = Context(
+                    self.model,
+                    n_ctx=self.n_ctx_seq,
+                    n_batch=self.n_ctx_seq,
+                    n_threads=machine.default_threads(),
+                    embeddings=True,
+                )
+            ctx = self._embed_ctx
+            out, used = [], 0
+            for text in texts:
+                tokens = self.model.tokenize(text, add_special=True)
+                self.check_fits(len(tokens), 0)
+                ctx.reset()
+                ctx.prefill_all(tokens)
+                used += len(tokens)
+                ptr = ll.llama_get_embeddings_seq(ctx._ptr, 0)
+                vec = np.ctypeslib.as_array(ptr, shape=(ll.llama_model_n_embd(self.model._ptr),))
+                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+                out.append([float(x) for x in vec])
+            return out, used
+
+    def close(self) -> None:
+        self.engine.close()
+        if self._embed_ctx is not None:
+            self._embed_ctx.close()
+        self.model.close()
+
+
+def estimate_bytes(info, n_ctx_total: int) -> int:
+    return (
+        info.tensor_data_bytes
+        + fit.kv_bytes_per_token(info) * n_ctx_total
+        + fit.compute_bytes(info)
+    )
+
+
+@dataclass
+class ModelPool:
+    store: Store = field(default_factory=Store)
+    cfg: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        self.models: dict[str, ServedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        if self.cfg.memory_budget_bytes is None:
+            self.cfg.memory_budget_bytes = int(machine.ram()[1] * 0.9)
+
+    def resolve(self, name: str) -> tuple[Path, Manifest | None]:
+        if looks_like_path(name):
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise ModelNotFoundError(f"model '{name}' not found", "no such file")
+            return path, None
+        manifest = self.store.find(name)
+        if manifest is None:
+            self.store.get(name)  # raises: unknown (close names) or not pulled (the command)
+        return Path(manifest.path), manifest
+
+    async def acquire(self, name: str | None, keep_alive_s: float | None = None) -> ServedModel:
+        name = name or config.default_model()
+        served = self.models.get(name)
+        if served is None:
+            lock = self._locks.setdefault(name, asyncio.Lock())
+            async with lock:
+                served = self.models.get(name)
+                if served is None:
+                    served = await asyncio.to_thread(self._load, name)
+                    self.models[name] = served
+        served.touch(keep_alive_s)
+        return served
+
+    def _load(self, name: str) -> ServedModel:
+        path, manifest = self.resolve(name)
+        info = inspect_gguf(path)
+        n_ctx = self.cfg.ctx or min(info.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+        need = estimate_bytes(info, n_ctx * self.cfg.n_seq)
+        used = sum(m.size_bytes for m in self.models.values())
+        if used + need > self.cfg.memory_budget_bytes:
+            raise InsufficientMemory(
+                f"loading '{name}' needs about {need / 1e9:.2f} GB; {used / 1e9:.2f} GB of the "
+                f"{self.cfg.memory_budget_bytes / 1e9:.2f} GB memory budget is in use",
+                "unload a model (keep_alive 0), or start the server with a smaller --ctx or "
+                "--parallel",
+            )  # fmt: skip
+        return ServedModel(name, path, manifest, self.cfg)
+
+    async def unload(self, name: str) -> bool:
+        served = self.models.pop(name, None)
+        if served is None:
+            return False
+        await asyncio.to_thread(served.close)
+        return True
+
+    async def reap(self, interval_s: float = 1.0) -> None:
+        """Unload models idle past their keep_alive (forever; run as a task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            now = time.time()
+            for name, served in list(self.models.items()):
+                if served.active == 0 and served.engine.queued == 0 and now >= served.expires_at:
+                    await self.unload(name)
+
+    async def close(self) -> None:
+        for name in list(self.models):
+            await self.unload(name)
