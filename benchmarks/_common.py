@@ -30,3 +30,116 @@ def threads() -> int:
     import psutil
 
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+# -- servers and HTTP clients (serve_*.py) -----------------------------------------------------
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation; nan for no data."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc/PID/status (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class Server:
+    """A server process for a benchmark: started, waited for until ``ready_path`` answers 200,
+    stopped (SIGTERM, then SIGKILL) on exit. Its output goes to ``log`` (a file path)."""
+
+    def __init__(self, argv: list[str], port: int, *, env: dict | None = None,
+                 log: str | os.PathLike = os.devnull, ready_path: str = "/v1/models",
+                 start_timeout: float = 120.0):  # fmt: skip
+        self.argv, self.port, self.env, self.log = argv, port, env, log
+        self.ready_path, self.start_timeout = ready_path, start_timeout
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        import time
+
+        import httpx
+
+        out = open(self.log, "ab")  # the child keeps its own copy of the descriptor
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=self.env)  # fmt: skip
+        out.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}): see {self.log}\n"
+                                   f"  {' '.join(self.argv)}")  # fmt: skip
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"server not ready after {self.start_timeout:.0f} s: see {self.log}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def pocketlm_serve(model: str, port: int, *extra: str) -> list[str]:
+    """argv of `pocketlm serve` preloading ``model`` (a store name or a GGUF path)."""
+    return [sys.executable, "-m", "pocketlm", "serve", "--port", str(port), "--preload", model,
+            *extra]  # fmt: skip
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of an SSE ``data:`` line, or None for other lines (comments, blank)."""
+    if line.startswith("data:"):
+        return line[5:].strip()
+    return None
+
+
+def count_tokens(model_path: str | os.PathLike, text: str) -> int:
+    """Tokens in ``text`` (no special tokens added) by the model's own tokenizer."""
+    import ctypes
+
+    import llama_cpp as ll
+
+    quiet = ll.llama_log_callback(lambda *a: None)
+    ll.llama_log_set(quiet, ctypes.c_void_p(0))
+    mp = ll.llama_model_default_params()
+    mp.vocab_only = True
+    model = ll.llama_model_load_from_file(str(model_path).encode(), mp)
+    try:
+        vocab = ll.llama_model_get_vocab(model)
+        data = text.encode()
+        buf = (ll.llama_token * (len(data) + 8))()
+        return ll.llama_tokenize(vocab, data, len(data), buf, len(buf), False, False)
+    finally:
+        ll.llama_model_free(model)

@@ -17,4 +17,16 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade "pip>=24.1"
 .venv/bin/python scripts/install_engine.py --python .venv/bin/python
 .venv/bin/python -m pip install --quiet -e ".$extras"
+if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
+  # tests/server/test_web_page.py drives Debian's chromium (never `playwright install`)
+  note="note: the browser tests need Debian's chromium (as root: apt-get install chromium)"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+      || echo "$note" >&2
+  else
+    echo "$note" >&2
+  fi
+fi
 echo "pocketlm installed: .venv/bin/pocketlm"

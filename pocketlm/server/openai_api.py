@@ -92,11 +92,10 @@ async def _merge(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int
             if piece.done is not None:
                 remaining -= 1
             yield i, piece
-    finally:
+    finally:  # a client that left: cancelling a pump ends its stream, which frees the sequence
         for t in tasks:
             t.cancel()
-        for s in streams:
-            await s.aclose()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _finish_reason(piece: Piece) -> str:
@@ -285,6 +284,13 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     served = await _pool(request).acquire(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
     vectors, used = await asyncio.to_thread(served.embed, texts)
+    if body.encoding_format == "base64":  # little-endian float32, what the openai client asks
+        import base64
+
+        import numpy as np
+
+        vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+                   for v in vectors]  # fmt: skip
     return {"object": "list", "model": body.model,
             "data": [{"object": "embedding", "index": i, "embedding": v}
                      for i, v in enumerate(vectors)],

@@ -84,7 +84,7 @@ class CompletionRequest(_OpenAIBase):
 class EmbeddingRequest(BaseModel):
     model: str
     input: str | list[str]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
 
 
 # -- Ollama ---------------------------------------------------------------------------------
