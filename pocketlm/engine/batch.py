@@ -29,6 +29,8 @@ import numpy as np
 from pocketlm.engine.llama import Context, Model, Sampler
 from pocketlm.errors import PocketError
 
+PREFILL_WHILE_DECODING = 128
+
 
 class Overloaded(PocketError):
     """The request queue is full."""
@@ -246,10 +248,14 @@ class BatchEngine:
             if slot.req is not None and slot.next_token is not None:
                 plan.append((slot, n, 1, False))
                 put(slot.next_token, len(slot.tokens), slot.seq, True)
-        for slot in self._slots:  # prompts, in chunks, with what room is left
-            if slot.req is None or not slot.pending or n >= self.n_batch:
+        # Prompts fill the rest, in chunks. While others are generating, a step carries at most
+        # PREFILL_WHILE_DECODING prompt tokens, so a long prompt cannot stall their streams.
+        room = self.n_batch - n if n == 0 else min(self.n_batch - n, PREFILL_WHILE_DECODING)
+        for slot in self._slots:
+            if slot.req is None or not slot.pending or room <= 0:
                 continue
-            take = min(len(slot.pending), self.n_batch - n)
+            take = min(len(slot.pending), room)
+            room -= take
             done = take == len(slot.pending)
             all_logits = slot.req.prompt_logprobs
             plan.append((slot, n, take, True))

@@ -90,7 +90,7 @@ def create_app(pool: ModelPool | None = None, *, api_key: str | None = None) -> 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         path = request.url.path
-        if api_key and path.startswith(PROTECTED):
+        if api_key and path.startswith(PROTECTED) and path != "/api/version":
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return _error(

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sse_starlette.sse import EventSourceResponse
+from sse_starlette import EventSourceResponse
 
 from pocketlm.server.schemas import (
     ChatCompletionRequest,
@@ -98,11 +98,24 @@ async def _merge(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class GenerationFailed(RuntimeError):
+    """The engine failed a sequence after its response had started."""
+
+
 def _finish_reason(piece: Piece) -> str:
-    reason = piece.done.reason
     if piece.done.error:
-        raise RuntimeError(piece.done.error)
-    return "length" if reason == "length" else "stop"
+        raise GenerationFailed(piece.done.error)
+    return "length" if piece.done.reason == "length" else "stop"
+
+
+def _error_event(e: Exception) -> str:
+    return json.dumps({"error": {"message": f"generation failed: {e}", "type": "server_error",
+                                 "param": None, "code": None}})  # fmt: skip
+
+
+def _sse(events) -> EventSourceResponse:
+    # "\n\n" between events, as OpenAI sends them (sse-starlette defaults to "\r\n")
+    return EventSourceResponse(events, sep="\n")
 
 
 def _usage(prompt_tokens: int, completion: int) -> dict:
@@ -140,8 +153,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     head = {"id": rid, "created": created, "model": body.model}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(_chat_events(served, streams, head, len(tokens), n_lp,
-                                                include_usage))  # fmt: skip
+        return _sse(_chat_events(served, streams, head, len(tokens), n_lp, include_usage))
     texts, reasons = [""] * body.n, ["stop"] * body.n
     lps: list[list] = [[] for _ in range(body.n)]
     completion = 0
@@ -174,7 +186,11 @@ async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage
             e = piece.event
             choice["logprobs"] = {"content": [_token_logprob(served, e.token, e.logprob, e.top)]}
         if piece.done is not None:
-            choice["finish_reason"] = _finish_reason(piece)
+            try:
+                choice["finish_reason"] = _finish_reason(piece)
+            except GenerationFailed as e:
+                yield _error_event(e)
+                return
             completion += piece.done.completion_tokens
         if piece.text or piece.done is not None or "logprobs" in choice:
             yield json.dumps({**chunk, "choices": [choice]})
@@ -216,8 +232,7 @@ async def completions(body: CompletionRequest, request: Request):
     head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
     prompt_total = sum(len(t) for t in prompts)
     if body.stream:
-        return EventSourceResponse(_completion_events(served, streams, plan, head, body.echo,
-                                                      n_lp))  # fmt: skip
+        return _sse(_completion_events(served, streams, plan, head, body.echo, n_lp))
     texts = ["" for _ in streams]
     toks: list[list] = [[] for _ in streams]
     reasons, prompt_lps = ["stop"] * len(streams), [None] * len(streams)
@@ -273,7 +288,11 @@ async def _completion_events(served, streams, plan, head, echo, n_lp):
         if piece.event is not None and n_lp is not None:
             choice["logprobs"] = _completion_logprobs(served, [], None, [piece.event])
         if piece.done is not None:
-            choice["finish_reason"] = _finish_reason(piece)
+            try:
+                choice["finish_reason"] = _finish_reason(piece)
+            except GenerationFailed as e:
+                yield _error_event(e)
+                return
         if piece.text or piece.done is not None or choice["logprobs"]:
             yield json.dumps({**head, "choices": [choice]})
     yield "[DONE]"

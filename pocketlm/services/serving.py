@@ -231,7 +231,12 @@ class ModelPool:
             return path, None
         manifest = self.store.find(name)
         if manifest is None:
-            self.store.get(name)  # raises: unknown (close names) or not pulled (the command)
+            try:
+                self.store.get(name)  # raises: unknown (close names) or not pulled (the command)
+            except ModelNotFoundError as e:
+                if self.models and e.message.startswith("unknown"):
+                    e.hint = f"{e.hint}; loaded now: {', '.join(self.models)}"
+                raise
         return Path(manifest.path), manifest
 
     async def acquire(self, name: str | None, keep_alive_s: float | None = None) -> ServedModel:

@@ -25,6 +25,8 @@ def free_port() -> int:
 def serve(*args: str, env: dict | None = None, host: str = "127.0.0.1", key: str | None = None):
     """Run `pocketlm serve ARGS` until the block ends; yields its base URL."""
     port = free_port()
+    if key:
+        args = (*args, "--api-key", key)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pocketlm", "serve", "--host", host, "--port", str(port), *args],
         env=dict(os.environ, **(env or {})), cwd=REPO, stdout=subprocess.PIPE,

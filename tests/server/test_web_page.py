@@ -243,8 +243,7 @@ def test_api_error_is_shown_and_the_question_kept(server, open_page):
 
 
 def test_api_key_is_asked_for_and_sent(tiny_gguf, open_page):
-    args = ("--preload", str(tiny_gguf), *TINY_ARGS, "--api-key", "s3cret")
-    with serve(*args, key="s3cret") as url:
+    with serve("--preload", str(tiny_gguf), *TINY_ARGS, key="s3cret") as url:
         tab = open_page(url)
         page = tab.page
         expect(page.locator("#error")).to_contain_text("API key")

@@ -1,0 +1,101 @@
+"""The Ollama-compatible API, driven by the real `ollama` client package."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import ollama
+import pytest
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server):
+    url, model = tiny_server
+    return ollama.Client(host=url), model
+
+
+def test_version_tags_show_ps(client, tiny_gguf):
+    c, model = client
+    assert httpx.get(f"{c._client.base_url}/api/version").json()["version"]
+    assert c.list().models == []  # a path-served model is not in the store
+    loaded = c.ps().models
+    assert [m.model for m in loaded] == [model] and loaded[0].size > 0
+
+
+def test_generate_non_streaming_with_timings(client):
+    c, model = client
+    r = c.generate(model=model, prompt="the cat", options={"num_predict": 10, "seed": 2},
+                   stream=False)  # fmt: skip
+    assert r.done and r.done_reason == "length" and r.eval_count == 10
+    assert r.prompt_eval_count > 0 and r.total_duration > 0
+    assert r.eval_duration > 0 and r.prompt_eval_duration > 0 and r.load_duration >= 0
+    assert isinstance(r.response, str) and r.response
+
+
+def test_generate_streaming_matches(client):
+    c, model = client
+    full = c.generate(model=model, prompt="the dog", options={"num_predict": 15, "seed": 4},
+                      stream=False).response  # fmt: skip
+    parts = list(c.generate(model=model, prompt="the dog", options={"num_predict": 15, "seed": 4},
+                            stream=True))  # fmt: skip
+    assert "".join(p.response for p in parts) == full
+    assert parts[-1].done and parts[-1].eval_count == 15
+    assert not any(p.done for p in parts[:-1])
+
+
+def test_chat_with_options_and_raw_generate(client):
+    c, model = client
+    r = c.chat(model=model, messages=[{"role": "system", "content": "be brief"},
+                                      {"role": "user", "content": "hi"}],
+               options={"num_predict": 5, "temperature": 0, "stop": ["zzz"]})  # fmt: skip
+    assert r.message.role == "assistant" and r.eval_count == 5
+    templated = c.generate(model=model, prompt="hi", options={"num_predict": 1})
+    raw = c.generate(model=model, prompt="hi", raw=True, options={"num_predict": 1})
+    assert raw.prompt_eval_count < templated.prompt_eval_count
+
+
+def test_format_json_schema_constrains_the_output(client):
+    c, model = client
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    r = c.generate(model=model, prompt="answer", format=schema,
+                   options={"num_predict": 40, "temperature": 0})  # fmt: skip
+    assert json.loads(r.response)["ok"] in (True, False)
+
+
+def test_embed(client):
+    c, model = client
+    r = c.embed(model=model, input=["the cat", "the dog"])
+    assert len(r.embeddings) == 2 and len(r.embeddings[0]) == 64
+
+
+def test_errors_use_ollamas_shape(client):
+    c, model = client
+    with pytest.raises(ollama.ResponseError) as e:
+        c.generate(model="no-such-model", prompt="hi")
+    assert e.value.status_code == 404 and "unknown model" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        c.generate(model=model, prompt="hi", options={"temperature": -2})
+    assert e.value.status_code == 400 and "temperature" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        c.show("nothing-here")
+    assert e.value.status_code == 404
+
+
+def test_curl_style_body_without_content_type(tiny_server):
+    url, model = tiny_server
+    body = json.dumps({"model": model, "prompt": "the", "stream": False,
+                       "options": {"num_predict": 2}})  # fmt: skip
+    r = httpx.post(f"{url}/api/generate", content=body)
+    assert r.status_code == 200 and r.json()["done"]
+
+
+def test_prefix_cache_skips_a_repeated_system_prompt(client):
+    c, model = client
+    system = {"role": "system", "content": "you are a patient cat who likes the mat. " * 25}
+    first = c.chat(model=model, messages=[system, {"role": "user", "content": "one"}],
+                   options={"num_predict": 2})  # fmt: skip
+    second = c.chat(model=model, messages=[system, {"role": "user", "content": "two"}],
+                    options={"num_predict": 2})  # fmt: skip
+    assert first.prompt_eval_count > 200
+    assert second.prompt_eval_count < 15  # only the new question was evaluated

@@ -1,0 +1,138 @@
+"""Serving life cycle: load on first use, keep_alive, memory budget, queue limit, auth, ports."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.conftest import assert_clean_error, run_cli
+from tests.server.conftest import free_port, serve
+from tests.tinymodel import write_tiny_gguf
+
+
+@pytest.fixture
+def store_with_two_models(tmp_path, tiny_gguf):
+    other = write_tiny_gguf(tmp_path / "other.gguf", seed=7)
+    assert run_cli("import", str(tiny_gguf), "--name", "tiny").returncode == 0
+    assert run_cli("import", str(other), "--name", "other").returncode == 0
+
+
+def test_models_load_on_first_use_and_unload_after_keep_alive(store_with_two_models):
+    with serve("--keep-alive", "1.5", "--ctx", "512", "--parallel", "2") as url:
+        c = ollama.Client(host=url)
+        assert [m.model for m in c.list().models] == ["other", "tiny"]
+        assert c.ps().models == []
+        c.generate(model="tiny", prompt="the", options={"num_predict": 2})
+        c.generate(model="other", prompt="the", options={"num_predict": 2})
+        assert sorted(m.model for m in c.ps().models) == ["other", "tiny"]  # several loaded
+        ps = run_cli("ps", "--port", url.rsplit(":", 1)[1])
+        assert ps.returncode == 0 and "tiny" in ps.stdout_text and "other" in ps.stdout_text
+        deadline = time.time() + 10
+        while c.ps().models:
+            assert time.time() < deadline, "idle models were not unloaded"
+            time.sleep(0.2)
+
+
+def test_keep_alive_zero_unloads_at_once_and_empty_prompt_loads(store_with_two_models):
+    with serve("--ctx", "512", "--parallel", "2") as url:
+        c = ollama.Client(host=url)
+        assert c.generate(model="tiny", prompt="").done_reason == "load"
+        assert [m.model for m in c.ps().models] == ["tiny"]
+        c.generate(model="tiny", prompt="the", options={"num_predict": 2}, keep_alive=0)
+        assert c.ps().models == []
+
+
+def test_memory_budget_refuses_a_load_that_does_not_fit(store_with_two_models):
+    with serve("--ctx", "512", "--memory-budget", "0.0001") as url:
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as e:
+            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 503 and "memory budget" in e.value.message
+
+
+def test_full_queue_is_503_with_retry_after(tiny_gguf):
+    with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx",
+               "32768") as url:  # fmt: skip
+        body = {"model": str(tiny_gguf), "messages": [{"role": "user", "content": "go"}],
+                "temperature": 0, "max_tokens": 20000}  # fmt: skip
+        results = []
+
+        def call() -> None:
+            try:
+                results.append(httpx.post(f"{url}/v1/chat/completions", json=body, timeout=2))
+            except httpx.TimeoutException:
+                results.append("busy")  # still generating: it held the slot or the queue
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+        for t in threads:
+            t.join()
+        rejected = [r for r in results if r != "busy" and r.status_code == 503]
+        assert len(rejected) >= 1
+        assert rejected[0].headers["retry-after"] == "1"
+        assert "busy" in rejected[0].json()["error"]["message"]
+
+
+def test_unknown_and_not_pulled_models_are_404_with_the_fix(tmp_path):
+    with serve("--ctx", "512") as url:
+        r = httpx.post(f"{url}/api/generate", json={"model": "smollm2-135m-instruct",
+                                                     "prompt": "hi"})  # fmt: skip
+        assert r.status_code == 404 and "pocketlm pull smollm2-135m-instruct" in r.json()["error"]
+
+
+def test_delete_removes_from_the_store(store_with_two_models, tiny_gguf):
+    with serve("--ctx", "512") as url:
+        c = ollama.Client(host=url)
+        c.generate(model="other", prompt="x", options={"num_predict": 1})
+        c.delete("other")
+        assert [m.model for m in c.list().models] == ["tiny"] and c.ps().models == []
+        with pytest.raises(ollama.ResponseError) as e:
+            c.delete("other")
+        assert e.value.status_code == 404
+
+
+def test_pull_streams_status_and_reports_errors(tmp_path):
+    with serve("--ctx", "512") as url:
+        lines = [json.loads(x) for x in httpx.post(
+            f"{url}/api/pull", json={"model": "no-such-catalog-model"}, timeout=60).iter_lines()
+            if x]  # fmt: skip
+        assert lines[0]["status"] == "pulling manifest"
+        assert "unknown model" in lines[-1]["error"]
+
+
+def test_non_loopback_needs_an_api_key(tiny_gguf):
+    proc = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert_clean_error(proc, "--api-key")
+    with serve("--preload", str(tiny_gguf), "--ctx", "512", host="0.0.0.0",
+               key="s3cret") as url:  # fmt: skip
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        bad = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
+        assert httpx.get(f"{url}/api/tags").status_code == 401
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        assert [m.id for m in c.models.list().data] == [str(tiny_gguf)]
+        assert httpx.get(f"{url}/").status_code == 200  # the page itself is public
+
+
+def test_port_in_use_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_cli("serve", "--port", str(port))
+    assert_clean_error(proc, f"port {port}", "already in use", "--port")
+
+
+def test_bad_serve_options():
+    assert_clean_error(run_cli("serve", "--parallel", "0"), "--parallel")
+    assert_clean_error(run_cli("serve", "--port", "99999"), "--port")
+    assert_clean_error(run_cli("ps", "--port", str(free_port())), "no pocketlm server")
