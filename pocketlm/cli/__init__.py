@@ -20,8 +20,10 @@ VERBS = {
     "show": "show",
     "rm": "rm",
     "fit": "fit",
+    "eval": "eval",
     "serve": "serve",
     "ps": "ps",
+    "bench": "bench",
 }
 
 

@@ -171,7 +171,7 @@ class Context:
         self.n_batch = n_batch
         self.n_seq = n_seq
         self._memory = ll.llama_get_memory(self._ptr)
-        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._batch = ll.llama_batch_init(n_batch, 0, n_seq)  # a token may be in every sequence
         self.tokens: list[int] = []
 
     def _decode(

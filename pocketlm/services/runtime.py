@@ -79,6 +79,18 @@ def resolve(ref: str, store: Store, progress: Progress) -> tuple[Path, Manifest 
     return Path(manifest.path), manifest
 
 
+def open_engine_model(ref: str, store: Store | None = None, progress: Progress | None = None):
+    """(name, path, manifest, engine Model) for a reference, checked and CPU-probed first."""
+    from pocketlm.engine import probe
+    from pocketlm.engine.llama import Model, init_backend
+
+    path, manifest = resolve(ref, store or Store(), progress or NullProgress())
+    inspect_gguf(path)
+    init_backend()
+    model = Model(str(path), use_extra_bufts=probe.extra_bufts_safe(str(path)))
+    return (manifest.name if manifest else path.name), path, manifest, model
+
+
 class LoadedModel:
     """A model loaded into memory with one context. Use as a context manager, or ``close()``."""
 

@@ -1,0 +1,170 @@
+"""Log-likelihoods of continuations, computed as lm-evaluation-harness computes them, fast.
+
+Scoring: a request is (context, continuation). Trailing spaces of the context move to the
+continuation; the continuation's tokens are the tail of the tokenized ``context +
+continuation`` after the tokenized context's length (so a tokenizer that merges across
+the boundary is handled as the harness handles it); the model reads ``context tokens +
+continuation tokens`` and each continuation token's log-probability is summed.
+
+Speed: the choices of a question share its context. In one llama.cpp batch, the context's
+tokens belong to every choice's sequence at once (``n_seq_id`` > 1), so the context is
+computed once, and each choice's continuation attends to it. Many questions are packed into
+each batch (up to ``n_batch`` tokens), since llama.cpp evaluates bigger batches faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pocketlm.engine.llama import Context, Model
+from pocketlm.errors import PocketError
+
+
+@dataclass
+class Scored:
+    logprob: float  # sum of the continuation's token log-probabilities
+    n_tokens: int
+    greedy: bool  # every continuation token was the model's most likely token
+
+
+@dataclass
+class Group:
+    """A context and the continuations scored after it (the choices of one question)."""
+
+    context: list[int]
+    continuations: list[list[int]]
+
+
+def encode_pair(
+    tokenize: Callable[[str], list[int]], context: str, continuation: str
+) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens), split the way lm-evaluation-harness splits them."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenize(context + continuation)
+    ctx = tokenize(context)
+    return ctx, whole[len(ctx) :]
+
+
+class Scorer:
+    """Scores groups on one model. ``tokenize`` adds BOS the way the model asks for it."""
+
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int = 512,
+                 n_seq: int = 64):  # fmt: skip
+        self.model = model
+        n_batch = min(n_batch, n_ctx)
+        self.n_batch = n_batch
+        self.n_seq = n_seq
+        self.n_ctx = n_ctx
+        self.ctx = Context(model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq=n_seq)
+
+    def tokenize(self, text: str) -> list[int]:
+        tokens = self.model.tokenize(text, add_special=True)
+        if not tokens:  # an empty context still needs a token to predict from
+            tokens = [self.model.bos if self.model.bos >= 0 else self.model.eos]
+        return tokens
+
+    def group(self, context: str, continuations: Sequence[str]) -> Group:
+        # The context's tokens depend on the context alone, so they are the same for every
+        # choice; only the continuations differ.
+        pairs = [encode_pair(self.tokenize, context, cont) for cont in continuations]
+        for cont, (_, k) in zip(continuations, pairs):
+            if not k:
+                raise PocketError(f"a choice adds no token after the context: {cont!r}")
+        return self._fit(Group(pairs[0][0], [k for _, k in pairs]))
+
+    def _fit(self, g: Group) -> Group:
+        """Drop context tokens from the left until the group fits (as the harness truncates).
+
+        All of a group's choices sit in the KV cache together, after one copy of the context.
+        """
+        choices = sum(len(k) for k in g.continuations)
+        budget = self.n_ctx - choices
+        if budget < 1:
+            raise PocketError(f"the choices of a question take {choices} tokens; the context "
+                              f"window holds {self.n_ctx}")  # fmt: skip
+        if len(g.context) > budget:
+            g.context = g.context[len(g.context) - budget :]
+        return g
+
+    def score(self, groups: Sequence[Group], on_group: Callable[[int], None] | None = None
+              ) -> list[list[Scored]]:  # fmt: skip
+        """Score every continuation of every group; ``on_group(n)`` reports progress."""
+        results = [[Scored(0.0, len(k), True) for k in g.continuations] for g in groups]
+        pending = list(range(len(groups)))
+        while pending:
+            pack, tokens, seqs = [], 0, 0
+            for gi in pending:
+                g = groups[gi]
+                need = len(g.context) + sum(len(k) for k in g.continuations)
+                if pack and (
+                    tokens + need > self.n_batch or seqs + len(g.continuations) > self.n_seq
+                ):
+                    break
+                pack.append(gi)
+                tokens += need
+                seqs += len(g.continuations)
+            self._run_pack([groups[i] for i in pack], [results[i] for i in pack])
+            pending = pending[len(pack) :]
+            if on_group:
+                on_group(len(pack))
+        return results
+
+    def _run_pack(self, pack: list[Group], out: list[list[Scored]]) -> None:
+        """Evaluate groups whose tokens are placed into one or more consecutive batches."""
+        import llama_cpp as ll
+
+        mem = self.ctx._memory
+        ll.llama_memory_clear(mem, True)
+        entries = []  # (token, pos, seqs, targets): targets = [(group, choice, next token)]
+        seq = 0
+        for gi, g in enumerate(pack):
+            seqs = list(range(seq, seq + len(g.continuations)))
+            seq += len(g.continuations)
+            n = len(g.context)
+            for p, tok in enumerate(g.context):
+                targets = [(gi, c, k[0]) for c, k in enumerate(g.continuations)] if p == n - 1 \
+                    else []  # fmt: skip
+                entries.append((tok, p, seqs, targets))
+            for c, k in enumerate(g.continuations):
+                for j, tok in enumerate(k[:-1]):
+                    entries.append((tok, n + j, [seqs[c]], [(gi, c, k[j + 1])]))
+        for at in range(0, len(entries), self.n_batch):
+            self._decode(entries[at : at + self.n_batch], out)
+
+    def _decode(self, entries, out: list[list[Scored]]) -> None:
+        import llama_cpp as ll
+
+        batch = self.ctx._batch  # allocated with room for n_seq sequence ids per token
+        rows = []
+        for i, (tok, pos, seqs, targets) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, len(seqs)
+            for j, s in enumerate(seqs):
+                batch.seq_id[i][j] = s
+            batch.logits[i] = bool(targets)
+            if targets:
+                rows.append(targets)
+        batch.n_tokens = len(entries)
+        rc = ll.llama_decode(self.ctx._ptr, batch)
+        if rc != 0:
+            raise PocketError(f"llama_decode failed while scoring (code {rc})")
+        if not rows:
+            return
+        ptr = ll.llama_get_logits(self.ctx._ptr)
+        logits = np.ctypeslib.as_array(ptr, shape=(len(rows), self.model.n_vocab))
+        top = logits.max(axis=1)
+        lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        best = logits.argmax(axis=1)
+        for r, targets in enumerate(rows):
+            for gi, c, nxt in targets:
+                s = out[gi][c]
+                s.logprob += float(logits[r, nxt] - lse[r])
+                s.greedy = s.greedy and int(best[r]) == nxt
+
+    def close(self) -> None:
+        self.ctx.close()
