@@ -20,7 +20,8 @@ text are dropped while the same finding still shows):
     succeed), or a 503 without Retry-After;
   - an error body not in the API's shape (OpenAI: {"error": {"message": ...}} under /v1;
     Ollama: {"error": "..."} under /api);
-  - a request that timed out (--timeout) or a server that died.
+  - a request that timed out (--timeout): a hang if the server is still busy --timeout s
+    later (it is then restarted, and the run goes on), or a server that died.
 Then checks that /metrics returns to 0 active sequences and 0 queued requests.
 
 Usage: python benchmarks/serve_fuzz.py [--examples 100] [--seed 0] [--timeout 30]
@@ -79,7 +80,7 @@ class OpStats:
     timeouts: int = 0
 
 
-REDUCE = ("5xx", "server traceback", "broken stream", "503 on an idle server",
+REDUCE = ("5xx", "hang", "server traceback", "broken stream", "503 on an idle server",
           "503 without Retry-After", "invalid JSON body")  # fmt: skip
 
 
@@ -90,6 +91,7 @@ class Fuzzer:
         self.findings: dict[tuple, Finding] = {}
         self.session = requests.Session()
         self.dead = False
+        self.restarts = 0  # after a hang
 
     def classify(self, req: dict) -> tuple[int | None, list[tuple[str, str]], str]:
         """Send one request; returns its status (None: no answer), the problems seen as
@@ -98,9 +100,13 @@ class Fuzzer:
         try:
             r = self.session.request(**req, timeout=self.timeout)
         except requests.Timeout:
-            waited = self.wait_idle()
-            return None, [("timeout", f"no answer in {self.timeout:.0f} s (server idle again "
-                                      f"{waited})")], ""  # fmt: skip
+            if self.wait_idle(self.timeout):
+                return None, [("timeout", "no answer in --timeout s (idle again later)")], ""
+            self.restarts += 1
+            self.server.__exit__(None, None, None)
+            self.server.__enter__()
+            return None, [("hang", "no answer in --timeout s, and the server still busy "
+                                   "--timeout s later (restarted it)")], ""  # fmt: skip
         except requests.RequestException as e:
             alive = self.server.proc.poll() is None
             self.dead = not alive
@@ -131,14 +137,15 @@ class Fuzzer:
         problems += [("server traceback", f"{t} (response {r.status_code})") for t in tracebacks]
         return r.status_code, problems, text
 
-    def wait_idle(self, limit: float = 300) -> str:
+    def wait_idle(self, limit: float) -> bool:
+        """Whether /metrics shows no active sequence and an empty queue within ``limit`` s."""
         start = time.monotonic()
         while time.monotonic() - start < limit and self.server.proc.poll() is None:
             m = httpx.get(self.server.url + "/metrics", timeout=10).text
             if all(f"pocketlm_{k} 0.0" in m for k in ("active_sequences", "queue_depth")):
-                return f"after {time.monotonic() - start:.0f} s"
+                return True
             time.sleep(0.5)
-        return f"not after {limit:.0f} s"
+        return False
 
     def send(self, case, model: str | None, mode: str) -> None:
         if self.dead:
@@ -151,7 +158,7 @@ class Fuzzer:
         self.stats[op].by_mode[mode] += 1
         status, problems, text = self.classify(req)
         if status is None:
-            self.stats[op].timeouts += problems[0][0] == "timeout"
+            self.stats[op].timeouts += problems[0][0] in ("timeout", "hang")
         else:
             self.stats[op].status[status] += 1
         for kind, detail in problems:
@@ -183,8 +190,9 @@ class Fuzzer:
                 print(f"  {op.label:28s} {mode.value:8s} {n:4d} requests in "
                       f"{time.perf_counter() - started:5.1f} s{note}", flush=True)  # fmt: skip
 
-    def reduce(self, budget: int) -> None:
+    def reduce(self, budget: int, timeout: float) -> None:
         """Shrink the JSON body of each bug's smallest request while it still shows the bug."""
+        self.timeout = timeout
         for f in self.findings.values():
             if f.kind not in REDUCE or "json" not in (f.smallest or {}):
                 continue
@@ -339,7 +347,7 @@ def report(fz: Fuzzer) -> None:
                     row["5xx"] += v
             total.update(row)
         print(f"{op:28s} " + " ".join(f"{row[k]:>{max(len(k), 4)}d}" for k in cols))
-    order = ["5xx", "connection", "timeout", "server traceback", "broken stream",
+    order = ["5xx", "hang", "connection", "timeout", "server traceback", "broken stream",
              "invalid JSON body", "503 on an idle server", "503 without Retry-After",
              "error body shape"]  # fmt: skip
     findings = sorted(fz.findings.values(), key=lambda f: (order.index(f.kind), f.op))
@@ -378,18 +386,18 @@ def main() -> int:
         started = time.perf_counter()
         fz.run(schema, args.examples, args.seed)
         wall = time.perf_counter() - started
-        fz.reduce(args.reduce_budget)
         alive = server.proc.poll() is None
-        metrics = httpx.get(server.url + "/metrics", timeout=10).text if alive else ""
-        idle = all(f"pocketlm_{k} 0.0" in metrics for k in ("active_sequences", "queue_depth"))
+        idle = alive and fz.wait_idle(10)
         rss1 = rss_bytes(server.pid) if alive else 0
+        restarts = fz.restarts
+        fz.reduce(args.reduce_budget, min(args.timeout, 10))
     report(fz)
-    print(
-        f"\nfuzzing took {wall:.0f} s; server alive after it: {alive}; /metrics back to 0 "
-        f"active and 0 queued: {idle}; RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB"
-    )
-    return 1 if any(f.kind in ("5xx", "connection", "timeout") for f in fz.findings.values()) \
-        or not alive else 0  # fmt: skip
+    print(f"\nfuzzing took {wall:.0f} s and {restarts} restarts after a hang; server alive "
+          f"after it: {alive}; /metrics back to 0 active and 0 queued: {idle}; RSS "
+          f"{rss0 / 2**20:.0f} MiB at start, {rss1 / 2**20:.0f} MiB at the end (of the "
+          f"{'last' if restarts else 'same'} process)")  # fmt: skip
+    bugs = ("5xx", "hang", "connection", "timeout", "server traceback", "broken stream")
+    return 1 if any(f.kind in bugs for f in fz.findings.values()) or not alive else 0
 
 
 if __name__ == "__main__":

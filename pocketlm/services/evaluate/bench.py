@@ -29,13 +29,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pocketlm.errors import EngineError, PocketError
 from pocketlm.params import DEFAULT_CTX_CAP, LoadParams, validate
 from pocketlm.progress import NullProgress, Progress
+from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
+
+if TYPE_CHECKING:
+    from pocketlm.store.store import Store
 
 DECODE_PROMPT_TOKENS = 16  # decoding starts after this many prompt tokens
 WARMUP_TOKENS = 32
@@ -190,10 +194,9 @@ class BenchReport:
 class _Target:
     """A resolved, checked model and the run settings derived for it."""
 
-    ref: str
     name: str
     path: Path
-    info: Any  # GGUFInfo
+    info: GGUFInfo
     sha256: str | None
     quantization: str
     job: dict[str, Any]  # what the child process is asked to measure
@@ -208,7 +211,7 @@ def bench(
     params: BenchParams | dict[str, Any] | None = None,
     load: LoadParams | dict[str, Any] | None = None,
     *,
-    store=None,
+    store: Store | None = None,
     progress: Progress | None = None,
     record: bool = True,
 ) -> BenchReport:
@@ -240,11 +243,10 @@ def bench(
     return report
 
 
-def _prepare(ref: str, store, progress: Progress, p: BenchParams, lp: LoadParams) -> _Target:
+def _prepare(ref: str, store: Store, progress: Progress, p: BenchParams, lp: LoadParams) -> _Target:
     from pocketlm.engine import probe
     from pocketlm.services.machine import default_threads
     from pocketlm.services.runtime import resolve
-    from pocketlm.store.gguf_check import inspect_gguf
 
     path, manifest = resolve(ref, store, progress)
     info = inspect_gguf(path)  # a file that is not GGUF fails here, before llama.cpp sees it
@@ -260,7 +262,6 @@ def _prepare(ref: str, store, progress: Progress, p: BenchParams, lp: LoadParams
         "decode_tokens": p.decode_tokens,
     }
     return _Target(
-        ref=ref,
         name=manifest.name if manifest else path.name,
         path=path,
         info=info,
@@ -281,7 +282,7 @@ def _run_child(job: dict[str, Any], on_step: Callable[[int], None]) -> dict[str,
             proc.stdin.close()
             result, error = None, None
             for line in proc.stdout:
-                msg = json.loads(line) if line.startswith("{") else {}
+                msg = _message(line)
                 if "step" in msg:
                     on_step(1)
                 result = msg.get("result", result)
@@ -299,6 +300,15 @@ def _run_child(job: dict[str, Any], on_step: Callable[[int], None]) -> dict[str,
         why = stderr_tail[0] if stderr_tail else "no message"
         raise EngineError(f"benchmark of {job['path']} failed (exit code {code}): {why}")
     return result
+
+
+def _message(line: str) -> dict[str, Any]:
+    """A JSON line from the child; anything else it printed (engine chatter) is ignored."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return {}
+    return msg if isinstance(msg, dict) else {}
 
 
 def _summarize(t: _Target, runs: list[dict[str, Any]], bandwidth: float) -> ModelBench:
@@ -520,7 +530,7 @@ def _decode_axes(ax, report: BenchReport) -> None:
         bound = m.decode_bound_tps
         ax.hlines(bound, i - 0.4, i + 0.4, colors="black", linestyles="dashed")
         ax.annotate(f"bound {bound:.0f}\n({m.share_of_bound.median:.0%} reached)", (i, bound),
-                    textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7,
+                    textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize=7,
                     bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})  # fmt: skip
     ax.set_xticks(range(len(report.models)), [m.name for m in report.models], fontsize=7)
     ax.set_title(f"decode, {report.params.decode_tokens} tokens\n(dashed: bandwidth bound)",
