@@ -54,18 +54,39 @@ class _RichTask:
         self._progress.update(self._id, completed=completed)
 
 
+class _AmountColumn:
+    """'12.3/98.4 MB  45.6 MB/s' for bytes, '120/570 items  3.2 items/s' for anything else."""
+
+    def __new__(cls):
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        class Column(ProgressColumn):
+            def render(self, task):
+                unit = task.fields.get("unit", "bytes")
+                rate = task.finished_speed or task.speed
+                if unit == "bytes":
+                    total = f"{task.total / 1e6:.1f}" if task.total else "?"
+                    speed = f"{rate / 1e6:.1f} MB/s" if rate else "?"
+                    return Text(f"{task.completed / 1e6:.1f}/{total} MB  {speed}")
+                total = f"{task.total:.0f}" if task.total else "?"
+                speed = f"{rate:.1f} {unit}/s" if rate else "?"
+                return Text(f"{task.completed:.0f}/{total} {unit}  {speed}")
+
+        return Column()
+
+
 class RichProgress:
-    """Bars on stderr: description, bar, done/total, rate, ETA."""
+    """Bars on stderr: description, bar, percent, amount and rate, elapsed, ETA."""
 
     def __init__(self, file=None):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
-            DownloadColumn,
             TaskProgressColumn,
             TextColumn,
+            TimeElapsedColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
         from rich.progress import Progress as _Progress
 
@@ -75,8 +96,8 @@ class RichProgress:
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            _AmountColumn(),
+            TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
@@ -89,9 +110,12 @@ class RichProgress:
             self._bars.start()
             self._started = True
         if not self._interactive:
-            size = f" ({total / 1e6:.1f} MB)" if total and unit == "bytes" else ""
+            if unit == "bytes":
+                size = f" ({total / 1e6:.1f} MB)" if total else ""
+            else:
+                size = f" ({total} {unit})" if total else ""
             self.console.print(f"{description}{size}", highlight=False)
-        return _RichTask(self._bars, self._bars.add_task(description, total=total))
+        return _RichTask(self._bars, self._bars.add_task(description, total=total, unit=unit))
 
     def note(self, message: str) -> None:
         self.console.print(message, highlight=False)

@@ -53,7 +53,9 @@ def main(args: argparse.Namespace) -> int:
     load = collect(args, LoadParams)
     out = _output_path(args.out, ".json", "--out")
     chart = _output_path(args.chart, ".png", "--chart")
-    progress = _StepProgress()
+    from pocketlm.progress import RichProgress
+
+    progress = RichProgress()
     try:
         report = bench(args.models or [config.default_model()], params, load, progress=progress)
     finally:
@@ -144,73 +146,3 @@ def _maybe(fig, scale: float = 1.0) -> str:
 def _share(m) -> str:
     s = m.share_of_bound
     return f"{s.median:.0%} ({s.min:.0%}-{s.max:.0%})"
-
-
-# -- progress ----------------------------------------------------------------------------
-
-
-class _StepProgress:
-    """Like pocketlm.progress.RichProgress, but counts steps ('3/12 steps') where that one
-    counts bytes; a pull of a catalog model still shows bytes."""
-
-    def __init__(self):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console(file=sys.stderr)
-        self._bars = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-            _count_column(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, disable=not self.console.is_terminal,
-        )  # fmt: skip
-        self._started = False
-
-    def task(self, description: str, total: int | None, unit: str = "bytes"):
-        if not self._started:
-            self._bars.start()
-            self._started = True
-        return _Task(self._bars, self._bars.add_task(description, total=total, unit=unit))
-
-    def note(self, message: str) -> None:
-        self.console.print(message, highlight=False)
-
-    def close(self) -> None:
-        if self._started:
-            self._bars.stop()
-            self._started = False
-
-
-class _Task:
-    def __init__(self, bars, task_id):
-        self._bars, self._id = bars, task_id
-
-    def advance(self, n: int) -> None:
-        self._bars.advance(self._id, n)
-
-    def update(self, completed: int, total: int | None = None) -> None:
-        self._bars.update(self._id, completed=completed, **({"total": total} if total else {}))
-
-
-def _count_column():
-    """A rich column: 'done/total unit', or downloaded/total bytes for byte tasks."""
-    from rich.progress import DownloadColumn, ProgressColumn
-    from rich.text import Text
-
-    class CountColumn(ProgressColumn):
-        _bytes = DownloadColumn()
-
-        def render(self, task):
-            unit = task.fields.get("unit", "bytes")
-            if unit == "bytes":
-                return self._bytes.render(task)
-            total = "?" if task.total is None else f"{task.total:.0f}"
-            return Text(f"{task.completed:.0f}/{total} {unit}", style="progress.download")
-
-    return CountColumn()

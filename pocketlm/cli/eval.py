@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     nd.add_argument("--depths", help="depths in 0..1, e.g. 0,0.5,1")
     nd.add_argument("--haystack", help="text file to hide the needle in (default: generated)")
     nd.add_argument("--trials", type=int, default=1, help="needles per cell")
+    nd.add_argument("--quick", action="store_true", help="a small grid (about 1.5 min here)")
     nd.add_argument("--heatmap", help="write the recall heatmap PNG here")
     nd.add_argument("--ctx", type=int, help="context to load the model with")
     res = p.add_argument_group("results")
@@ -201,7 +202,7 @@ def run_needle_cli(args, progress):
     depths = _numbers(args.depths, float, "--depths")
     with LoadedModel(args.model, progress=progress, threads=args.threads, ctx=args.ctx) as m:
         report = run_needle(m, lengths=lengths, depths=depths, haystack=args.haystack,
-                            trials=args.trials, progress=progress)  # fmt: skip
+                            trials=args.trials, quick=args.quick, progress=progress)  # fmt: skip
     if args.heatmap:
         heatmap_png(report, Path(args.heatmap))
     from pocketlm.services.results import ResultsDB

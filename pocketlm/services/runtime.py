@@ -61,6 +61,15 @@ class Completion:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux keeps ru_maxrss across exec (a child of a
+    big process would report its parent's), so VmHWM is read there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 

@@ -144,6 +144,8 @@ def test_report_edges_and_middle_come_from_its_grid(model):
         report.depths, report.recall
     )
     assert report.mean_recall == sum(map(sum, report.recall)) / 6
+    assert report.start_recall == (report.recall[0][0] + report.recall[1][0]) / 2  # depth 0
+    assert report.end_recall == (report.recall[0][2] + report.recall[1][2]) / 2  # depth 1
 
 
 def test_answer_found_in_output():

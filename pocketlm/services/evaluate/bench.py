@@ -5,12 +5,12 @@ pocketlm.services.evaluate.bench``), so a run's peak RSS is that model's alone
 and every load starts from nothing in memory. The OS page cache is not
 flushed (that needs root), so load times are warm-cache, not cold-disk.
 
-A run: load (weights + context), a short warm-up evaluation (it faults in the
-memory-mapped weights and sizes the compute buffers), then for each prompt length a prefill from an
-empty cache followed by one greedy token (time to first token), then greedy
-decoding of a fixed number of tokens, straight through any end-of-generation
-token so that every run decodes the same count. Figures over the runs are
-given as min, median and max.
+A run: load (weights + context); a short warm-up evaluation (it faults in the
+memory-mapped weights and sizes the compute buffers); for each prompt length,
+a prefill from an empty cache followed by one greedy token (time to first
+token); then greedy decoding of a fixed number of tokens, straight through any
+end-of-generation token so that every run decodes the same count. Figures over
+the runs are given as min, median and max.
 
 Plain decoding reads every weight once per token, plus the KV cache filled so
 far, so memory bandwidth / bytes per token bounds single-stream decode speed;
@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pocketlm.errors import EngineError, PocketError
 from pocketlm.params import DEFAULT_CTX_CAP, LoadParams, validate
 from pocketlm.progress import NullProgress, Progress
+from pocketlm.services.runtime import peak_rss_bytes
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
 
 if TYPE_CHECKING:
@@ -404,7 +405,7 @@ def measure_run(job: dict[str, Any], on_step: Callable[[], None]) -> dict[str, A
         sampler.close()
         ctx.close()
         model.close()
-    return out | {"peak_rss_bytes": _peak_rss()}
+    return out | {"peak_rss_bytes": peak_rss_bytes()}
 
 
 def _measure_tokens(model, ctx, sampler, job: dict[str, Any], on_step) -> dict[str, Any]:
@@ -451,21 +452,6 @@ def _timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return max(time.perf_counter() - started, 1e-9)
-
-
-def _peak_rss() -> int:
-    """This process's peak resident set. Not getrusage's ru_maxrss: on Linux a child starts
-    with its parent's resident size at fork (or, with vfork, its parent's peak) as its own."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # "VmHWM:   71232 kB"
-    except (OSError, ValueError, IndexError):
-        pass
-    from pocketlm.services.runtime import peak_rss_bytes
-
-    return peak_rss_bytes()
 
 
 def _current_rss() -> int:
