@@ -86,3 +86,15 @@ def test_real_benchmarks_score_clearly_above_chance(default_model):
                               "--labels", str(data / "piqa_valid-labels.lst"), "--limit", "200",
                               "--json", env=env, timeout=900).stdout_text)  # fmt: skip
     assert piqa["acc_norm"] > 0.57  # chance 0.5; ~0.65 measured
+
+
+def test_needle_from_the_command_line(tiny_gguf, tmp_path):
+    png = tmp_path / "needle.png"
+    proc = run_cli("eval", str(tiny_gguf), "--needle", "--lengths", "128,256", "--depths",
+                   "0,0.5,1", "--ctx", "512", "--threads", "1", "--heatmap", str(png), "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr_text
+    r = json.loads(proc.stdout_text)
+    assert r["lengths"] == [128, 256] and r["depths"] == [0.0, 0.5, 1.0]
+    assert len(r["recall"]) == 2 and len(r["recall"][0]) == 3
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_clean_error(run_cli("eval", str(tiny_gguf), "--needle", "--depths", "a,b"), "--depths")
