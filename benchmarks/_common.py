@@ -75,9 +75,13 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
+        import signal
         import time
 
         import httpx
+
+        # a benchmark stopped with SIGTERM still stops its servers (the with-blocks unwind)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
         out = open(self.log, "ab")  # the child keeps its own copy of the descriptor
         self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
@@ -123,6 +127,18 @@ def sse_data(line: str) -> str | None:
     if line.startswith("data:"):
         return line[5:].strip()
     return None
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A pocketlm server's /metrics as {name{labels}: value}."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
 
 
 def count_tokens(model_path: str | os.PathLike, text: str) -> int:

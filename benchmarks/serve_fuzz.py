@@ -40,7 +40,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import hypothesis.strategies as st
 import requests
 import schemathesis
@@ -50,11 +49,11 @@ from hypothesis.errors import Unsatisfiable
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import Server, free_port, pocketlm_serve, rss_bytes  # noqa: E402
+from _common import Server, free_port, pocketlm_serve, rss_bytes, scrape  # noqa: E402
 
 from tests.tinymodel import write_tiny_gguf  # noqa: E402
 
-EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Overloaded|Exit)\w*)(?::|$)(.*)")
+NOT_EXCEPTION = ("The above exception", "During handling", "ERROR:", "WARNING:", "INFO:")
 
 
 @dataclass
@@ -100,13 +99,17 @@ class Fuzzer:
         try:
             r = self.session.request(**req, timeout=self.timeout)
         except requests.Timeout:
-            if self.wait_idle(self.timeout):
+            state = self.wait_idle(self.timeout)
+            if state == "idle":
                 return None, [("timeout", "no answer in --timeout s (idle again later)")], ""
             self.restarts += 1
             self.server.__exit__(None, None, None)
             self.server.__enter__()
-            return None, [("hang", "no answer in --timeout s, and the server still busy "
-                                   "--timeout s later (restarted it)")], ""  # fmt: skip
+            if state == "stuck":
+                why = "no answer in --timeout s; then busy, evaluating nothing (restarted it)"
+                return None, [("hang", why)], ""
+            return None, [("timeout", "no answer in --timeout s; still generating --timeout s "
+                                      "later (restarted it)")], ""  # fmt: skip
         except requests.RequestException as e:
             alive = self.server.proc.poll() is None
             self.dead = not alive
@@ -123,7 +126,7 @@ class Fuzzer:
             problems.append(("503 on an idle server", error_message(text)))
             if "retry-after" not in r.headers:
                 problems.append(("503 without Retry-After", error_message(text)))
-        if r.status_code >= 400 and (shape := error_shape_problem(op, text)):
+        if 400 <= r.status_code < 500 and (shape := error_shape_problem(op, text)):
             problems.append(("error body shape", shape))
         if r.status_code == 200 and (broken := stream_problem(r.headers.get("content-type", ""),
                                                               text)):  # fmt: skip
@@ -137,15 +140,22 @@ class Fuzzer:
         problems += [("server traceback", f"{t} (response {r.status_code})") for t in tracebacks]
         return r.status_code, problems, text
 
-    def wait_idle(self, limit: float) -> bool:
-        """Whether /metrics shows no active sequence and an empty queue within ``limit`` s."""
-        start = time.monotonic()
+    def wait_idle(self, limit: float) -> str:
+        """ "idle" once /metrics shows no active sequence and an empty queue, "stuck" if the
+        server is busy but evaluates no token for 3 s, "busy" if neither within ``limit`` s."""
+        start, last, still_since = time.monotonic(), None, time.monotonic()
         while time.monotonic() - start < limit and self.server.proc.poll() is None:
-            m = httpx.get(self.server.url + "/metrics", timeout=10).text
-            if all(f"pocketlm_{k} 0.0" in m for k in ("active_sequences", "queue_depth")):
-                return True
+            m = scrape(self.server.url)
+            if m.get("pocketlm_active_sequences") == 0 and m.get("pocketlm_queue_depth") == 0:
+                return "idle"
+            done = m.get("pocketlm_prompt_tokens_total", 0) + m.get(
+                "pocketlm_generated_tokens_total", 0)  # fmt: skip
+            if done != last:
+                last, still_since = done, time.monotonic()
+            elif time.monotonic() - still_since > 3:
+                return "stuck"
             time.sleep(0.5)
-        return False
+        return "busy"
 
     def send(self, case, model: str | None, mode: str) -> None:
         if self.dead:
@@ -309,18 +319,19 @@ def stream_problem(content_type: str, text: str) -> str | None:
 
 
 def new_exceptions(log: Path, offset: int) -> list[str]:
-    """The last exception line of every traceback written to ``log`` after ``offset``."""
+    """The exception line (last unindented line) of every traceback written to ``log``
+    after ``offset``."""
     time.sleep(0.01)  # the server writes its log right after answering
     with open(log, "rb") as f:
         f.seek(offset)
         text = f.read().decode("utf-8", "replace")
-    if "Traceback" not in text:
-        return []
     found = []
     for block in text.split("Traceback (most recent call last):")[1:]:
-        lines = [m for ln in block.splitlines() if (m := EXCEPTION_LINE.match(ln))]
+        lines = [ln for ln in block.splitlines() if ln.strip() and not ln[0].isspace()
+                 and not ln.startswith(NOT_EXCEPTION)]  # fmt: skip
         if lines:
-            found.append(f"{lines[-1].group(1)}:{normalize(lines[-1].group(2))}")
+            name, _, message = lines[-1].partition(":")
+            found.append(f"{name}:{normalize(message)}")
     return found
 
 
@@ -387,7 +398,7 @@ def main() -> int:
         fz.run(schema, args.examples, args.seed)
         wall = time.perf_counter() - started
         alive = server.proc.poll() is None
-        idle = alive and fz.wait_idle(10)
+        idle = alive and fz.wait_idle(10) == "idle"
         rss1 = rss_bytes(server.pid) if alive else 0
         restarts = fz.restarts
         fz.reduce(args.reduce_budget, min(args.timeout, 10))

@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
     percentile,
     pocketlm_serve,
     rss_bytes,
+    scrape,
     sse_data,
     threads,
 )
@@ -180,16 +181,6 @@ async def run_load(url: str, n: int, seconds: float, timeout: float) -> dict[str
     deadline = time.monotonic() + seconds
     await asyncio.gather(*(client_loop(i, url, deadline, tallies, timeout) for i in range(n)))
     return tallies
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The server's /metrics as {name{labels}: value}."""
-    out = {}
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
 
 
 def wait_idle(url: str, limit: float = 30.0) -> float | None:

@@ -24,6 +24,7 @@ VERBS = {
     "serve": "serve",
     "ps": "ps",
     "bench": "bench",
+    "quantize": "quantize",
 }
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from playwright import sync_api  # the dev extra; Chromium comes from scripts/install.sh --dev
 
 from tests.conftest import shared_store_root
 from tests.server.conftest import metric, serve
@@ -23,10 +24,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install chromium"
-)
-sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
 ANSWER = ".message.assistant .content"
@@ -54,6 +51,7 @@ def active_sequences(url: str) -> float:
 
 @pytest.fixture(scope="module")
 def browser():
+    assert CHROMIUM.exists(), "the browser tests need Debian's chromium: apt-get install chromium"
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         yield b
