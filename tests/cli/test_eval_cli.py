@@ -90,8 +90,22 @@ def test_real_benchmarks_score_clearly_above_chance(default_model):
 
 def test_needle_from_the_command_line(tiny_gguf, tmp_path):
     png = tmp_path / "needle.png"
-    proc = run_cli("eval", str(tiny_gguf), "--needle", "--lengths", "128,256", "--depths",
-                   "0,0.5,1", "--ctx", "512", "--threads", "1", "--heatmap", str(png), "--json")  # fmt: skip
+    proc = run_cli(
+        "eval",
+        str(tiny_gguf),
+        "--needle",
+        "--lengths",
+        "128,256",
+        "--depths",
+        "0,0.5,1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--heatmap",
+        str(png),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr_text
     r = json.loads(proc.stdout_text)
     assert r["lengths"] == [128, 256] and r["depths"] == [0.0, 0.5, 1.0]
