@@ -46,8 +46,23 @@ from pocketlm.services.evaluate.perplexity import run_perplexity  # noqa: E402
 from pocketlm.services.quantize import calibrated  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL_MODULES = ("textwrap", "shutil", "tarfile", "zipfile", "configparser", "difflib", "heapq",
-                "calendar", "enum", "typing", "inspect", "pickle", "random", "string", "socket")  # fmt: skip
+EVAL_MODULES = (
+    "textwrap",
+    "shutil",
+    "tarfile",
+    "zipfile",
+    "configparser",
+    "difflib",
+    "heapq",
+    "calendar",
+    "enum",
+    "typing",
+    "inspect",
+    "pickle",
+    "random",
+    "string",
+    "socket",
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,9 @@ class Experiment:
 EXPERIMENTS = {
     "Q4_0": Experiment("Q4_0", None, "every matrix Q4_0"),
     "Q2_K": Experiment("Q2_K", {"ffn_down": "Q2_K", r"blk\.": "Q8_0"}, "ffn_down Q2_K, rest Q8_0"),
-    "Q3_K": Experiment("Q3_K_S", {"ffn_down": "Q3_K", r"blk\.": "Q8_0"},
-                       "ffn_down Q3_K, rest Q8_0"),  # fmt: skip
+    "Q3_K": Experiment(
+        "Q3_K_S", {"ffn_down": "Q3_K", r"blk\.": "Q8_0"}, "ffn_down Q3_K, rest Q8_0"
+    ),
     "Q2_K_file": Experiment("Q2_K", None, "llama.cpp's Q2_K file"),
 }
 
@@ -91,30 +107,55 @@ def held_out_text() -> str:
 def measure(path: Path, ref: Model, text: str, args) -> dict:
     model = Model(str(path))
     try:
-        r = run_perplexity(model, text, window=512, reference=ref, threads=args.threads,
-                           max_tokens=args.eval_tokens)  # fmt: skip
+        r = run_perplexity(
+            model,
+            text,
+            window=512,
+            reference=ref,
+            threads=args.threads,
+            max_tokens=args.eval_tokens,
+        )
     finally:
         model.close()
-    return {"size": path.stat().st_size, "kld": r.kld_mean, "kld_p99": r.kld_p99,
-            "top1": r.top1_agreement, "ppl": r.ppl, "ppl_ref": r.ppl_ref, "tokens": r.tokens}  # fmt: skip
+    return {
+        "size": path.stat().st_size,
+        "kld": r.kld_mean,
+        "kld_p99": r.kld_p99,
+        "top1": r.top1_agreement,
+        "ppl": r.ppl,
+        "ppl_ref": r.ppl_ref,
+        "tokens": r.tokens,
+    }
 
 
-def run_experiment(name: str, f32: Path, stats, calib: str, ref: Model, held_out: str,
-                   work: Path, args) -> dict:  # fmt: skip
+def run_experiment(
+    name: str, f32: Path, stats, calib: str, ref: Model, held_out: str, work: Path, args
+) -> dict:
     exp = EXPERIMENTS[name]
     ftype = calibrated.FILE_TYPES[exp.file_type]
     files = {v: work / f"{name}-{v}.gguf" for v in ("default", "imatrix", "calibrated")}
     calibrated._llama_quantize(f32, files["default"], ftype, args.threads, {}, exp.overrides)
-    variants = ["default", "calibrated"] if args.no_imatrix else ["default", "imatrix",
-                                                                  "calibrated"]  # fmt: skip
+    variants = (
+        ["default", "calibrated"] if args.no_imatrix else ["default", "imatrix", "calibrated"]
+    )
     summary = {}
     for v in variants[1:]:
         t0 = time.perf_counter()
-        s = calibrated.quantize_calibrated(f32, files[v], exp.file_type, calib,
-                                           threads=args.threads, gptq=v == "calibrated",
-                                           overrides=exp.overrides, activations=stats)  # fmt: skip
-        summary[v] = {"seconds": round(time.perf_counter() - t0, 1),
-                      "tensors_gptq": s["tensors_gptq"], "output_error": s["output_error"]}  # fmt: skip
+        s = calibrated.quantize_calibrated(
+            f32,
+            files[v],
+            exp.file_type,
+            calib,
+            threads=args.threads,
+            gptq=v == "calibrated",
+            overrides=exp.overrides,
+            activations=stats,
+        )
+        summary[v] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "tensors_gptq": s["tensors_gptq"],
+            "output_error": s["output_error"],
+        }
     out = {"experiment": name, "what": exp.what, "file_type": exp.file_type, "summary": summary}
     for v in variants:
         out[v] = measure(files[v], ref, held_out, args)
@@ -123,15 +164,18 @@ def run_experiment(name: str, f32: Path, stats, calib: str, ref: Model, held_out
 
 
 def fmt_row(r: dict) -> str:
-    return (f"size {r['size']:>11,d}  KLD {r['kld']:.4f}  p99 {r['kld_p99']:.3f}  "
-            f"top-1 {100 * r['top1']:5.1f}%  ppl {r['ppl']:7.3f} (F32 {r['ppl_ref']:.3f})")  # fmt: skip
+    return (
+        f"size {r['size']:>11,d}  KLD {r['kld']:.4f}  p99 {r['kld_p99']:.3f}  "
+        f"top-1 {100 * r['top1']:5.1f}%  ppl {r['ppl']:7.3f} (F32 {r['ppl_ref']:.3f})"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="GGUF to start from (default: the default model)")
-    ap.add_argument("--experiments", default="Q4_0,Q2_K",
-                    help=f"comma-separated, of {', '.join(EXPERIMENTS)}")  # fmt: skip
+    ap.add_argument(
+        "--experiments", default="Q4_0,Q2_K", help=f"comma-separated, of {', '.join(EXPERIMENTS)}"
+    )
     ap.add_argument("--calibration", type=Path, default=REPO / "pocketlm/data/calibration.txt")
     ap.add_argument("--calib-tokens", type=int, default=calibrated.CALIBRATION_TOKENS)
     ap.add_argument("--eval-tokens", type=int, default=4096)
@@ -143,7 +187,9 @@ def main() -> None:
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
-        ap.error(f"unknown experiment(s) {', '.join(unknown)}: choose from {', '.join(EXPERIMENTS)}")
+        ap.error(
+            f"unknown experiment(s) {', '.join(unknown)}: choose from {', '.join(EXPERIMENTS)}"
+        )
     init_backend()
     calib, held_out = args.calibration.read_text(), held_out_text()
     overlap = [p for p in held_out.split("\n\n") if len(p) > 80 and p in calib]
@@ -155,14 +201,17 @@ def main() -> None:
         src = args.model or default_model_path()
         f32 = work / "f32.gguf"
         calibrated._llama_quantize(src, f32, ll.LLAMA_FTYPE_ALL_F32, args.threads, {})
-        print(f"source {src.name} -> F32 reference {f32.stat().st_size:,d} bytes; calibration "
-              f"{args.calibration.name}, held-out text {len(held_out):,d} chars", flush=True)
+        print(
+            f"source {src.name} -> F32 reference {f32.stat().st_size:,d} bytes; calibration "
+            f"{args.calibration.name}, held-out text {len(held_out):,d} chars",
+            flush=True,
+        )
         t0 = time.perf_counter()
-        stats = calibrated.calibrate(f32, calib, threads=args.threads,
-                                     max_tokens=args.calib_tokens)  # fmt: skip
+        stats = calibrated.calibrate(f32, calib, threads=args.threads, max_tokens=args.calib_tokens)
         n_tok = max(s.tokens for s in stats.values())
-        print(f"activations: {n_tok} calibration tokens, {time.perf_counter() - t0:.0f} s",
-              flush=True)  # fmt: skip
+        print(
+            f"activations: {n_tok} calibration tokens, {time.perf_counter() - t0:.0f} s", flush=True
+        )
         ref = Model(str(f32))
         results = [run_experiment(n, f32, stats, calib, ref, held_out, work, args) for n in names]
         ref.close()
@@ -172,9 +221,11 @@ def main() -> None:
         for v in ("default", "imatrix", "calibrated"):
             if v in r:
                 red = "" if v == "default" else f"{100 * (1 - r[v]['kld'] / base):+.1f}%"
-                print(f"{r['experiment']:10s}  {r['what']:26s}  {v:10s}  {r[v]['kld']:.4f}  "
-                      f"{red:>9s}  {100 * r[v]['top1']:5.1f}%  {r[v]['ppl']:.3f}  "
-                      f"({r[v]['size']:,d} bytes)")  # fmt: skip
+                print(
+                    f"{r['experiment']:10s}  {r['what']:26s}  {v:10s}  {r[v]['kld']:.4f}  "
+                    f"{red:>9s}  {100 * r[v]['top1']:5.1f}%  {r[v]['ppl']:.3f}  "
+                    f"({r[v]['size']:,d} bytes)"
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

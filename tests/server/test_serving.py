@@ -34,7 +34,7 @@ def test_models_load_on_first_use_and_unload_after_keep_alive(store_with_two_mod
         assert sorted(m.model for m in c.ps().models) == ["other", "tiny"]  # several loaded
         ps = run_cli("ps", "--port", url.rsplit(":", 1)[1])
         assert ps.returncode == 0 and "tiny" in ps.stdout_text and "other" in ps.stdout_text
-        deadline = time.time() + 10
+        deadline = time.time() + 30
         while c.ps().models:
             assert time.time() < deadline, "idle models were not unloaded"
             time.sleep(0.2)

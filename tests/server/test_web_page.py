@@ -25,6 +25,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 
 expect = sync_api.expect
+expect.set_options(timeout=30_000)  # a loaded 2-core machine is slow
 
 ANSWER = ".message.assistant .content"
 
@@ -91,7 +92,7 @@ def open_page(browser):
         tab = Tab(context.new_page(), url + "/")
         tab.page.on("request", lambda r: tab.requests.append(r))
         tab.page.on("pageerror", lambda e: tab.errors.append(e))
-        tab.page.set_default_timeout(10_000)
+        tab.page.set_default_timeout(30_000)  # a loaded 2-core machine is slow
         tab.page.goto(tab.origin)
         tabs.append(tab)
         return tab
@@ -117,7 +118,7 @@ def grows(page, selector: str, times: int = 3) -> str:
     return text
 
 
-def wait_until(check, timeout: float = 5.0) -> None:
+def wait_until(check, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"

@@ -40,6 +40,7 @@ from pocketlm.services.quantize.quantize import (
     record_result,
     reference_model,
     resolve_reference,
+    warn_same_text,
 )
 from pocketlm.services.quantize.report import QualityParams, QualityReport, load_text, measure
 from pocketlm.services.quantize.types import QuantType
@@ -140,6 +141,7 @@ def choose(
     check_calibration(None, calibrate)
     params = params if isinstance(params, QualityParams) else validate(QualityParams, params or {})
     text = load_text(eval_text)
+    warn_same_text(calibrate, text, progress)
     threads = threads or default_threads()
     source = open_source(ref, store, progress)
     ref_name, ref_path = resolve_reference(reference, source, store, progress)

@@ -82,7 +82,7 @@ def _importance(stats: ActivationStats) -> np.ndarray:
     return imp + 1e-3 * float(imp.mean() or 1.0)
 
 
-def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
+def inverse_hessian_factor(h: np.ndarray, damp: float = GPTQ_DAMP) -> np.ndarray:
     """U, upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1 ([n, n] float32)."""
     h = h.astype(np.float64)
     diag = np.diag(h).copy()
@@ -98,9 +98,10 @@ def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     raise EngineError("the calibration Hessian is not positive definite even with damping")
 
 
-def gptq_quantize(fmt: kquants.Format, w: np.ndarray, hessian: np.ndarray,
-                  importance: np.ndarray, damp: float = GPTQ_DAMP) -> np.ndarray:  # fmt: skip
-    """GPTQ on w [rows, n] with per-block grids from the importance-weighted search.
+def gptq_quantize(fmt: kquants.Format, w: np.ndarray, u: np.ndarray,
+                  importance: np.ndarray) -> np.ndarray:  # fmt: skip
+    """GPTQ on w [rows, n] with per-block grids from the importance-weighted search; u is
+    ``inverse_hessian_factor(H)`` (weights that share an input share it).
 
     Blocks of ``fmt.block`` columns are processed in order. For each block the grid of every
     row is chosen from the current (error-compensated) weights, then its columns are rounded
@@ -109,7 +110,6 @@ def gptq_quantize(fmt: kquants.Format, w: np.ndarray, hessian: np.ndarray,
     """
     rows, n = w.shape
     w = np.array(w, np.float32)  # updated in place
-    u = _inverse_hessian_factor(hessian, damp)
     per_row = n // fmt.block
     out = np.empty((rows, per_row, fmt.type_size), np.uint8)
     for g in range(per_row):
@@ -139,10 +139,13 @@ def importance_quantize(fmt: kquants.Format, w: np.ndarray, importance: np.ndarr
 def output_error(fmt: kquants.Format, w: np.ndarray, raw: np.ndarray, h: np.ndarray) -> float:
     """tr(E H E^T) / tr(W H W^T) for E = w - dequantized raw: the relative squared error of
     the layer's output on the calibration activations."""
-    e = (w - kquants.dequantize(fmt, kquants.unpack(fmt, raw)).reshape(w.shape)).astype(np.float64)
-    w64 = w.astype(np.float64)
-    h64 = h.astype(np.float64)
-    return float(((e @ h64) * e).sum() / max(((w64 @ h64) * w64).sum(), 1e-30))
+    e = w - kquants.dequantize(fmt, kquants.unpack(fmt, raw)).reshape(w.shape)
+    return _quadratic(e, h) / max(_quadratic(w, h), 1e-30)
+
+
+def _quadratic(x: np.ndarray, h: np.ndarray) -> float:
+    """tr(X H X^T), accumulated in float64."""
+    return float(((x @ h).astype(np.float64) * x).sum())
 
 
 # --- the file ---------------------------------------------------------------------
@@ -187,14 +190,15 @@ def _llama_quantize(src: Path, dst: Path, ftype: int, threads: int, metadata: di
         raise EngineError(f"llama.cpp could not quantize {src.name}: {last_log_error()}")
 
 
-def _blas_threads(threads: int) -> contextlib.AbstractContextManager:
-    """NumPy's BLAS held to ``threads``: on a busy machine its default of one thread per core
-    spins against llama.cpp and other processes (a 512x512 Cholesky took 15x longer)."""
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """NumPy's BLAS held to one thread. Its default, a spinning thread per core, collapses
+    when the cores are busy (llama.cpp, other processes): on 2 shared cores a 576x576
+    inverse and Cholesky took 2.7 s with 2 threads and 0.08 s with one."""
     try:
         from threadpoolctl import threadpool_limits
-    except ImportError:  # the `calibrate` extra is not installed: slower, same result
+    except ImportError:  # the `calibrate` extra is not installed: same result, maybe slower
         return contextlib.nullcontext()
-    return threadpool_limits(limits=max(1, threads), user_api="blas")
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _matrix(t: gguf.ReaderTensor) -> np.ndarray:
@@ -234,7 +238,7 @@ def calibrate(src: Path, calibration_text: str, progress: Progress | None = None
     with_hessian = _hessian_set(reader, names, hessian_budget) if gptq else set()
     model = Model(str(src), use_extra_bufts=False)
     try:
-        with _blas_threads(threads):
+        with _one_blas_thread():
             return collect_activations(model, calibration_text, names, max_tokens=max_tokens,
                                        with_hessian=with_hessian, threads=threads,
                                        progress=progress)  # fmt: skip
@@ -291,7 +295,7 @@ def quantize_calibrated(
     _llama_quantize(src, dst, FILE_TYPES[qtype], threads, metadata, pins, importance)
     results: list[TensorResult] = []
     if use_gptq:
-        with _blas_threads(threads):
+        with _one_blas_thread():
             results = _gptq_in_place(reader, dst, activations, progress)
     return _summary(qtype, metadata, n_tokens, len(importance), results, started)
 
@@ -301,26 +305,28 @@ def _gptq_in_place(reader: gguf.GGUFReader, dst: Path, stats: dict[str, Activati
     """GPTQ each block-format tensor of dst that has a Hessian; replace its bytes in place
     where that lowers the output error on the calibration data."""
     source = {t.name: t for t in reader.tensors}
-    out = gguf.GGUFReader(dst)
-    todo = [t for t in out.tensors if t.tensor_type.name in GPTQ_TYPES
+    todo = [t for t in gguf.GGUFReader(dst).tensors if t.tensor_type.name in GPTQ_TYPES
             and t.name in stats and stats[t.name].xtx is not None]  # fmt: skip
     task = progress.task("GPTQ", len(todo), unit="tensors")
+    factors: dict[int, np.ndarray] = {}  # id(stats) -> inverse Hessian factor, shared by input
     results = []
     data = np.memmap(dst, mode="r+")
     try:
         for t in todo:
             fmt = kquants.get_format(t.tensor_type.name)
             w, st = _matrix(source[t.name]), stats[t.name]
-            h, imp = st.hessian, _importance(st)
-            ours = gptq_quantize(fmt, w, h, imp)
-            theirs = np.array(data[t.data_offset : t.data_offset + t.n_bytes])
+            h = st.hessian
+            if id(st) not in factors:
+                factors[id(st)] = inverse_hessian_factor(h)
+            ours = gptq_quantize(fmt, w, factors[id(st)], _importance(st))
+            span = slice(t.data_offset, t.data_offset + t.n_bytes)
             if ours.nbytes != t.n_bytes:
                 raise EngineError(f"{t.name}: {ours.nbytes} bytes for a {t.n_bytes}-byte tensor")
-            errors = [output_error(fmt, w, raw, h)
-                      for raw in (kquants.ggml_quantize(fmt, w), theirs, ours)]  # fmt: skip
+            candidates = (kquants.ggml_quantize(fmt, w), np.array(data[span]), ours)
+            errors = [output_error(fmt, w, raw, h) for raw in candidates]
             keep = errors[2] < errors[1]
             if keep:
-                data[t.data_offset : t.data_offset + t.n_bytes] = ours.reshape(-1)
+                data[span] = ours.reshape(-1)
             results.append(TensorResult(t.name, fmt.name, *errors, keep))
             task.advance(1)
         data.flush()

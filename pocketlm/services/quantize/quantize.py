@@ -123,6 +123,7 @@ def quantize(
     check_calibration(qt, calibrate)
     params = params if isinstance(params, QualityParams) else validate(QualityParams, params or {})
     text = load_text(eval_text)
+    warn_same_text(calibrate, text, progress)
     threads = threads or default_threads()
     source = open_source(ref, store, progress)
     name = check_free_name(store, name or default_name(source.name, qt))
@@ -210,6 +211,14 @@ def check_calibration(qt: QuantType | None, calibrate: Calibration | None) -> No
                          "without one (the result would be garbage)",
                          "quantize with --calibrate [TEXT_FILE], or choose another --type "
                          "(pocketlm quantize --list)")  # fmt: skip
+
+
+def warn_same_text(calibrate: Calibration | None, text: tuple[str, str],
+                   progress: Progress) -> None:  # fmt: skip
+    if calibrate is not None and calibrate.text == text[1]:
+        progress.note("note: the quality is measured on the calibration text itself, which "
+                      "flatters a calibrated model; measure on other text with --eval-text"
+                      )  # fmt: skip
 
 
 def check_disk(store: Store, need_bytes: int) -> None:

@@ -103,7 +103,8 @@ def test_gptq_lowers_the_output_error(fmt):
     imp = np.diag(h).copy()
     default = calibrated.output_error(fmt, w, kquants.ggml_quantize(fmt, w), h)
     aware = calibrated.output_error(fmt, w, calibrated.importance_quantize(fmt, w, imp), h)
-    gptq = calibrated.output_error(fmt, w, calibrated.gptq_quantize(fmt, w, h, imp), h)
+    u = calibrated.inverse_hessian_factor(h)
+    gptq = calibrated.output_error(fmt, w, calibrated.gptq_quantize(fmt, w, u, imp), h)
     assert gptq < 0.7 * aware < 0.7 * default
 
 
