@@ -99,10 +99,13 @@ class Collector:
         self._seen.clear()
 
     def __call__(self, node_ptr: int, ask: bool, _user) -> bool:
+        # ask=True: "do you want this node?"; ask=False: it is computed, go on (True)?
+        if self.error:
+            return not ask
         try:
             return self._on_node(node_ptr, ask)
-        except Exception as exc:  # an exception must not cross into C: note it, stop asking
-            self.error = self.error or f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # must not cross into C: noted, raised after llama_decode
+            self.error = f"{type(exc).__name__}: {exc}"
             return not ask
 
     def _on_node(self, node_ptr: int, ask: bool) -> bool:

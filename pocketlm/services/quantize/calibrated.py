@@ -131,11 +131,6 @@ def gptq_quantize(fmt: kquants.Format, w: np.ndarray, u: np.ndarray,
     return out.reshape(-1, fmt.type_size)
 
 
-def importance_quantize(fmt: kquants.Format, w: np.ndarray, importance: np.ndarray) -> np.ndarray:
-    """Importance-aware grids and rounding only (llama.cpp's imatrix search), no GPTQ."""
-    return kquants.ggml_quantize(fmt, w, importance)
-
-
 def output_error(fmt: kquants.Format, w: np.ndarray, raw: np.ndarray, h: np.ndarray) -> float:
     """tr(E H E^T) / tr(W H W^T) for E = w - dequantized raw: the relative squared error of
     the layer's output on the calibration activations."""
@@ -269,7 +264,7 @@ def quantize_calibrated(
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    src, dst = Path(src), Path(dst)
+    src, dst, qtype = Path(src), Path(dst), qtype.strip().upper()
     if qtype not in FILE_TYPES:
         raise UsageError(f"calibrated quantization does not support {qtype}",
                          f"use one of {', '.join(SUPPORTED_CALIBRATED_TYPES)}")  # fmt: skip
