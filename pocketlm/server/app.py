@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pocketlm import __version__
 from pocketlm.engine.batch import Overloaded
@@ -117,6 +118,11 @@ def create_app(pool: ModelPool | None = None, *, api_key: str | None = None) -> 
         kind = "not_found_error" if e.http_status == 404 else "invalid_request_error"
         param = "messages" if "context window" in e.message else None
         return _error(request, e.http_status, str(e), param=param, kind=kind)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        # e.g. a body that is not JSON, or an unknown route: still in the API's own shape
+        return _error(request, e.status_code, str(e.detail), headers=getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):

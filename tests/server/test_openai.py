@@ -209,3 +209,14 @@ def test_metrics_count_requests_and_tokens(tiny_server):
     assert metric(url, "pocketlm_generated_tokens_total") > 0
     assert metric(url, "pocketlm_queue_depth") == 0
     assert metric(url, "pocketlm_loaded_models") == 1
+
+
+def test_a_body_that_is_not_json_gets_each_apis_error_shape(tiny_server):
+    url, _ = tiny_server
+    bad = b"\xae not json"
+    r = httpx.post(f"{url}/v1/completions", content=bad,
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and "message" in r.json()["error"]
+    r = httpx.post(f"{url}/api/generate", content=bad)
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)
+    assert httpx.get(f"{url}/v1/nothing").json()["error"]["message"] == "Not Found"
