@@ -22,27 +22,29 @@ def shared(default_model):
 
 def test_run_answers_a_real_question(shared):
     proc = run_cli("run", "What is the capital of France?", "--temperature", "0",
-                   "--max-tokens", "60", env=shared)  # fmt: skip
+                   "--max-tokens", "60", "--threads", "1", env=shared, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr_text
     assert "Paris" in proc.stdout_text
 
 
 def test_json_stats_are_plausible(shared):
     proc = run_cli("run", "smollm2-135m-instruct", "Name three colors.", "--json",
-                   "--max-tokens", "32", "--seed", "1", env=shared)  # fmt: skip
+                   "--max-tokens", "32", "--seed", "1", "--threads", "1", env=shared,
+                   timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr_text
     out = json.loads(proc.stdout_text)
     s = out["stats"]
     assert out["model"] == "smollm2-135m-instruct" and out["text"].strip()
     assert 0 < s["load_s"] < 30 and 0 < s["ttft_s"] < 30
     assert s["prompt_tokens"] > 10 and s["prefill_tps"] > 10
-    assert s["completion_tokens"] >= 2 and s["decode_tps"] > 5
+    assert s["completion_tokens"] >= 2 and s["decode_tps"] > 1  # ~80 quiet, far less when busy
     assert 50 * 2**20 < s["peak_rss_bytes"] < 4 * 2**30
 
 
 def test_same_seed_same_output(shared):
-    args = ("run", "Tell me a short story about a fox.", "--seed", "7", "--max-tokens", "40")
-    a, b = run_cli(*args, env=shared), run_cli(*args, env=shared)
+    args = ("run", "Tell me a short story about a fox.", "--seed", "7", "--max-tokens", "40",
+            "--threads", "1")
+    a, b = run_cli(*args, env=shared, timeout=300), run_cli(*args, env=shared, timeout=300)
     assert a.returncode == 0 and a.stdout_text == b.stdout_text and a.stdout_text.strip()
 
 
