@@ -36,7 +36,7 @@ def test_json_stats_are_plausible(shared):
     s = out["stats"]
     assert out["model"] == "smollm2-135m-instruct" and out["text"].strip()
     assert 0 < s["load_s"] < 30 and 0 < s["ttft_s"] < 30
-    assert s["prompt_tokens"] > 10 and s["prefill_tps"] > 10
+    assert s["prompt_tokens"] > 10 and s["prefill_tps"] > 1  # ~300 quiet, far less when busy
     assert s["completion_tokens"] >= 2 and s["decode_tps"] > 1  # ~80 quiet, far less when busy
     assert 50 * 2**20 < s["peak_rss_bytes"] < 4 * 2**30
 
