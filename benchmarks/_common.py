@@ -35,6 +35,12 @@ def threads() -> int:
 # -- servers and HTTP clients (serve_*.py) -----------------------------------------------------
 
 
+def machine_load() -> str:
+    """The load average, to tell a quiet machine from a busy one next to the figures."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
 def percentile(xs: list[float], q: float) -> float:
     """The q-th percentile (0-100) by linear interpolation; nan for no data."""
     if not xs:

@@ -37,6 +37,7 @@ from _common import (  # noqa: E402
     Server,
     default_model_path,
     free_port,
+    machine_load,
     percentile,
     pocketlm_serve,
     rss_bytes,
@@ -246,7 +247,8 @@ def main() -> int:
     argv = pocketlm_serve(MODEL, port, "--parallel", str(args.parallel), "--queue",
                           str(args.queue), "--threads", str(threads()))  # fmt: skip
     print(f"{' '.join(argv[1:])}\n{args.clients} clients, {args.warmup:.0f} s warm-up, then "
-          f"{args.seconds:.0f} s; client timeout {args.timeout:.0f} s; server log {log}",
+          f"{args.seconds:.0f} s; client timeout {args.timeout:.0f} s; server log {log}; "
+          f"{machine_load()}",
           flush=True)  # fmt: skip
     with Server(argv, port, log=log) as server:
         asyncio.run(run_load(server.url, args.clients, args.warmup, args.timeout))
@@ -261,7 +263,9 @@ def main() -> int:
         after = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
             "model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
             "max_tokens": 4}).status_code if alive else None  # fmt: skip
-    print(f"\nrun took {wall:.1f} s (the last requests finish after the deadline)\n")
+    print(
+        f"\nrun took {wall:.1f} s (the last requests finish after the deadline); {machine_load()}\n"
+    )
     table(tallies)
     total = tallies.pop("total")
     bad5 = sum(v for k, v in total.status.items() if k >= 500 and k != 503)

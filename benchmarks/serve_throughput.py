@@ -13,7 +13,10 @@ On the default model (SmolLM2-135M-Instruct Q4_1), prints:
     (request sent -> first content chunk, client side) of the 8-client run;
   - prefix cache: time to first token of a chat whose ~1,500-token system prompt the server
     has never seen (a random nonce opens it), then of a second chat with the same system
-    prompt and another question, and their ratio (target <= 0.15).
+    prompt and another question, and their ratio (target <= 0.15);
+  - what cached prefixes cost: 1-client tok/s on the fresh server, then again after 7 other
+    sequences finished ~1,500-token prompts that stay cached (one KV buffer for all
+    sequences: attention spans every cell in use).
 Each round runs every configuration, in an order rotated from round to round; medians are
 reported. Token counts are the server's (usage) where it reports them, else content chunks.
 
@@ -42,6 +45,7 @@ from _common import (  # noqa: E402
     count_tokens,
     default_model_path,
     free_port,
+    machine_load,
     median,
     percentile,
     pocketlm_serve,
@@ -196,6 +200,19 @@ async def prefix_pair(url: str, model: str, notes: str) -> dict:
             "prompt_tokens": (a["usage"] or {}).get("prompt_tokens")}  # fmt: skip
 
 
+async def cached_prefixes_cost(url: str, model: str, notes: str, n_fill: int,
+                               tokens: int) -> tuple[float, float]:  # fmt: skip
+    """1-client tok/s on a fresh server, then again once ``n_fill`` other sequences have
+    finished ~1,500-token prompts (their KV stays cached for prefix reuse)."""
+    before = (await concurrent_load(url, model, 1, tokens, 7, True))["tps"]
+    async with httpx.AsyncClient(timeout=600) as client:
+        await asyncio.gather(*(stream_chat(client, url, chat_body(
+            model, "Hello.", i, 1, f"Session {secrets.token_hex(8)}.\n{notes}"))
+            for i in range(n_fill)))  # fmt: skip
+    after = (await concurrent_load(url, model, 1, tokens, 7, True))["tps"]
+    return before, after
+
+
 def ceiling(path: Path, n_seq: int, steps: int, n_ctx_seq: int) -> float:
     prompts = [f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{story(i)}"
                "<|im_end|>\n<|im_start|>assistant\n" for i in range(n_seq)]  # fmt: skip
@@ -240,6 +257,11 @@ def main() -> int:
     with pocket, llama:
         asyncio.run(concurrent_load(pocket.url, MODEL, 2, 8, 0, True))  # warm-up
         asyncio.run(concurrent_load(llama.url, MODEL, 1, 8, 0, False))
+        clean, cached = asyncio.run(cached_prefixes_cost(pocket.url, MODEL, notes, n - 1,
+                                                         args.tokens))  # fmt: skip
+        print(f"  1 client on a fresh server {clean:.1f} tok/s; after {n - 1} other sequences "
+              f"finished {args.prefix_tokens}-token prompts (kept for prefix reuse) "
+              f"{cached:.1f} tok/s (x{cached / clean:.2f})", flush=True)  # fmt: skip
         runs = {
             "pocketlm x8": lambda r: asyncio.run(concurrent_load(pocket.url, MODEL, n,
                                                                  args.tokens, 100 * r, True)),
@@ -265,7 +287,12 @@ def main() -> int:
             )
             for k in ("pocketlm x8", "llama_cpp.server x8"):
                 print(f"      {k} tokens per client: {res[k][-1]['tokens']}")
+    print(f"\nat the end: {machine_load()}")
     report(res, args)
+    print(
+        f"\n1 client, fresh server: {clean:.1f} tok/s; with {n - 1} finished "
+        f"{args.prefix_tokens}-token prompts cached: {cached:.1f} tok/s (x{cached / clean:.2f})"
+    )
     return 0
 
 
