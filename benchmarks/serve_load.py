@@ -209,6 +209,11 @@ def server_status_counts(before: dict, after: dict) -> collections.Counter:
     return counts
 
 
+def counts_agree(server: collections.Counter, clients: collections.Counter, unseen: int) -> bool:
+    extra = {k: server[k] - clients[k] for k in set(server) | set(clients)}
+    return all(v >= 0 for v in extra.values()) and sum(extra.values()) <= unseen
+
+
 def table(tallies: dict[str, Tally]) -> None:
     head = (f"{'kind':32s} {'sent':>5s} {'200':>5s} {'503':>5s} {'4xx':>4s} {'5xx':>4s} "
             f"{'t/o':>4s} {'conn':>4s} {'hung':>5s} {'trunc':>5s} {'err':>4s} {'tokens':>6s} "
@@ -272,6 +277,7 @@ def main() -> int:
     counted = server_status_counts(m0, m1)
     client_seen = collections.Counter(total.status)
     growth = (rss1 - rss0) / rss0
+    unseen = total.timeouts + total.conn_errors
     checks = [
         ("no 5xx other than 503", bad5 == 0, f"{bad5} such responses"),
         ("every 503 carries Retry-After", total.no_retry_after == 0,
@@ -288,7 +294,8 @@ def main() -> int:
          f"after {idle:.1f} s" if idle is not None else
          f"active {m1.get('pocketlm_active_sequences')}, "
          f"queue {m1.get('pocketlm_queue_depth')} after 30 s"),
-        ("server counted what the clients saw", counted == client_seen,
+        ("server counted what the clients saw (requests that timed out or broke may count "
+         "on the server only)", counts_agree(counted, client_seen, unseen),
          f"server {dict(sorted(counted.items()))}, clients {dict(sorted(client_seen.items()))}"),
         ("server alive and answering after the run", after == 200, f"status {after}"),
     ]  # fmt: skip
