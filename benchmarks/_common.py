@@ -41,6 +41,32 @@ def machine_load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat)."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_quiet(limit: float = 600, busy: float = 0.1) -> float:
+    """Wait (up to ``limit`` s) until other processes leave the CPUs idle, so that a
+    measurement does not share them; returns the seconds waited."""
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < limit and cpu_busy() > busy:
+        time.sleep(4)
+    return time.monotonic() - start
+
+
 def percentile(xs: list[float], q: float) -> float:
     """The q-th percentile (0-100) by linear interpolation; nan for no data."""
     if not xs:

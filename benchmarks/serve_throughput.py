@@ -17,8 +17,9 @@ On the default model (SmolLM2-135M-Instruct Q4_1), prints:
   - what cached prefixes cost: 1-client tok/s on the fresh server, then again after 7 other
     sequences finished ~1,500-token prompts that stay cached (one KV buffer for all
     sequences: attention spans every cell in use).
-Each round runs every configuration, in an order rotated from round to round; medians are
-reported. Token counts are the server's (usage) where it reports them, else content chunks.
+Each round runs every configuration, in an order rotated from round to round, each once the
+CPUs are idle (other processes would share them: --max-wait); medians are reported. Token
+counts are the server's (usage) where it reports them, else content chunks.
 
 Usage: python benchmarks/serve_throughput.py [--rounds 5] [--tokens 128] [--clients 8]
 """
@@ -52,6 +53,7 @@ from _common import (  # noqa: E402
     spread,
     sse_data,
     threads,
+    wait_quiet,
 )
 
 MODEL = "smollm2-135m-instruct"
@@ -228,6 +230,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128, help="max_tokens of each client")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (and --parallel)")
     ap.add_argument("--prefix-tokens", type=int, default=1500)
+    ap.add_argument("--max-wait", type=float, default=600,
+                    help="before each measurement, wait up to this many seconds for other "
+                    "processes to leave the CPUs idle (0: do not wait)")  # fmt: skip
     args = ap.parse_args()
     path = default_model_path()
     n, th = args.clients, threads()
@@ -257,6 +262,7 @@ def main() -> int:
     with pocket, llama:
         asyncio.run(concurrent_load(pocket.url, MODEL, 2, 8, 0, True))  # warm-up
         asyncio.run(concurrent_load(llama.url, MODEL, 1, 8, 0, False))
+        wait_quiet(args.max_wait)
         clean, cached = asyncio.run(cached_prefixes_cost(pocket.url, MODEL, notes, n - 1,
                                                          args.tokens))  # fmt: skip
         print(f"  1 client on a fresh server {clean:.1f} tok/s; after {n - 1} other sequences "
@@ -272,10 +278,11 @@ def main() -> int:
             "ceiling": lambda r: ceiling(path, n, args.tokens, 4096),
             "prefix": lambda r: asyncio.run(prefix_pair(pocket.url, MODEL, notes)),
         }  # fmt: skip
-        names = list(runs)
+        names, waited = list(runs), 0.0
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
+                waited += wait_quiet(args.max_wait)
                 res[name].append(runs[name](r))
             line = ", ".join(f"{k} {res[k][-1]['tps']:.1f}" for k in names[:3])
             pre = res["prefix"][-1]
@@ -287,7 +294,7 @@ def main() -> int:
             )
             for k in ("pocketlm x8", "llama_cpp.server x8"):
                 print(f"      {k} tokens per client: {res[k][-1]['tokens']}")
-    print(f"\nat the end: {machine_load()}")
+    print(f"\nat the end: {machine_load()}; waited {waited:.0f} s in all for idle CPUs")
     report(res, args)
     print(
         f"\n1 client, fresh server: {clean:.1f} tok/s; with {n - 1} finished "

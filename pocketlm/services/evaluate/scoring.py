@@ -10,6 +10,8 @@ Speed: the choices of a question share its context. In one llama.cpp batch, the 
 tokens belong to every choice's sequence at once (``n_seq_id`` > 1), so the context is
 computed once, and each choice's continuation attends to it. Many questions are packed into
 each batch (up to ``n_batch`` tokens), since llama.cpp evaluates bigger batches faster.
+Flash attention is on: over a batch of many short sequences it evaluated PIQA 12-18% faster
+(SmolLM2-135M, 2 threads).
 """
 
 from __future__ import annotations
@@ -55,13 +57,14 @@ class Scorer:
     """Scores groups on one model. ``tokenize`` adds BOS the way the model asks for it."""
 
     def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int = 512,
-                 n_seq: int = 64):  # fmt: skip
+                 n_seq: int = 64, flash_attn: bool = True):  # fmt: skip
         self.model = model
         n_batch = min(n_batch, n_ctx)
         self.n_batch = n_batch
         self.n_seq = n_seq
         self.n_ctx = n_ctx
-        self.ctx = Context(model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq=n_seq)
+        self.ctx = Context(model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq=n_seq,
+                           flash_attn=flash_attn)
 
     def tokenize(self, text: str) -> list[int]:
         tokens = self.model.tokenize(text, add_special=True)

@@ -23,9 +23,10 @@ def model(tiny_gguf):
     m.close()
 
 
-def reference_rows(model: Model, tokens: list[int]) -> np.ndarray:
+def reference_rows(model: Model, tokens: list[int], flash_attn: bool = False) -> np.ndarray:
     """log-softmax at every position, from one plain single-sequence evaluation."""
-    ctx = Context(model, n_ctx=max(256, len(tokens)), n_threads=1, n_batch=max(256, len(tokens)))
+    ctx = Context(model, n_ctx=max(256, len(tokens)), n_threads=1, n_batch=max(256, len(tokens)),
+                  flash_attn=flash_attn)
     ctx.prefill_all(tokens)
     logits = np.ctypeslib.as_array(ll.llama_get_logits(ctx._ptr), shape=(len(tokens),
                                    model.n_vocab)).astype(np.float64)  # fmt: skip
@@ -34,10 +35,11 @@ def reference_rows(model: Model, tokens: list[int]) -> np.ndarray:
         - logits.max(1, keepdims=True)  # fmt: skip
 
 
-def reference_score(model: Model, scorer: Scorer, context: str, cont: str):
+def reference_score(model: Model, scorer: Scorer, context: str, cont: str,
+                    flash_attn: bool = False):  # fmt: skip
     ctx, k = encode_pair(scorer.tokenize, context, cont)
     tokens = ctx + k
-    rows = reference_rows(model, tokens)
+    rows = reference_rows(model, tokens, flash_attn)
     positions = range(len(ctx) - 1, len(tokens) - 1)
     total = sum(rows[p, tokens[p + 1]] for p in positions)
     greedy = all(int(rows[p].argmax()) == tokens[p + 1] for p in positions)
@@ -56,8 +58,9 @@ def test_encode_pair_moves_trailing_spaces_and_splits_merged_tokens(model):
     assert cont == whole[len(ctx) :]
 
 
-def test_scorer_matches_the_reference(model):
-    scorer = Scorer(model, n_ctx=512, n_threads=1, n_batch=64, n_seq=5)
+@pytest.mark.parametrize("flash_attn", [True, False])
+def test_scorer_matches_the_reference(model, flash_attn):
+    scorer = Scorer(model, n_ctx=512, n_threads=1, n_batch=64, n_seq=5, flash_attn=flash_attn)
     items = [("the cat sat on the", [" mat", " dog", " hello world the cat"]),
              ("Question: where is the cat?\nAnswer:", [" on the mat", " in the world"]),
              ("hello ", ["world", "there", "the cat sat"]),
@@ -68,7 +71,7 @@ def test_scorer_matches_the_reference(model):
     scorer.close()
     for (context, conts), results in zip(items, got):
         for cont, s in zip(conts, results):
-            ref, greedy = reference_score(model, scorer, context, cont)
+            ref, greedy = reference_score(model, scorer, context, cont, flash_attn)
             assert s.logprob == pytest.approx(ref, abs=1e-3), (context, cont)
             assert s.greedy == greedy
 
@@ -82,7 +85,7 @@ def test_acc_and_acc_norm_follow_the_definitions(model):
     scorer = Scorer(model, n_ctx=512, n_threads=1)
     acc = acc_norm = 0
     for item in items:
-        sums = [reference_score(model, scorer, item.context, c)[0] for c in item.choices]
+        sums = [reference_score(model, scorer, item.context, c, True)[0] for c in item.choices]
         normed = [s / len(c.encode()) for s, c in zip(sums, item.choices)]
         acc += int(np.argmax(sums)) == item.answer
         acc_norm += int(np.argmax(normed)) == item.answer
