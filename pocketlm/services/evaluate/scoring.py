@@ -8,7 +8,8 @@ continuation tokens`` and each continuation token's log-probability is summed.
 
 Speed: the choices of a question share its context. In one llama.cpp batch, the context's
 tokens belong to every choice's sequence at once (``n_seq_id`` > 1), so the context is
-computed once, and each choice's continuation attends to it. Many questions are packed into
+computed once, and each choice's continuation attends to it; tokens that several choices'
+continuations begin with are computed once in the same way. Many questions are packed into
 each batch (up to ``n_batch`` tokens), since llama.cpp evaluates bigger batches faster.
 Flash attention is on: over a batch of many short sequences it evaluated PIQA 12-18% faster
 (SmolLM2-135M, 2 threads).
@@ -51,6 +52,34 @@ def encode_pair(
     whole = tokenize(context + continuation)
     ctx = tokenize(context)
     return ctx, whole[len(ctx) :]
+
+
+Node = tuple[int, int, list[int], list[tuple[int, int]]]  # token, pos, choices, targets
+
+
+def prefix_tree(g: Group) -> list[Node]:
+    """The group's tokens with every shared prefix once: the context, then the choices'
+    continuations merged where they begin alike (PIQA's two solutions share 18% of their
+    tokens). Each node lists the choices whose sequence holds it and its targets: (choice,
+    next token) for each choice whose continuation it predicts; parents come first."""
+    paths = [g.context + k for k in g.continuations]
+    start = len(g.context) - 1  # the last context token predicts each continuation's first
+    nodes: list[Node] = []
+    groups = [list(range(len(paths)))]  # choices that agree on every token so far
+    for pos in range(max(len(p) for p in paths)):
+        split = []
+        for choices in groups:
+            by_token: dict[int, list[int]] = {}
+            for c in choices:
+                if pos < len(paths[c]):
+                    by_token.setdefault(paths[c][pos], []).append(c)
+            for tok, cs in by_token.items():
+                targets = [(c, paths[c][pos + 1]) for c in cs
+                           if start <= pos < len(paths[c]) - 1]  # fmt: skip
+                nodes.append((tok, pos, cs, targets))
+                split.append(cs)
+        groups = split
+    return nodes
 
 
 class Scorer:
@@ -100,11 +129,14 @@ class Scorer:
         """Score every continuation of every group; ``on_group(n)`` reports progress."""
         results = [[Scored(0.0, len(k), True) for k in g.continuations] for g in groups]
         pending = list(range(len(groups)))
+        trees = {}
         while pending:
             pack, tokens, seqs = [], 0, 0
             for gi in pending:
                 g = groups[gi]
-                need = len(g.context) + sum(len(k) for k in g.continuations)
+                if gi not in trees:
+                    trees[gi] = prefix_tree(g)
+                need = len(trees[gi])
                 if pack and (
                     tokens + need > self.n_batch or seqs + len(g.continuations) > self.n_seq
                 ):
@@ -112,13 +144,13 @@ class Scorer:
                 pack.append(gi)
                 tokens += need
                 seqs += len(g.continuations)
-            self._run_pack([groups[i] for i in pack], [results[i] for i in pack])
+            self._run_pack([trees.pop(i) for i in pack], [results[i] for i in pack])
             pending = pending[len(pack) :]
             if on_group:
                 on_group(len(pack))
         return results
 
-    def _run_pack(self, pack: list[Group], out: list[list[Scored]]) -> None:
+    def _run_pack(self, trees: list[list[Node]], out: list[list[Scored]]) -> None:
         """Evaluate groups whose tokens are placed into one or more consecutive batches."""
         import llama_cpp as ll
 
@@ -126,17 +158,11 @@ class Scorer:
         ll.llama_memory_clear(mem, True)
         entries = []  # (token, pos, seqs, targets): targets = [(group, choice, next token)]
         seq = 0
-        for gi, g in enumerate(pack):
-            seqs = list(range(seq, seq + len(g.continuations)))
-            seq += len(g.continuations)
-            n = len(g.context)
-            for p, tok in enumerate(g.context):
-                targets = [(gi, c, k[0]) for c, k in enumerate(g.continuations)] if p == n - 1 \
-                    else []  # fmt: skip
-                entries.append((tok, p, seqs, targets))
-            for c, k in enumerate(g.continuations):
-                for j, tok in enumerate(k[:-1]):
-                    entries.append((tok, n + j, [seqs[c]], [(gi, c, k[j + 1])]))
+        for gi, nodes in enumerate(trees):
+            for tok, pos, choices, targets in nodes:
+                entries.append((tok, pos, [seq + c for c in choices],
+                                [(gi, c, nxt) for c, nxt in targets]))  # fmt: skip
+            seq += max(c for _, _, choices, _ in nodes for c in choices) + 1
         for at in range(0, len(entries), self.n_batch):
             self._decode(entries[at : at + self.n_batch], out)
 

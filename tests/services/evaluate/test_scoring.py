@@ -12,7 +12,7 @@ from pocketlm.engine.llama import Context, Model
 from pocketlm.services.evaluate.datasets import MCItem
 from pocketlm.services.evaluate.multiple_choice import prompt_for, run_multiple_choice
 from pocketlm.services.evaluate.perplexity import run_perplexity, windows
-from pocketlm.services.evaluate.scoring import Scorer, encode_pair
+from pocketlm.services.evaluate.scoring import Group, Scorer, encode_pair, prefix_tree
 from tests.tinymodel import write_tiny_gguf
 
 
@@ -65,7 +65,10 @@ def test_scorer_matches_the_reference(model, flash_attn):
              ("Question: where is the cat?\nAnswer:", [" on the mat", " in the world"]),
              ("hello ", ["world", "there", "the cat sat"]),
              ("the dog " * 20, [" ran", " sat on the mat"]),  # longer than a batch
-             ("x", [" y"])] * 3  # fmt: skip
+             ("x", [" y"]),
+             # choices that begin alike (computed once), one a prefix of another, twins
+             ("Q:", [" the cat sat on the mat", " the cat sat", " the dog", " the cat ran"]),
+             ("Q:", [" the mat", " the mat"])] * 3  # fmt: skip
     groups = [scorer.group(c, ks) for c, ks in items]
     got = scorer.score(groups)
     scorer.close()
@@ -74,6 +77,17 @@ def test_scorer_matches_the_reference(model, flash_attn):
             ref, greedy = reference_score(model, scorer, context, cont, flash_attn)
             assert s.logprob == pytest.approx(ref, abs=1e-3), (context, cont)
             assert s.greedy == greedy
+
+
+def test_prefix_tree_holds_each_shared_token_once():
+    g = Group([1, 2], [[3, 4, 5], [3, 4, 6], [3, 7], [3, 4]])
+    nodes = prefix_tree(g)
+    assert [(t, p, cs) for t, p, cs, _ in nodes] == [
+        (1, 0, [0, 1, 2, 3]), (2, 1, [0, 1, 2, 3]), (3, 2, [0, 1, 2, 3]),
+        (4, 3, [0, 1, 3]), (7, 3, [2]), (5, 4, [0]), (6, 4, [1])]  # fmt: skip
+    targets = {(p, c): nxt for _, p, _, ts in nodes for c, nxt in ts}
+    assert targets == {(1, 0): 3, (1, 1): 3, (1, 2): 3, (1, 3): 3, (2, 0): 4, (2, 1): 4,
+                       (2, 2): 7, (2, 3): 4, (3, 0): 5, (3, 1): 6}  # fmt: skip
 
 
 def test_acc_and_acc_norm_follow_the_definitions(model):
