@@ -9,8 +9,14 @@ the next step; a cancelled one leaves at the next step.
 
 Prefix cache: a slot keeps the KV of its last sequence after it finishes. A new request
 goes to the free slot whose cached tokens share the longest prefix with its prompt, and if
-another slot (busy or not) shares a longer prefix, those cells are copied over
-(``llama_memory_seq_cp``, one KV buffer for all sequences): only the rest is evaluated.
+another slot (busy or not) shares a longer prefix, its KV is copied over
+(``llama_memory_seq_cp``) and cut to that prefix: only the rest is evaluated.
+
+Each sequence has a KV buffer of its own (``n_ctx_seq`` cells), not one shared by all: with
+a shared buffer, attention spans every cell in use, so the cached prompts of idle slots
+slow every other sequence down. Measured on SmolLM2-135M, 2 threads: one sequence decoding
+next to 7 idle cached 1,500-token prompts ran at 19 tok/s with a shared buffer and 108 with
+a buffer each (92 with no cache at all); 8 sequences decoding together ran alike (~185).
 
 Callbacks run on the scheduler thread and must be quick.
 """
@@ -113,7 +119,7 @@ class BatchEngine:
         self.n_ctx_seq = n_ctx_seq
         self.max_queue = max_queue
         self.ctx = Context(model, n_ctx=n_ctx_seq * n_seq, n_threads=n_threads, n_batch=n_batch,
-                           flash_attn=flash_attn, n_seq=n_seq)  # fmt: skip
+                           flash_attn=flash_attn, n_seq=n_seq, unified_kv=False)  # fmt: skip
         self.n_batch = n_batch
         self._slots = [_Slot(i) for i in range(n_seq)]
         self._queue: collections.deque[Request] = collections.deque()
@@ -206,8 +212,11 @@ class BatchEngine:
                     donor, donated = other, n
             mem = self.ctx._memory
             if donor is not None:
+                # Between buffers llama.cpp copies whole sequences only (p0 = p1 = -1, else it
+                # aborts): copy it all, then cut it to the shared prefix.
                 ll.llama_memory_seq_rm(mem, slot.seq, -1, -1)
-                ll.llama_memory_seq_cp(mem, donor.seq, slot.seq, 0, donated)
+                ll.llama_memory_seq_cp(mem, donor.seq, slot.seq, -1, -1)
+                ll.llama_memory_seq_rm(mem, slot.seq, donated, -1)
                 reuse = donated
             else:
                 ll.llama_memory_seq_rm(mem, slot.seq, reuse, -1)

@@ -143,16 +143,18 @@ class Context:
         n_batch: int,
         flash_attn: bool = False,
         n_seq: int = 1,
+        unified_kv: bool = True,
         embeddings: bool = False,
     ):
+        """``n_seq`` > 1: that many sequences, in one KV buffer (``unified_kv``: a token may
+        belong to several sequences, and attention spans every cell in use) or in one
+        buffer each (``n_ctx / n_seq`` cells; attention spans only the sequence's own)."""
         params = ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = min(n_batch, 512)
         params.n_seq_max = n_seq
-        # One KV buffer shared by all sequences: a prefix evaluated for one sequence can be
-        # copied to another (llama_memory_seq_cp) instead of being computed again.
-        params.kv_unified = n_seq > 1
+        params.kv_unified = n_seq > 1 and unified_kv
         params.embeddings = embeddings
         if embeddings:
             params.pooling_type = ll.LLAMA_POOLING_TYPE_MEAN

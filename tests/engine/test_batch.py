@@ -1,0 +1,82 @@
+"""The continuous-batching engine on a tiny real model: prefix reuse gives the same tokens."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
+from pocketlm.engine.llama import Model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf):
+    m = Model(str(tiny_gguf))
+    yield m
+    m.close()
+
+
+def generate(engine: BatchEngine, tokens: list[int], max_tokens: int
+             ) -> tuple[list[int], Finished]:  # fmt: skip
+    out: list[int] = []
+    done = threading.Event()
+    box: list[Finished] = []
+
+    def on_token(e: TokenEvent) -> bool:
+        out.append(e.token)
+        return True
+
+    def on_done(f: Finished) -> None:
+        box.append(f)
+        done.set()
+
+    engine.submit(Request(tokens, temperature=0.0, max_tokens=max_tokens, on_token=on_token,
+                          on_done=on_done))  # fmt: skip
+    assert done.wait(120), "no answer in 120 s"
+    return out, box[0]
+
+
+def prompt(model: Model, text: str) -> list[int]:
+    return model.tokenize(text, add_special=True)
+
+
+def test_prefix_copied_from_a_busy_sequence_gives_the_same_tokens(model):
+    shared = "the cat sat on the mat and the dog ran in the world " * 6
+    a, b = prompt(model, shared + "hello"), prompt(model, shared + "there the cat")
+    fresh = BatchEngine(model, n_seq=2, n_ctx_seq=512, n_threads=1)
+    want, _ = generate(fresh, b, 12)
+    fresh.close()
+
+    engine = BatchEngine(model, n_seq=2, n_ctx_seq=4096, n_threads=1)
+    busy, stop, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def on_token(e: TokenEvent) -> bool:
+        busy.set()
+        return not stop.is_set()
+
+    engine.submit(Request(a, temperature=0.0, max_tokens=4000, on_token=on_token,
+                          on_done=lambda f: a_done.set()))  # fmt: skip
+    assert busy.wait(60)  # a is generating in slot 0: b goes to slot 1 and copies a's prefix
+    got, info = generate(engine, b, 12)
+    assert not a_done.is_set()  # a was generating all along: the prefix came from a busy slot
+    stop.set()
+    assert a_done.wait(60)
+    engine.close()
+    common = sum(1 for _ in zip(a, b))
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            common = i
+            break
+    assert info.cached_tokens == common > 50
+    assert got == want
+
+
+def test_a_finished_prompt_is_reused_by_its_own_slot(model):
+    engine = BatchEngine(model, n_seq=2, n_ctx_seq=512, n_threads=1)
+    p = prompt(model, "the dog ran in the world " * 10)
+    first, f1 = generate(engine, p, 8)
+    second, f2 = generate(engine, p, 8)
+    engine.close()
+    assert f1.cached_tokens == 0 and f2.cached_tokens == len(p) - 1  # the last is evaluated
+    assert first == second
