@@ -144,11 +144,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     n_lp = (body.top_logprobs or 0) if body.logprobs else None
     grammar = grammar_for(body.response_format)
     served.check_fits(len(tokens), max_tokens)
-    streams = [
-        served.stream(tokens, _seeded(params, i), max_tokens=max_tokens, grammar=grammar,
-                      n_logprobs=n_lp)
+    streams = _start_all(
+        lambda i=i: served.stream(tokens, _seeded(params, i), max_tokens=max_tokens,
+                                  grammar=grammar, n_logprobs=n_lp)
         for i in range(body.n)
-    ]  # fmt: skip
+    )  # fmt: skip
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "created": created, "model": body.model}
     if body.stream:
@@ -199,6 +199,20 @@ async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage
     yield "[DONE]"
 
 
+def _start_all(starts) -> list:
+    """Submit every choice now, so that a full queue is a 503 before the response starts;
+    if one is refused, the ones already submitted are cancelled."""
+    streams: list = []
+    try:
+        for start in starts:
+            streams.append(start())
+    except BaseException:
+        for s in streams:
+            s.cancel()
+        raise
+    return streams
+
+
 def _seeded(params, i: int):
     if i == 0 or params.seed is None:
         return params
@@ -219,15 +233,16 @@ async def completions(body: CompletionRequest, request: Request):
     max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
     if max_tokens == 0 and not body.echo:
         max_tokens = 1
-    streams, plan = [], []
-    for p_i, tokens in enumerate(prompts):
+    plan = []
+    for tokens in prompts:
         served.check_fits(len(tokens), max_tokens)
-        for c in range(body.n):
-            streams.append(served.stream(
-                tokens, _seeded(params, c), max_tokens=max_tokens, n_logprobs=n_lp,
-                prompt_logprobs=body.echo and n_lp is not None,
-            ))  # fmt: skip
-            plan.append(tokens)
+        plan += [tokens] * body.n
+    streams = _start_all(
+        lambda i=i, tokens=tokens: served.stream(
+            tokens, _seeded(params, i % body.n), max_tokens=max_tokens, n_logprobs=n_lp,
+            prompt_logprobs=body.echo and n_lp is not None)
+        for i, tokens in enumerate(plan)
+    )  # fmt: skip
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
     prompt_total = sum(len(t) for t in prompts)

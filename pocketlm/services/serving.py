@@ -49,6 +49,35 @@ class Piece:
     done: Finished | None = None
 
 
+class Generation:
+    """A request on the engine: ``async for piece in gen``; ``cancel()`` ends it early."""
+
+    def __init__(self, engine: BatchEngine, req: Request, queue: asyncio.Queue[Piece]):
+        self._engine, self._req, self._queue = engine, req, queue
+        self._pieces = self._iterate()
+
+    def __aiter__(self) -> AsyncIterator[Piece]:
+        return self._pieces
+
+    async def _iterate(self) -> AsyncIterator[Piece]:
+        finished = False
+        try:
+            while not finished:
+                piece = await self._queue.get()
+                finished = piece.done is not None
+                yield piece
+        finally:
+            if not finished:
+                self.cancel()
+
+    def cancel(self) -> None:
+        self._engine.cancel(self._req)  # a no-op once it has finished
+
+    async def aclose(self) -> None:
+        await self._pieces.aclose()
+        self.cancel()  # never iterated: the finally above did not run
+
+
 class ServedModel:
     def __init__(self, name: str, path: Path, manifest: Manifest | None, cfg: ServeConfig):
         from pocketlm.engine import probe
@@ -109,7 +138,7 @@ class ServedModel:
 
     # -- generation ----------------------------------------------------------------------
 
-    async def stream(
+    def stream(
         self,
         tokens: list[int],
         params: GenerationParams,
@@ -118,11 +147,11 @@ class ServedModel:
         grammar: str | None = None,
         n_logprobs: int | None = None,
         prompt_logprobs: bool = False,
-    ) -> AsyncIterator[Piece]:
-        """Generate on the shared engine; yields text pieces, the last one with ``done``.
-
-        Leaving the iteration early (a client that disconnects) frees the sequence at once.
-        """
+    ) -> Generation:
+        """Submit a generation to the shared engine now, so that a full queue raises
+        Overloaded before any response has started; iterate the result for text pieces, the
+        last one with ``done``. Leaving the iteration early (a client that disconnects) frees
+        the sequence at once. Call from the event loop."""
         self.check_fits(len(tokens), max_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Piece] = asyncio.Queue()
@@ -141,6 +170,10 @@ class ServedModel:
 
         def on_done(done: Finished) -> None:
             deliver(Piece(text.flush(), None, done))
+            try:  # counted until the engine lets go, even if nobody read the pieces
+                loop.call_soon_threadsafe(self._release)
+            except RuntimeError:
+                pass
 
         req = Request(
             tokens=tokens, temperature=params.temperature, top_k=params.top_k,
@@ -152,17 +185,11 @@ class ServedModel:
         )  # fmt: skip
         self.engine.submit(req)
         self.active += 1
-        finished = False
-        try:
-            while not finished:
-                piece = await queue.get()
-                finished = piece.done is not None
-                yield piece
-        finally:
-            self.active -= 1
-            self.touch()
-            if not finished:
-                self.engine.cancel(req)
+        return Generation(self.engine, req, queue)
+
+    def _release(self) -> None:
+        self.active -= 1
+        self.touch()
 
     # -- embeddings ------------------------------------------------------------------------
 

@@ -82,6 +82,37 @@ def test_full_queue_is_503_with_retry_after(tiny_gguf):
         assert "busy" in rejected[0].json()["error"]["message"]
 
 
+def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
+    """A streamed request that cannot be queued gets a 503, not a 200 that breaks off."""
+    with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx",
+               "32768") as url, httpx.Client(timeout=30) as client:  # fmt: skip
+        hold = {"model": str(tiny_gguf), "messages": [{"role": "user", "content": "go"}],
+                "temperature": 0, "max_tokens": 30000, "stream": True}  # fmt: skip
+        with client.stream("POST", f"{url}/v1/chat/completions", json=hold) as running, \
+                client.stream("POST", f"{url}/v1/chat/completions", json=hold) as queued:
+            assert running.status_code == queued.status_code == 200
+            next(running.iter_lines())  # generating: the slot is taken, the queue is full
+            for path, body in [
+                ("/v1/chat/completions", hold),
+                ("/v1/completions", {"model": str(tiny_gguf), "prompt": "go", "stream": True}),
+                ("/api/chat", {"model": str(tiny_gguf), "messages": [{"role": "user",
+                                                                      "content": "go"}]}),
+                ("/api/generate", {"model": str(tiny_gguf), "prompt": "go"}),
+            ]:  # fmt: skip
+                r = client.post(url + path, json=body)
+                assert r.status_code == 503, (path, r.status_code, r.text[:200])
+                assert r.headers["retry-after"] == "1"
+                error = r.json()["error"]
+                assert "busy" in (error["message"] if path.startswith("/v1") else error)
+        deadline = time.monotonic() + 30  # both held streams were cancelled when they closed
+        while time.monotonic() < deadline:
+            if "pocketlm_active_sequences 0.0" in client.get(f"{url}/metrics").text:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the closed streams kept their sequences")
+
+
 def test_unknown_and_not_pulled_models_are_404_with_the_fix(tmp_path):
     with serve("--ctx", "512") as url:
         r = httpx.post(f"{url}/api/generate", json={"model": "smollm2-135m-instruct",
