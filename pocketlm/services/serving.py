@@ -153,6 +153,11 @@ class ServedModel:
         last one with ``done``. Leaving the iteration early (a client that disconnects) frees
         the sequence at once. Call from the event loop."""
         self.check_fits(len(tokens), max_tokens)
+        n_vocab = self.model.n_vocab
+        bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+        if bad is not None:  # llama_decode would fail the whole batch, other requests too
+            raise PocketError(f"invalid value for 'prompt': token id {bad} is not in the "
+                              f"model's vocabulary (0 to {n_vocab - 1})")  # fmt: skip
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Piece] = asyncio.Queue()
         text = TextAssembler(params.stop)

@@ -150,6 +150,14 @@ def test_invalid_parameters_are_400_naming_the_field(client):
         assert e.value.body["param"] == field and field in e.value.message
 
 
+def test_token_ids_outside_the_vocabulary_are_400(client):
+    c, model = client
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model=model, prompt=[1, 2, 10**6], max_tokens=2)
+    assert "token id 1000000 is not in the model's vocabulary" in e.value.message
+    assert c.completions.create(model=model, prompt=[1, 2, 3], max_tokens=2).choices
+
+
 def test_context_overflow_is_400_with_counts(client):
     c, model = client
     with pytest.raises(openai.BadRequestError) as e:
