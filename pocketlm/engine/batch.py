@@ -133,6 +133,8 @@ class BatchEngine:
     # -- public, any thread ---------------------------------------------------------------
 
     def submit(self, req: Request) -> None:
+        if not req.tokens:
+            raise ValueError("a request needs at least one prompt token")  # caller checks
         if len(req.tokens) + max(req.max_tokens, 1) > self.n_ctx_seq:
             raise ValueError("request does not fit the per-sequence context")  # caller checks
         with self._cv:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pocketlm import __version__
+from pocketlm.errors import PocketError
 from pocketlm.server.openai_api import grammar_for
 from pocketlm.server.schemas import (
     JSONSchemaSpec,
@@ -250,8 +251,10 @@ async def pull(body: OllamaModelRequest, request: Request):
         try:
             await asyncio.to_thread(do_pull, name, store, progress)
             await queue.put({"status": "success"})
+        except PocketError as e:
+            await queue.put({"error": str(e), "status": e.http_status})
         except Exception as e:
-            await queue.put({"error": str(e)})
+            await queue.put({"error": str(e), "status": 500})
         await queue.put(None)
 
     task = asyncio.create_task(work())
@@ -261,12 +264,13 @@ async def pull(body: OllamaModelRequest, request: Request):
         while (item := queue.get_nowait()) is not None:
             items.append(item)
         last = items[-1]
-        status = 200 if "error" not in last else getattr(last, "status", 500)
-        return JSONResponse(last, status_code=status if "error" not in last else 500)
+        status = last.pop("status", 200)
+        return JSONResponse(last, status_code=status)
 
     async def lines() -> AsyncIterator[bytes]:
         yield _line({"status": "pulling manifest"})
         while (item := await queue.get()) is not None:
+            item.pop("status", None)  # a stream has already answered 200
             yield _line(item)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -3,10 +3,12 @@ API, the CLI and the Python API validate the same way; unset fields take its def
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from pocketlm.errors import UsageError
 from pocketlm.params import GenerationParams, validate
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed")
@@ -139,20 +141,31 @@ class OllamaModelRequest(BaseModel):
         return self.model or self.name or ""
 
 
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
 def parse_keep_alive(value: str | float | int | None) -> float | None:
-    """Ollama's keep_alive: seconds as a number, or a duration like "5m", "1h", "30s"; negative
-    keeps the model loaded."""
+    """Ollama's keep_alive: seconds as a number, or a Go duration like "5m", "1h30m", "30s";
+    negative keeps the model loaded; None or "" means the server's default."""
     if value is None:
         return None
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
         text = value.strip()
-        for unit in ("ms", "s", "m", "h"):
-            if text.endswith(unit):
-                seconds = float(text[: -len(unit)]) * units[unit]
-                break
-        else:
-            seconds = float(text)
+        if not text:
+            return None
+        sign, body = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+        try:
+            seconds = float(body)
+        except ValueError:
+            parts = _DURATION_PART.findall(body)
+            if not parts or "".join(n + u for n, u in parts) != body:
+                raise UsageError(f"invalid keep_alive {value!r}: use seconds or a duration such "
+                                 'as "5m" or "1h30m" (negative: stay loaded)') from None
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        seconds *= sign
+    if seconds != seconds:  # NaN
+        raise UsageError(f"invalid keep_alive {value!r}: not a number")
     return float("inf") if seconds < 0 else seconds

@@ -123,7 +123,14 @@ class ServedModel:
         return chat_template.chat_tokens(self.model, self.template, checked)
 
     def text_tokens(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_special=True, parse_special=True)
+        tokens = self.model.tokenize(text, add_special=True, parse_special=True)
+        if not tokens:  # an empty prompt: start from the start-of-text token, as OpenAI does
+            start = self.model.bos if self.model.bos >= 0 else self.model.eos
+            if start < 0:
+                raise PocketError("invalid value for 'prompt': it is empty, and this model has "
+                                  "no start-of-text token to begin from")  # fmt: skip
+            tokens = [start]
+        return tokens
 
     def token_text(self, token: int) -> str:
         return self.model.piece(token).decode("utf-8", "replace")
@@ -152,6 +159,8 @@ class ServedModel:
         Overloaded before any response has started; iterate the result for text pieces, the
         last one with ``done``. Leaving the iteration early (a client that disconnects) frees
         the sequence at once. Call from the event loop."""
+        if not tokens:
+            raise PocketError("invalid value for 'prompt': it is empty")
         self.check_fits(len(tokens), max_tokens)
         n_vocab = self.model.n_vocab
         bad = next((t for t in tokens if not 0 <= t < n_vocab), None)

@@ -8,6 +8,8 @@ import httpx
 import ollama
 import pytest
 
+from pocketlm.server.schemas import parse_keep_alive
+
 
 @pytest.fixture(scope="module")
 def client(tiny_server):
@@ -99,3 +101,25 @@ def test_prefix_cache_skips_a_repeated_system_prompt(client):
                     options={"num_predict": 2})  # fmt: skip
     assert first.prompt_eval_count > 200
     assert second.prompt_eval_count < 15  # only the new question was evaluated
+
+
+@pytest.mark.parametrize("value, seconds", [(None, None), ("", None), (30, 30.0), ("5m", 300.0),
+                                            ("1h30m", 5400.0), ("1.5s", 1.5), ("250ms", 0.25),
+                                            ("-1", float("inf")), ("-5m", float("inf")),
+                                            ("0", 0.0)])  # fmt: skip
+def test_keep_alive_takes_ollamas_durations(value, seconds):
+    assert parse_keep_alive(value) == seconds
+
+
+def test_bad_keep_alive_is_400_in_ollamas_shape(tiny_server):
+    url, model = tiny_server
+    for bad in ("soon", "5 minutes", "m", "1x"):
+        r = httpx.post(f"{url}/api/generate", json={"model": model, "prompt": "hi",
+                                                     "keep_alive": bad})  # fmt: skip
+        assert r.status_code == 400 and "invalid keep_alive" in r.json()["error"], bad
+
+
+def test_pull_of_an_unknown_model_is_404_not_500(tiny_server):
+    url, _ = tiny_server
+    r = httpx.post(f"{url}/api/pull", json={"model": "no-such-model", "stream": False})
+    assert r.status_code == 404 and "unknown model 'no-such-model'" in r.json()["error"]

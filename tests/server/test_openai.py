@@ -158,6 +158,13 @@ def test_token_ids_outside_the_vocabulary_are_400(client):
     assert c.completions.create(model=model, prompt=[1, 2, 3], max_tokens=2).choices
 
 
+def test_an_empty_prompt_starts_from_the_start_of_text(client):
+    c, model = client
+    for prompt in ("", [""]):
+        r = c.completions.create(model=model, prompt=prompt, max_tokens=3, temperature=0)
+        assert r.usage.prompt_tokens == 1 and r.usage.completion_tokens >= 1
+
+
 def test_context_overflow_is_400_with_counts(client):
     c, model = client
     with pytest.raises(openai.BadRequestError) as e:
