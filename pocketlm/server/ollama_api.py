@@ -252,9 +252,9 @@ async def pull(body: OllamaModelRequest, request: Request):
             await asyncio.to_thread(do_pull, name, store, progress)
             await queue.put({"status": "success"})
         except PocketError as e:
-            await queue.put({"error": str(e), "status": e.http_status})
+            await queue.put({"error": str(e), "_http": e.http_status})
         except Exception as e:
-            await queue.put({"error": str(e), "status": 500})
+            await queue.put({"error": str(e), "_http": 500})
         await queue.put(None)
 
     task = asyncio.create_task(work())
@@ -264,13 +264,13 @@ async def pull(body: OllamaModelRequest, request: Request):
         while (item := queue.get_nowait()) is not None:
             items.append(item)
         last = items[-1]
-        status = last.pop("status", 200)
+        status = last.pop("_http", 200)
         return JSONResponse(last, status_code=status)
 
     async def lines() -> AsyncIterator[bytes]:
         yield _line({"status": "pulling manifest"})
         while (item := await queue.get()) is not None:
-            item.pop("status", None)  # a stream has already answered 200
+            item.pop("_http", None)  # a stream has already answered 200
             yield _line(item)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -123,3 +123,12 @@ def test_pull_of_an_unknown_model_is_404_not_500(tiny_server):
     url, _ = tiny_server
     r = httpx.post(f"{url}/api/pull", json={"model": "no-such-model", "stream": False})
     assert r.status_code == 404 and "unknown model 'no-such-model'" in r.json()["error"]
+
+
+def test_pull_of_a_local_file_registers_it(tiny_server, tiny_gguf):
+    url, _ = tiny_server
+    r = httpx.post(f"{url}/api/pull", json={"model": str(tiny_gguf), "stream": False})
+    assert r.status_code == 200 and r.json() == {"status": "success"}
+    lines = [json.loads(x) for x in httpx.post(f"{url}/api/pull", json={
+        "model": str(tiny_gguf)}).iter_lines() if x]  # fmt: skip
+    assert lines[0] == {"status": "pulling manifest"} and lines[-1] == {"status": "success"}
