@@ -151,6 +151,11 @@ class BatchEngine:
             self._cv.notify()
 
     @property
+    def capacity(self) -> int:
+        """The most requests it holds at once: running plus waiting."""
+        return len(self._slots) + self.max_queue
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
 

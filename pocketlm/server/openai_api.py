@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
+from pocketlm.errors import UsageError
 from pocketlm.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -144,11 +145,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     n_lp = (body.top_logprobs or 0) if body.logprobs else None
     grammar = grammar_for(body.response_format)
     served.check_fits(len(tokens), max_tokens)
-    streams = _start_all(
+    streams = _start_all(served, [
         lambda i=i: served.stream(tokens, _seeded(params, i), max_tokens=max_tokens,
                                   grammar=grammar, n_logprobs=n_lp)
         for i in range(body.n)
-    )  # fmt: skip
+    ])  # fmt: skip
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "created": created, "model": body.model}
     if body.stream:
@@ -199,9 +200,14 @@ async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage
     yield "[DONE]"
 
 
-def _start_all(starts) -> list:
+def _start_all(served: ServedModel, starts: list) -> list:
     """Submit every choice now, so that a full queue is a 503 before the response starts;
     if one is refused, the ones already submitted are cancelled."""
+    capacity = served.engine.capacity
+    if len(starts) > capacity:  # a 503 would never turn into an answer: say why
+        raise UsageError(f"invalid value for 'n': this request asks for {len(starts)} "
+                         f"sequences (prompts x n) and the server holds at most {capacity} at "
+                         "once (--parallel + --queue); ask for fewer")  # fmt: skip
     streams: list = []
     try:
         for start in starts:
@@ -237,12 +243,12 @@ async def completions(body: CompletionRequest, request: Request):
     for tokens in prompts:
         served.check_fits(len(tokens), max_tokens)
         plan += [tokens] * body.n
-    streams = _start_all(
+    streams = _start_all(served, [
         lambda i=i, tokens=tokens: served.stream(
             tokens, _seeded(params, i % body.n), max_tokens=max_tokens, n_logprobs=n_lp,
             prompt_logprobs=body.echo and n_lp is not None)
         for i, tokens in enumerate(plan)
-    )  # fmt: skip
+    ])  # fmt: skip
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
     prompt_total = sum(len(t) for t in prompts)

@@ -9,6 +9,7 @@ import ollama
 import pytest
 
 from pocketlm.server.schemas import parse_keep_alive
+from tests.server.conftest import serve
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +126,12 @@ def test_pull_of_an_unknown_model_is_404_not_500(tiny_server):
     assert r.status_code == 404 and "unknown model 'no-such-model'" in r.json()["error"]
 
 
-def test_pull_of_a_local_file_registers_it(tiny_server, tiny_gguf):
-    url, _ = tiny_server
-    r = httpx.post(f"{url}/api/pull", json={"model": str(tiny_gguf), "stream": False})
-    assert r.status_code == 200 and r.json() == {"status": "success"}
-    lines = [json.loads(x) for x in httpx.post(f"{url}/api/pull", json={
-        "model": str(tiny_gguf)}).iter_lines() if x]  # fmt: skip
-    assert lines[0] == {"status": "pulling manifest"} and lines[-1] == {"status": "success"}
+def test_pull_of_a_local_file_registers_it(tiny_gguf):
+    with serve("--ctx", "512") as url:  # a store of its own: the file is registered in it
+        r = httpx.post(f"{url}/api/pull", json={"model": str(tiny_gguf), "stream": False})
+        assert r.status_code == 200 and r.json() == {"status": "success"}
+        lines = [json.loads(x) for x in httpx.post(f"{url}/api/pull", json={
+            "model": str(tiny_gguf)}).iter_lines() if x]  # fmt: skip
+        assert lines[0] == {"status": "pulling manifest"} and lines[-1] == {"status": "success"}
+        names = [m["name"] for m in httpx.get(f"{url}/api/tags").json()["models"]]
+        assert "tiny" in names

@@ -82,16 +82,26 @@ def test_full_queue_is_503_with_retry_after(tiny_gguf):
         assert "busy" in rejected[0].json()["error"]["message"]
 
 
+def metrics_now(client: httpx.Client, url: str) -> list[str]:
+    text = client.get(f"{url}/metrics").text
+    return [x for x in text.splitlines() if x.startswith(("pocketlm_active", "pocketlm_queue"))]
+
+
 def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
     """A streamed request that cannot be queued gets a 503, not a 200 that breaks off."""
+    # 250k tokens: the tiny model (which never ends a turn) takes minutes, attention growing
     with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx",
-               "32768") as url, httpx.Client(timeout=30) as client:  # fmt: skip
+               "262144") as url, httpx.Client(timeout=30) as client:  # fmt: skip
         hold = {"model": str(tiny_gguf), "messages": [{"role": "user", "content": "go"}],
-                "temperature": 0, "max_tokens": 30000, "stream": True}  # fmt: skip
+                "temperature": 0, "max_tokens": 250000, "stream": True}  # fmt: skip
         with client.stream("POST", f"{url}/v1/chat/completions", json=hold) as running, \
                 client.stream("POST", f"{url}/v1/chat/completions", json=hold) as queued:
             assert running.status_code == queued.status_code == 200
-            next(running.iter_lines())  # generating: the slot is taken, the queue is full
+            lines = running.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)
+            metrics = client.get(f"{url}/metrics").text  # the slot is taken, the queue is full
+            assert "pocketlm_active_sequences 1.0" in metrics
+            assert "pocketlm_queue_depth 1.0" in metrics
             for path, body in [
                 ("/v1/chat/completions", hold),
                 ("/v1/completions", {"model": str(tiny_gguf), "prompt": "go", "stream": True}),
@@ -99,8 +109,9 @@ def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
                                                                       "content": "go"}]}),
                 ("/api/generate", {"model": str(tiny_gguf), "prompt": "go"}),
             ]:  # fmt: skip
-                r = client.post(url + path, json=body)
-                assert r.status_code == 503, (path, r.status_code, r.text[:200])
+                with client.stream("POST", url + path, json=body) as r:
+                    assert r.status_code == 503, (path, r.status_code, metrics_now(client, url))
+                    r.read()
                 assert r.headers["retry-after"] == "1"
                 error = r.json()["error"]
                 assert "busy" in (error["message"] if path.startswith("/v1") else error)
@@ -111,6 +122,16 @@ def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
             time.sleep(0.2)
         else:
             raise AssertionError("the closed streams kept their sequences")
+
+
+def test_more_choices_than_the_server_holds_is_400_not_503(tiny_gguf):
+    with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "2") as url:
+        body = {"model": str(tiny_gguf), "prompt": ["a", "b"], "n": 2, "max_tokens": 2}
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+        assert r.status_code == 400
+        assert "asks for 4 sequences" in r.json()["error"]["message"]
+        body["n"] = 1
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200
 
 
 def test_unknown_and_not_pulled_models_are_404_with_the_fix(tmp_path):
