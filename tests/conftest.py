@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,12 @@ import pytest
 from tests.tinymodel import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+# across exec: the Ctrl-C tests' children would never see it. They stand for a program run
+# from a terminal, so give this process (and through it, them) the usual disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 TEST_STORE_ENV = "POCKETLM_TEST_STORE"
 
 
