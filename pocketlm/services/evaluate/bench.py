@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pocketlm.errors import EngineError, PocketError
 from pocketlm.params import DEFAULT_CTX_CAP, LoadParams, validate
 from pocketlm.progress import NullProgress, Progress
+from pocketlm.services.child import json_child
 from pocketlm.services.runtime import peak_rss_bytes
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
 
@@ -275,41 +274,19 @@ def _prepare(ref: str, store: Store, progress: Progress, p: BenchParams, lp: Loa
 def _run_child(job: dict[str, Any], on_step: Callable[[int], None]) -> dict[str, Any]:
     """One run in a fresh ``python -m pocketlm.services.evaluate.bench``; its result dict."""
     cmd = [sys.executable, "-m", "pocketlm.services.evaluate.bench"]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                text=True, encoding="utf-8")  # fmt: skip
-        try:
-            proc.stdin.write(json.dumps(job))
-            proc.stdin.close()
-            result, error = None, None
-            for line in proc.stdout:
-                msg = _message(line)
-                if "step" in msg:
-                    on_step(1)
-                result = msg.get("result", result)
-                error = msg.get("error", error)
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        err.seek(0)
-        stderr_tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+    result, error = None, None
+    with json_child(cmd, job) as child:
+        for msg in child.messages():
+            if "step" in msg:
+                on_step(1)
+            result = msg.get("result", result)
+            error = msg.get("error", error)
     if error:
         raise EngineError(error)
-    if code != 0 or result is None:
-        why = stderr_tail[0] if stderr_tail else "no message"
-        raise EngineError(f"benchmark of {job['path']} failed (exit code {code}): {why}")
+    if child.code != 0 or result is None:
+        raise EngineError(f"benchmark of {job['path']} failed (exit code {child.code}): "
+                          f"{child.stderr_tail or 'no message'}")  # fmt: skip
     return result
-
-
-def _message(line: str) -> dict[str, Any]:
-    """A JSON line from the child; anything else it printed (engine chatter) is ignored."""
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        return {}
-    return msg if isinstance(msg, dict) else {}
 
 
 def _summarize(t: _Target, runs: list[dict[str, Any]], bandwidth: float) -> ModelBench:

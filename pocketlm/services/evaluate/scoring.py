@@ -162,7 +162,7 @@ class Scorer:
             for tok, pos, choices, targets in nodes:
                 entries.append((tok, pos, [seq + c for c in choices],
                                 [(gi, c, nxt) for c, nxt in targets]))  # fmt: skip
-            seq += max(c for _, _, choices, _ in nodes for c in choices) + 1
+            seq += len(nodes[0][2])  # the first context token is in every choice's sequence
         for at in range(0, len(entries), self.n_batch):
             self._decode(entries[at : at + self.n_batch], out)
 

@@ -24,9 +24,7 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pocketlm.errors import EngineError, PocketError, UsageError
 from pocketlm.progress import NullProgress, Progress
+from pocketlm.services.child import json_child
 from pocketlm.services.machine import default_threads
 from pocketlm.services.quantize import types
 from pocketlm.services.quantize.report import QualityParams, QualityReport, load_text, measure
@@ -363,45 +362,22 @@ def run_child(job: dict[str, Any], on_tensor: Callable[[int], None] | None = Non
     and waits: ``on_estimate`` sees the dry run's result and raises to stop it there.
     Interrupted or failing, the child is killed."""
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                text=True, encoding="utf-8")  # fmt: skip
-        try:
-            proc.stdin.write(json.dumps(job) + "\n")
-            proc.stdin.flush()
-            if not job.get("check_first"):
-                proc.stdin.close()
-            for line in proc.stdout:
-                msg = _message(line)
-                if "estimate" in msg:
-                    on_estimate(msg["estimate"])
-                    proc.stdin.write("go\n")  # the child goes on to the real run
-                    proc.stdin.close()
-                if "tensor" in msg and on_tensor is not None:
-                    on_tensor(msg["tensor"])
-                if "result" in msg:
-                    results.append(msg["result"])
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        err.seek(0)
-        tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+    with json_child(CHILD, job, keep_stdin=bool(job.get("check_first"))) as child:
+        for msg in child.messages():
+            if "estimate" in msg:
+                on_estimate(msg["estimate"])
+                child.send("go", last=True)  # the child goes on to the real run
+            if "tensor" in msg and on_tensor is not None:
+                on_tensor(msg["tensor"])
+            if "result" in msg:
+                results.append(msg["result"])
+    code = child.code
     if code != 0 or len(results) != len(job["types"]):
         why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         what = job["types"][len(results)] if len(results) < len(job["types"]) else "?"
         raise EngineError(f"llama.cpp crashed quantizing {Path(job['src']).name} to {what} "
-                          f"({why}): {tail[0] if tail else 'no message'}")  # fmt: skip
+                          f"({why}): {child.stderr_tail or 'no message'}")  # fmt: skip
     return results
-
-
-def _message(line: str) -> dict[str, Any]:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        return {}
-    return msg if isinstance(msg, dict) else {}
 
 
 _TENSOR_RE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")  # "[  12/ 272] blk.1.attn_q.weight - ..."
