@@ -7,7 +7,8 @@ On the default model (SmolLM2-135M-Instruct Q4_1), prints:
     against `pocketlm serve --parallel 8`; the same with 1 client alone; the same 8-client
     load against llama-cpp-python's own server (one request at a time) on the same file;
   - the engine's ceiling for 8 sequences: tok/s of llama_decode on 8-token batches (one
-    token of each of 8 sequences) in a bare C-API loop, same file, threads, context layout;
+    token of each of 8 sequences) in a bare C-API loop, same file, threads and context
+    layout as the server (a KV buffer per sequence, flash attention as --flash-attn);
   - the ratios pocketlm x8 / pocketlm x1 (target >= 2), pocketlm x8 / llama_cpp.server x8
     (target >= 2), pocketlm x8 / ceiling (target >= 0.85), and p50/p95 time to first token
     (request sent -> first content chunk, client side) of the 8-client run;
@@ -15,11 +16,14 @@ On the default model (SmolLM2-135M-Instruct Q4_1), prints:
     has never seen (a random nonce opens it), then of a second chat with the same system
     prompt and another question, and their ratio (target <= 0.15);
   - what cached prefixes cost: 1-client tok/s on the fresh server, then again after 7 other
-    sequences finished ~1,500-token prompts that stay cached (one KV buffer for all
-    sequences: attention spans every cell in use).
-Each round runs every configuration, in an order rotated from round to round, each once the
-CPUs are idle (other processes would share them: --max-wait); medians are reported. Token
-counts are the server's (usage) where it reports them, else content chunks.
+    sequences finished ~1,500-token prompts that stay cached.
+Each round runs every configuration once the CPUs are idle (other processes would share
+them: --max-wait). pocketlm x8, pocketlm x1 and the ceiling run back to back (their order
+rotated from round to round), so each round gives paired ratios measured under the same
+machine conditions: shared machines drift by 30% and more within minutes, far more than
+the differences measured. The verdicts use the median of the per-round ratios; the ratio
+of the medians is printed next to it. Token counts are the server's (usage) where it
+reports them, else content chunks.
 
 Usage: python benchmarks/serve_throughput.py [--rounds 5] [--tokens 128] [--clients 8]
 """
@@ -69,15 +73,16 @@ import ctypes, json, sys, time
 import llama_cpp as ll
 quiet = ll.llama_log_callback(lambda *a: None)
 ll.llama_log_set(quiet, ctypes.c_void_p(0))
-path, prompts, n_threads, steps, n_ctx_seq = sys.argv[1], json.loads(sys.argv[2]), \
-    int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path, prompts, n_threads, steps, n_ctx_seq, flash = sys.argv[1], json.loads(sys.argv[2]), \
+    int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "on"
 n_seq = len(prompts)
 model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
 vocab = ll.llama_model_get_vocab(model)
 cp = ll.llama_context_default_params()
 cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx_seq * n_seq, 512, 512, n_seq
 cp.kv_unified, cp.n_threads, cp.n_threads_batch = False, n_threads, n_threads  # as the server
-cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else \
+    ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
 ctx = ll.llama_init_from_model(model, cp)
 batch = ll.llama_batch_init(512, 0, 1)
 def put(i, tok, pos, seq, logits):
@@ -215,11 +220,11 @@ async def cached_prefixes_cost(url: str, model: str, notes: str, n_fill: int,
     return before, after
 
 
-def ceiling(path: Path, n_seq: int, steps: int, n_ctx_seq: int) -> float:
+def ceiling(path: Path, n_seq: int, steps: int, n_ctx_seq: int, flash: str) -> float:
     prompts = [f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{story(i)}"
                "<|im_end|>\n<|im_start|>assistant\n" for i in range(n_seq)]  # fmt: skip
     out = subprocess.run([sys.executable, "-c", CEILING, str(path), json.dumps(prompts),
-                          str(threads()), str(steps), str(n_ctx_seq)],
+                          str(threads()), str(steps), str(n_ctx_seq), flash],
                          capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(out.stdout)["tps"]
 
@@ -230,6 +235,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128, help="max_tokens of each client")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (and --parallel)")
     ap.add_argument("--prefix-tokens", type=int, default=1500)
+    ap.add_argument("--flash-attn", choices=("on", "off"), default="on",
+                    help="the server's --flash-attn (the ceiling uses the same)")  # fmt: skip
     ap.add_argument("--max-wait", type=float, default=600,
                     help="before each measurement, wait up to this many seconds for other "
                     "processes to leave the CPUs idle (0: do not wait)")  # fmt: skip
@@ -240,7 +247,7 @@ def main() -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="serve_throughput-"))
     p_port, l_port = free_port(), free_port()
     pocket = Server(pocketlm_serve(MODEL, p_port, "--parallel", str(n), "--queue", "16",
-                                   "--threads", str(th)), p_port,
+                                   "--threads", str(th), "--flash-attn", args.flash_attn), p_port,
                     log=log_dir / "pocketlm.log")  # fmt: skip
     llama = Server([sys.executable, "-m", "llama_cpp.server", "--model", str(path),
                     "--model_alias", MODEL, "--n_ctx", "4096", "--n_threads", str(th),
@@ -249,7 +256,7 @@ def main() -> int:
                    log=log_dir / "llama_cpp_server.log")  # fmt: skip
     print(
         f"model {path.name}, {th} threads, {n} clients x up to {args.tokens} tokens, "
-        f"{args.rounds} rounds (order rotated); server logs in {log_dir}",
+        f"{args.rounds} rounds, flash attention {args.flash_attn}; server logs in {log_dir}",
         flush=True,
     )
     print(
@@ -275,16 +282,20 @@ def main() -> int:
                                                                  args.tokens, 100 * r, True)),
             "llama_cpp.server x8": lambda r: asyncio.run(concurrent_load(
                 llama.url, MODEL, n, args.tokens, 100 * r, False)),
-            "ceiling": lambda r: ceiling(path, n, args.tokens, 4096),
+            "ceiling": lambda r: ceiling(path, n, args.tokens, 4096, args.flash_attn),
             "prefix": lambda r: asyncio.run(prefix_pair(pocket.url, MODEL, notes)),
         }  # fmt: skip
-        names, waited = list(runs), 0.0
+        paired, rest = ["pocketlm x8", "pocketlm x1", "ceiling"], ["llama_cpp.server x8", "prefix"]
+        names, waited = paired + rest, 0.0
+        tps_keys = ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8")
         for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
+            first = r % len(paired)
+            order = paired[first:] + paired[:first] + (rest if r % 2 == 0 else rest[::-1])
             for name in order:
-                waited += wait_quiet(args.max_wait)
+                if name in rest or name == order[0]:
+                    waited += wait_quiet(args.max_wait)
                 res[name].append(runs[name](r))
-            line = ", ".join(f"{k} {res[k][-1]['tps']:.1f}" for k in names[:3])
+            line = ", ".join(f"{k} {res[k][-1]['tps']:.1f}" for k in names if k in tps_keys)
             pre = res["prefix"][-1]
             print(
                 f"  round {r + 1}/{args.rounds} ({' > '.join(order)}): {line}, "
@@ -310,24 +321,21 @@ def report(res: dict, args) -> None:
     print("\naggregate tok/s (median, min, max):")
     for k, xs in tps.items():
         print(f"  {k:32s} {spread(xs)}")
-    p8, p1 = median(tps["pocketlm x8"]), median(tps["pocketlm x1"])
-    l8, ceil = median(tps["llama_cpp.server x8"]), median(res["ceiling"])
 
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    print(
-        f"ratio pocketlm x8 / pocketlm x1:          {p8 / p1:5.2f}  (target >= 2: "
-        f"{verdict(p8 / p1 >= 2)})"
-    )
-    print(
-        f"ratio pocketlm x8 / llama_cpp.server x8:  {p8 / l8:5.2f}  (target >= 2: "
-        f"{verdict(p8 / l8 >= 2)})"
-    )
-    print(
-        f"ratio pocketlm x8 / ceiling:              {p8 / ceil:5.2f}  (target >= 0.85: "
-        f"{verdict(p8 / ceil >= 0.85)})"
-    )
+    x8 = tps["pocketlm x8"]
+    print("\nratios: median of the per-round ratios [ratio of the medians] (per round)")
+    for label, other, target in (("pocketlm x8 / pocketlm x1", tps["pocketlm x1"], 2.0),
+                                 ("pocketlm x8 / llama_cpp.server x8",
+                                  tps["llama_cpp.server x8"], 2.0),
+                                 ("pocketlm x8 / ceiling", res["ceiling"], 0.85)):  # fmt: skip
+        per_round = [a / b for a, b in zip(x8, other)]
+        ratio = median(per_round)
+        rounds = ", ".join(f"{x:.2f}" for x in per_round)
+        print(f"  {label:34s} {ratio:5.2f} [{median(x8) / median(other):.2f}] "
+              f"(target >= {target}: {verdict(ratio >= target)}) ({rounds})")  # fmt: skip
     for k in ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8"):
         ttft = [t for x in res[k] for t in x["ttft"]]
         toks = [t for x in res[k] for t in x["tokens"]]

@@ -254,6 +254,15 @@ class Sampler:
     ):
         self._ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         add = lambda s: ll.llama_sampler_chain_add(self._ptr, s)  # noqa: E731
+        # The repeat penalty is applied here, to the logits of the few distinct recent tokens,
+        # not by llama.cpp's penalties sampler: that one looks every vocabulary entry up in a
+        # hash map, 0.22 of the 0.30 ms a draw takes with a 49k vocabulary. Same arithmetic
+        # (llama_sampler_penalties_apply), same window (the last ``repeat_last_n`` tokens).
+        self._penalty = ctypes.c_float(repeat_penalty).value  # the C code's float
+        self._n_vocab = n_vocab
+        self._recent: collections.deque[int] | None = None
+        if repeat_penalty != 1.0 and repeat_last_n > 0:
+            self._recent = collections.deque(maxlen=repeat_last_n)
         if grammar is not None:
             # First in the chain: tokens the grammar forbids never reach the other samplers.
             g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
@@ -261,8 +270,6 @@ class Sampler:
                 self.close()
                 raise EngineError(f"invalid grammar: {last_log_error()}")
             add(g)
-        if repeat_penalty != 1.0 and repeat_last_n != 0:
-            add(ll.llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, 0.0, 0.0))
         if temperature <= 0.0:
             add(ll.llama_sampler_init_greedy())
             return
@@ -283,15 +290,31 @@ class Sampler:
         )  # fmt: skip
 
     def sample(self, ctx: Context, index: int = -1) -> int:
-        """Draw the next token from the logits at batch position ``index`` (and accept it)."""
-        return ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
+        """Draw the next token from the logits at batch position ``index`` (and accept it).
+
+        With a repeat penalty, the logits of the recent tokens are penalised in place."""
+        recent = self._recent
+        if recent:
+            logits = ll.llama_get_logits_ith(ctx._ptr, index)
+            if not logits:
+                raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
+            p = self._penalty
+            for tok in set(recent):
+                v = logits[tok]
+                logits[tok] = v * p if v <= 0 else v / p
+        token = ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
+        if recent is not None:
+            recent.append(token)
+        return token
 
     def accept(self, token: int) -> None:
-        """Feed a token the model did not sample (prompt history) to the penalties.
+        """Feed a token the model did not sample (prompt history) to the penalty's window.
 
-        Never with a grammar in the chain: it would see tokens outside its language, and
-        llama.cpp aborts the process on that."""
-        ll.llama_sampler_accept(self._ptr, token)
+        Not with a grammar: it would see tokens outside its language (callers skip it)."""
+        if not 0 <= token < self._n_vocab:  # sample() writes to the logits at this index
+            raise ValueError(f"token id {token} is not in the vocabulary (0-{self._n_vocab - 1})")
+        if self._recent is not None:
+            self._recent.append(token)
 
     def close(self) -> None:
         if self._ptr:

@@ -277,6 +277,9 @@ def test_real_model_answers(default_model, open_page):
         page = tab.page
         expect(page.locator("#model option[value='smollm2-135m-instruct']")).to_have_count(1)
         page.select_option("#model", "smollm2-135m-instruct")
+        # bounded: with no limit a rambling sample may run to the 4,096-token context, which
+        # on a busy 2-core machine takes longer than the test waits
+        page.fill("#max-tokens", "96")
         tab.ask("What is the capital of France?")
         grows(page, ANSWER, times=2)
         expect(page.locator(".stats")).to_contain_text("tok/s", timeout=120_000)
