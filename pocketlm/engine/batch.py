@@ -18,16 +18,24 @@ slow every other sequence down. Measured on SmolLM2-135M, 2 threads: one sequenc
 next to 7 idle cached 1,500-token prompts ran at 19 tok/s with a shared buffer and 108 with
 a buffer each (92 with no cache at all); 8 sequences decoding together ran alike (~185).
 
+Other llama.cpp work on the model (embeddings) runs on the scheduler thread too, between
+steps (``call``). Every thread that computes gets its own OpenMP team, and once there are more
+team threads than cores, OpenMP stops spinning at its barriers (libgomp's throttling) and
+sleeps instead, for every team: after one embeddings request on a worker thread, one
+sequence decoded 22% slower for the rest of the server's life.
+
 Callbacks run on the scheduler thread and must be quick.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp as ll
 import numpy as np
@@ -117,12 +125,14 @@ class BatchEngine:
     ):
         self.model = model
         self.n_ctx_seq = n_ctx_seq
+        self.n_threads = n_threads
         self.max_queue = max_queue
         self.ctx = Context(model, n_ctx=n_ctx_seq * n_seq, n_threads=n_threads, n_batch=n_batch,
                            flash_attn=flash_attn, n_seq=n_seq, unified_kv=False)  # fmt: skip
         self.n_batch = n_batch
         self._slots = [_Slot(i) for i in range(n_seq)]
         self._queue: collections.deque[Request] = collections.deque()
+        self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future]] = []
         self._cv = threading.Condition()
         self._running = True
         self.tokens_evaluated = 0  # counters for metrics
@@ -150,6 +160,18 @@ class BatchEngine:
             req.cancelled = True
             self._cv.notify()
 
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn`` on the scheduler thread before the next step; its result or exception
+        comes back in the future (cancelled if the engine closes first)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            if not self._running:
+                fut.cancel()
+                return fut
+            self._calls.append((fn, fut))
+            self._cv.notify()
+        return fut
+
     @property
     def capacity(self) -> int:
         """The most requests it holds at once: running plus waiting."""
@@ -168,6 +190,9 @@ class BatchEngine:
             self._running = False
             self._cv.notify()
         self._thread.join()
+        for _, fut in self._calls:
+            fut.cancel()
+        self._calls.clear()
         for slot in self._slots:
             if slot.req is not None:
                 self._finish(slot, "cancelled")
@@ -181,12 +206,20 @@ class BatchEngine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while self._running and not self._queue and not any(s.req for s in self._slots):
+                while (self._running and not self._queue and not self._calls
+                       and not any(s.req for s in self._slots)):  # fmt: skip
                     self._cv.wait()
                 if not self._running:
                     return
+                calls, self._calls = self._calls, []
                 self._drop_cancelled()
                 self._admit()
+            for fn, fut in calls:
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as e:  # the caller gets it
+                        fut.set_exception(e)
             try:
                 self._step()
             except Exception as e:  # keep serving: fail the sequences of this step only

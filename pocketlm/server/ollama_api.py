@@ -231,7 +231,7 @@ async def embed(body: OllamaEmbedRequest, request: Request) -> dict:
     started = time.perf_counter()
     served, load_s = await _acquire(request, body)
     texts = [body.input] if isinstance(body.input, str) else body.input
-    vectors, used = await asyncio.to_thread(served.embed, texts)
+    vectors, used = await served.embed(texts)
     return {"model": body.model, "embeddings": vectors,
             "total_duration": _ns(time.perf_counter() - started), "load_duration": _ns(load_s),
             "prompt_eval_count": used}  # fmt: skip

@@ -323,7 +323,7 @@ async def _completion_events(served, streams, plan, head, echo, n_lp):
 async def embeddings(body: EmbeddingRequest, request: Request):
     served = await _pool(request).acquire(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
-    vectors, used = await asyncio.to_thread(served.embed, texts)
+    vectors, used = await served.embed(texts)
     if body.encoding_format == "base64":  # little-endian float32, what the openai client asks
         import base64
 

@@ -149,8 +149,7 @@ class ServedModel:
         self.keep_alive_s = cfg.keep_alive_s
         self.expires_at = self.loaded_at + self.keep_alive_s
         self.active = 0
-        self._embed_ctx = None
-        self._embed_lock = threading.Lock()
+        self._embed_ctx = None  # used on the engine's scheduler thread only
 
     def touch(self, keep_alive_s: float | None = None) -> None:
         if keep_alive_s is not None:
@@ -244,36 +243,34 @@ class ServedModel:
 
     # -- embeddings ------------------------------------------------------------------------
 
-    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Mean-pooled, L2-normalised embeddings (a separate context); returns them and the
-        number of tokens read."""
+        number of tokens read. Each text is computed on the engine's scheduler thread between
+        two generation steps (see BatchEngine.call), so streams keep flowing meanwhile."""
+        out, used = [], 0
+        for text in texts:
+            tokens = self.model.tokenize(text, add_special=True)
+            self.check_fits(len(tokens), 0)
+            out.append(await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t))))
+            used += len(tokens)
+        return out, used
+
+    def _embed(self, tokens: list[int]) -> list[float]:
         import llama_cpp as ll
         import numpy as np
 
         from pocketlm.engine.llama import Context
 
-        with self._embed_lock:
-            if self._embed_ctx is None:
-                self._embed_ctx = Context(
-                    self.model,
-                    n_ctx=self.n_ctx_seq,
-                    n_batch=self.n_ctx_seq,
-                    n_threads=machine.default_threads(),
-                    embeddings=True,
-                )
-            ctx = self._embed_ctx
-            out, used = [], 0
-            for text in texts:
-                tokens = self.model.tokenize(text, add_special=True)
-                self.check_fits(len(tokens), 0)
-                ctx.reset()
-                ctx.prefill_all(tokens)
-                used += len(tokens)
-                ptr = ll.llama_get_embeddings_seq(ctx._ptr, 0)
-                vec = np.ctypeslib.as_array(ptr, shape=(ll.llama_model_n_embd(self.model._ptr),))
-                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-                out.append([float(x) for x in vec])
-            return out, used
+        if self._embed_ctx is None:
+            self._embed_ctx = Context(self.model, n_ctx=self.n_ctx_seq, n_batch=self.n_ctx_seq,
+                                      n_threads=self.engine.n_threads, embeddings=True)  # fmt: skip
+        ctx = self._embed_ctx
+        ctx.reset()
+        ctx.prefill_all(tokens)
+        ptr = ll.llama_get_embeddings_seq(ctx._ptr, 0)
+        vec = np.ctypeslib.as_array(ptr, shape=(ll.llama_model_n_embd(self.model._ptr),))
+        vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        return [float(x) for x in vec]
 
     def close(self) -> None:
         self.engine.close()

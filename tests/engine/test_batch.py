@@ -80,3 +80,16 @@ def test_a_finished_prompt_is_reused_by_its_own_slot(model):
     engine.close()
     assert f1.cached_tokens == 0 and f2.cached_tokens == len(p) - 1  # the last is evaluated
     assert first == second
+
+
+def test_call_runs_on_the_scheduler_thread_between_steps(model):
+    engine = BatchEngine(model, n_seq=2, n_ctx_seq=256, n_threads=1)
+    try:
+        assert engine.call(lambda: threading.current_thread().name).result(10) == "pocketlm-batch"
+        with pytest.raises(ZeroDivisionError):
+            engine.call(lambda: 1 / 0).result(10)
+        out, done = generate(engine, prompt(model, "the cat sat"), 8)  # still serving
+        assert len(out) == 8 and done.reason == "length"
+    finally:
+        engine.close()
+    assert engine.call(lambda: 1).cancelled()  # a closed engine runs nothing

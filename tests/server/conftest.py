@@ -24,6 +24,14 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve(*args: str, env: dict | None = None, host: str = "127.0.0.1", key: str | None = None):
     """Run `pocketlm serve ARGS` until the block ends; yields its base URL."""
+    with serve_process(*args, env=env, host=host, key=key) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, env: dict | None = None, host: str = "127.0.0.1",
+                  key: str | None = None):  # fmt: skip
+    """As serve(), yielding (base URL, the server's Popen)."""
     port = free_port()
     if key:
         args = (*args, "--api-key", key)
@@ -47,7 +55,7 @@ def serve(*args: str, env: dict | None = None, host: str = "127.0.0.1", key: str
             if time.time() > deadline:
                 raise RuntimeError("server did not start")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import assert_clean_error, run_cli
-from tests.server.conftest import free_port, serve
+from tests.server.conftest import free_port, serve, serve_process
 from tests.tinymodel import write_tiny_gguf
 
 
@@ -94,8 +94,10 @@ def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
                "262144") as url, httpx.Client(timeout=30) as client:  # fmt: skip
         hold = {"model": str(tiny_gguf), "messages": [{"role": "user", "content": "go"}],
                 "temperature": 0, "max_tokens": 250000, "stream": True}  # fmt: skip
-        with client.stream("POST", f"{url}/v1/chat/completions", json=hold) as running, \
-                client.stream("POST", f"{url}/v1/chat/completions", json=hold) as queued:
+        with (
+            client.stream("POST", f"{url}/v1/chat/completions", json=hold) as running,
+            client.stream("POST", f"{url}/v1/chat/completions", json=hold) as queued,
+        ):
             assert running.status_code == queued.status_code == 200
             lines = running.iter_lines()  # kept: a dropped iterator closes the response
             next(lines)
@@ -188,3 +190,34 @@ def test_bad_serve_options():
     assert_clean_error(run_cli("serve", "--parallel", "0"), "--parallel")
     assert_clean_error(run_cli("serve", "--port", "99999"), "--port")
     assert_clean_error(run_cli("ps", "--port", str(free_port())), "no pocketlm server")
+
+
+def test_embeddings_run_on_the_engine_thread_and_add_no_threads(tiny_gguf):
+    """Embeddings are computed by the model's scheduler thread: a worker thread of its own
+    would get its own OpenMP team, and with more team threads than cores OpenMP stops
+    spinning at its barriers, which slowed every later step by ~20%."""
+    from pathlib import Path
+
+    with serve_process("--preload", str(tiny_gguf), "--threads", "2", "--ctx", "512",
+                       "--parallel", "2") as (url, proc):  # fmt: skip
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
+        model = c.models.list().data[0].id
+        c.completions.create(model=model, prompt="the cat", max_tokens=4)
+        tasks = Path(f"/proc/{proc.pid}/task")
+        before = len(list(tasks.iterdir()))
+        for _ in range(3):
+            r = c.embeddings.create(model=model, input=["the cat", "the dog sat"])
+            assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens > 0
+        done = threading.Event()
+
+        def stream() -> None:  # embeddings interleave with a running stream
+            for _ in c.completions.create(model=model, prompt="the", max_tokens=64, stream=True):
+                pass
+            done.set()
+
+        t = threading.Thread(target=stream)
+        t.start()
+        c.embeddings.create(model=model, input=["a b c"] * 4)
+        t.join(60)
+        assert done.is_set()
+        assert len(list(tasks.iterdir())) == before
