@@ -235,7 +235,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128, help="max_tokens of each client")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (and --parallel)")
     ap.add_argument("--prefix-tokens", type=int, default=1500)
-    ap.add_argument("--flash-attn", choices=("on", "off"), default="on",
+    ap.add_argument("--flash-attn", choices=("on", "off"), default="off",
                     help="the server's --flash-attn (the ceiling uses the same)")  # fmt: skip
     ap.add_argument("--max-wait", type=float, default=600,
                     help="before each measurement, wait up to this many seconds for other "
@@ -304,7 +304,9 @@ def main() -> int:
                 flush=True,
             )
             for k in ("pocketlm x8", "llama_cpp.server x8"):
-                print(f"      {k} tokens per client: {res[k][-1]['tokens']}")
+                ttft = res[k][-1]["ttft"]
+                print(f"      {k} tokens per client: {res[k][-1]['tokens']}, TTFT median "
+                      f"{median(ttft):.3f} s, max {max(ttft):.3f} s")  # fmt: skip
     print(f"\nat the end: {machine_load()}; waited {waited:.0f} s in all for idle CPUs")
     report(res, args)
     print(

@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=int, default=16, help="requests that may wait (more: 503)")
     p.add_argument("--ctx", type=int, help="context per sequence (default: the model's, <= 4096)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    p.add_argument("--flash-attn", choices=("on", "off"), default="on",
-                   help="llama.cpp's flash-attention kernel (default: on)")  # fmt: skip
+    p.add_argument("--flash-attn", choices=("on", "off"), default="off",
+                   help="llama.cpp's flash-attention kernel (default: off)")  # fmt: skip
     p.add_argument("--keep-alive", type=float, default=300,
                    help="seconds an idle model stays loaded (default: 300)")  # fmt: skip
     p.add_argument(

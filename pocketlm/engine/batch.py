@@ -98,6 +98,7 @@ class _Slot:
     def __init__(self, seq: int):
         self.seq = seq
         self.tokens: list[int] = []  # what the KV cache holds for this sequence
+        self.n_prompt = 0  # how many of them are its last request's prompt
         self.req: Request | None = None
         self.pending: list[int] = []  # prompt tokens not evaluated yet
         self.next_token: int | None = None
@@ -236,52 +237,66 @@ class BatchEngine:
                 self._finish(slot, "cancelled")
 
     def _admit(self) -> None:
-        while self._queue:
-            free = [s for s in self._slots if s.req is None]
-            if not free:
-                return
-            req = self._queue.popleft()
-            prompt = req.tokens
-            limit = 0 if req.prompt_logprobs else len(prompt) - 1  # >= 1 token to evaluate
-            slot = max(free, key=lambda s: (_common(s.tokens, prompt), -s.last_used))
-            reuse = min(_common(slot.tokens, prompt), limit)
-            donor, donated = None, reuse
-            for other in self._slots:
-                n = min(_common(other.tokens, prompt), limit)
-                if other is not slot and n > donated:
-                    donor, donated = other, n
-            mem = self.ctx._memory
-            if donor is not None:
-                # Between buffers llama.cpp copies whole sequences only (p0 = p1 = -1, else it
-                # aborts): copy it all, then cut it to the shared prefix.
-                ll.llama_memory_seq_rm(mem, slot.seq, -1, -1)
-                ll.llama_memory_seq_cp(mem, donor.seq, slot.seq, -1, -1)
-                ll.llama_memory_seq_rm(mem, slot.seq, donated, -1)
-                reuse = donated
-            else:
-                ll.llama_memory_seq_rm(mem, slot.seq, reuse, -1)
-            slot.tokens = list(prompt[:reuse])
-            slot.pending = list(prompt[reuse:])
-            slot.req, slot.n_out, slot.cached = req, 0, reuse
-            slot.t_started, slot.t_first, slot.next_token = time.perf_counter(), None, None
-            slot.prompt_lp = [None] if req.prompt_logprobs else None
-            slot.carry = None
-            try:
-                slot.sampler = Sampler(
-                    n_vocab=self.model.n_vocab, temperature=req.temperature, top_k=req.top_k,
-                    top_p=req.top_p, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
-                    repeat_last_n=req.repeat_last_n, seed=req.seed, grammar=req.grammar,
-                    vocab=self.model.vocab,
-                )  # fmt: skip
-            except PocketError as e:
-                slot.sampler = None
-                self._finish(slot, "error", error=str(e))
-                continue
-            # The penalties' history starts with the prompt. Not with a grammar: it would
-            # reject the prompt's tokens (llama.cpp aborts the process on that).
-            if req.grammar is None and req.repeat_last_n:
-                for tok in prompt[-req.repeat_last_n :]:
-                    slot.sampler.accept(tok)
+        free = [s for s in self._slots if s.req is None]
+        reqs = [self._queue.popleft() for _ in range(min(len(free), len(self._queue)))]
+        if not reqs:
+            return
+        # Requests with the longest cached prefix choose first (a burst admitted together),
+        # each the free slot whose cache it loses least (see _placement). Placed one by one in
+        # arrival order, a request whose own cache is gone took the slot holding the next
+        # request's cache (they share a system prompt), that one the next's, and so on down
+        # the burst: every request of it re-evaluated its prompt.
+        best = [max(_common(s.tokens, r.tokens) for s in free) for r in reqs]
+        placed: dict[int, _Slot] = {}
+        for i in sorted(range(len(reqs)), key=lambda i: -best[i]):
+            slot = min(free, key=lambda s: _placement(s, reqs[i].tokens))
+            free.remove(slot)
+            placed[i] = slot
+        for i, req in enumerate(reqs):
+            self._start(req, placed[i])
+
+    def _start(self, req: Request, slot: _Slot) -> None:
+        prompt = req.tokens
+        limit = 0 if req.prompt_logprobs else len(prompt) - 1  # >= 1 token to evaluate
+        reuse = min(_common(slot.tokens, prompt), limit)
+        donor, donated = None, reuse
+        for other in self._slots:
+            n = min(_common(other.tokens, prompt), limit)
+            if other is not slot and n > donated:
+                donor, donated = other, n
+        mem = self.ctx._memory
+        if donor is not None:
+            # Between buffers llama.cpp copies whole sequences only (p0 = p1 = -1, else it
+            # aborts): copy it all, then cut it to the shared prefix.
+            ll.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+            ll.llama_memory_seq_cp(mem, donor.seq, slot.seq, -1, -1)
+            ll.llama_memory_seq_rm(mem, slot.seq, donated, -1)
+            reuse = donated
+        else:
+            ll.llama_memory_seq_rm(mem, slot.seq, reuse, -1)
+        slot.tokens = list(prompt[:reuse])
+        slot.n_prompt = len(prompt)
+        slot.pending = list(prompt[reuse:])
+        slot.req, slot.n_out, slot.cached = req, 0, reuse
+        slot.t_started, slot.t_first, slot.next_token = time.perf_counter(), None, None
+        slot.prompt_lp = [None] if req.prompt_logprobs else None
+        slot.carry = None
+        try:
+            slot.sampler = Sampler(
+                n_vocab=self.model.n_vocab, temperature=req.temperature, top_k=req.top_k,
+                top_p=req.top_p, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
+                repeat_last_n=req.repeat_last_n, seed=req.seed, grammar=req.grammar,
+                vocab=self.model.vocab,
+            )  # fmt: skip
+        except PocketError as e:
+            slot.sampler = None
+            self._finish(slot, "error", error=str(e))
+            return
+        # The penalties' history starts with the prompt. Not with a grammar: it would
+        # reject the prompt's tokens (llama.cpp aborts the process on that).
+        if req.grammar is None and req.repeat_last_n:
+            for tok in prompt[-req.repeat_last_n :]:
+                slot.sampler.accept(tok)
 
     def _step(self) -> None:
         batch, n = self.ctx._batch, 0
@@ -386,13 +401,30 @@ class BatchEngine:
         ))  # fmt: skip
 
 
+def _placement(slot: _Slot, prompt: list[int]) -> tuple:
+    """Sort key of a free slot for a new request (lowest first). First the slots whose cached
+    prompt the request would not destroy: empty ones, or one the prompt extends (a chat that
+    continues), the longest shared prefix first (nothing to copy). Then the least recently
+    used. A shorter shared prefix than another slot's is not a reason to overwrite a cache:
+    the prefix is copied from that other slot (_start)."""
+    common = _common(slot.tokens, prompt)
+    lost = slot.n_prompt - common
+    return (0, -common, 0.0) if lost <= 0 else (1, slot.last_used, lost)
+
+
 def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    """Length of the common prefix (list slices compare in C: a binary search on them)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

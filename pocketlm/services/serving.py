@@ -78,9 +78,9 @@ class ServeConfig:
     ctx: int | None = None  # context per sequence (default: the model's, at most 4096)
     threads: int | None = None
     batch: int = 512
-    # llama.cpp's flash-attention kernel: on the CPU it skips the masked cells and streams
-    # the softmax, so 8 sequences decode ~6% faster; prefill and 1 sequence run alike
-    flash_attn: bool = True
+    # llama.cpp's flash-attention kernel. Off: on the CPU it made 8 short sequences decode
+    # ~6% faster, but a prompt that continues a long cached one (a chat's next turn) 3x slower
+    flash_attn: bool = False
     max_queue: int = 16  # requests waiting for a sequence; more get 503
     keep_alive_s: float = 300.0
     memory_budget_bytes: int | None = None  # default: 90% of the RAM available at start

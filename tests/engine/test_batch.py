@@ -93,3 +93,38 @@ def test_call_runs_on_the_scheduler_thread_between_steps(model):
     finally:
         engine.close()
     assert engine.call(lambda: 1).cancelled()  # a closed engine runs nothing
+
+
+def test_a_burst_keeps_each_request_on_its_own_cached_prompt(model):
+    """Requests admitted together are placed longest cached prefix first: one whose cache
+    was evicted must not take the slot of the next one's cache (and so on down the burst)."""
+    shared = "the cat sat on the mat and the dog ran in the world " * 2
+    prompts = [prompt(model, shared + tail) for tail in
+               ("red apple pie", "blue sky high", "green sea deep", "old tower top")]  # fmt: skip
+    engine = BatchEngine(model, n_seq=4, n_ctx_seq=512, n_threads=1)
+    try:
+        for p in prompts:
+            generate(engine, p, 4)
+        generate(engine, prompt(model, "a different text " * 12), 2)  # evicts one cache
+
+        gate = threading.Event()
+        engine.call(gate.wait)  # hold the scheduler: the burst is admitted in one go
+        done: dict[int, Finished] = {}
+        finished = threading.Semaphore(0)
+
+        def on_done(i: int, f: Finished) -> None:
+            done[i] = f
+            finished.release()
+
+        for i, p in enumerate(prompts):
+            engine.submit(Request(p, temperature=0.0, max_tokens=2,
+                                  on_done=lambda f, i=i: on_done(i, f)))  # fmt: skip
+        gate.set()
+        for _ in prompts:
+            assert finished.acquire(timeout=60)
+    finally:
+        engine.close()
+    whole = [i for i, p in enumerate(prompts) if done[i].cached_tokens == len(p) - 1]
+    assert len(whole) == 3  # all but the evicted one reuse their whole prompt
+    (evicted,) = set(range(4)) - set(whole)
+    assert done[evicted].cached_tokens >= len(prompt(model, shared)) - 2  # copied from another
