@@ -8,9 +8,11 @@ out, each with its own sampler chain (parameters, seed, grammar). New requests j
 the next step; a cancelled one leaves at the next step.
 
 Prefix cache: a slot keeps the KV of its last sequence after it finishes. A new request
-goes to the free slot whose cached tokens share the longest prefix with its prompt, and if
-another slot (busy or not) shares a longer prefix, its KV is copied over
-(``llama_memory_seq_cp``) and cut to that prefix: only the rest is evaluated.
+goes to a free slot whose cached prompt it does not destroy (an empty one, or one its prompt
+extends, such as a chat's previous turn), else to the least recently used one; if another
+slot (busy or not) shares a longer prefix with its prompt, that KV is copied over
+(``llama_memory_seq_cp``) and cut to the shared prefix: only the rest is evaluated.
+Requests admitted together choose in order of their longest cached prefix.
 
 Each sequence has a KV buffer of its own (``n_ctx_seq`` cells), not one shared by all: with
 a shared buffer, attention spans every cell in use, so the cached prompts of idle slots
