@@ -151,10 +151,12 @@ class BatchEngine:
         if len(req.tokens) + max(req.max_tokens, 1) > self.n_ctx_seq:
             raise ValueError("request does not fit the per-sequence context")  # caller checks
         with self._cv:
-            if len(self._queue) >= self.max_queue:
-                raise Overloaded(
-                    f"the server is busy ({len(self._queue)} requests waiting)", "retry shortly"
-                )
+            # Requests the free slots will take at the next step are not waiting: a burst
+            # submitted faster than the scheduler admits it must not be refused.
+            waiting = len(self._queue) - sum(s.req is None for s in self._slots)
+            if waiting >= self.max_queue:
+                raise Overloaded(f"the server is busy ({waiting} requests waiting)",
+                                 "retry shortly")  # fmt: skip
             self._queue.append(req)
             self._cv.notify()
 

@@ -128,3 +128,26 @@ def test_a_burst_keeps_each_request_on_its_own_cached_prompt(model):
     assert len(whole) == 3  # all but the evicted one reuse their whole prompt
     (evicted,) = set(range(4)) - set(whole)
     assert done[evicted].cached_tokens >= len(prompt(model, shared)) - 2  # copied from another
+
+
+def test_a_burst_fills_the_free_slots_before_the_queue_counts(model):
+    """Submitted faster than the scheduler admits them, requests that free slots will take
+    are not "waiting": with 4 free slots and a queue of 1, 5 are accepted, the 6th is 503."""
+    from pocketlm.engine.batch import Overloaded
+
+    engine = BatchEngine(model, n_seq=4, n_ctx_seq=256, n_threads=1, max_queue=1)
+    gate = threading.Event()
+    try:
+        engine.call(gate.wait)  # the scheduler admits nothing until the gate opens
+        finished = threading.Semaphore(0)
+        for i in range(5):
+            engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0, max_tokens=2,
+                                  on_done=lambda f: finished.release()))  # fmt: skip
+        with pytest.raises(Overloaded):
+            engine.submit(Request(prompt(model, "one too many"), max_tokens=2))
+        gate.set()
+        for _ in range(5):
+            assert finished.acquire(timeout=60)
+    finally:
+        gate.set()
+        engine.close()
