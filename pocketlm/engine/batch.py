@@ -339,7 +339,7 @@ class BatchEngine:
         for slot, first, count, is_prompt in plan:
             if not is_prompt:
                 slot.tokens.append(slot.next_token)
-                self._sample(slot, first)
+                self._sample_or_fail(slot, first)
                 continue
             chunk = slot.pending[:count]
             if slot.prompt_lp is not None:
@@ -347,7 +347,7 @@ class BatchEngine:
             slot.tokens.extend(chunk)
             del slot.pending[:count]
             if not slot.pending:
-                self._sample(slot, first + count - 1)
+                self._sample_or_fail(slot, first + count - 1)
 
     def _prompt_logprobs(self, slot: _Slot, first: int, chunk: list[int]) -> None:
         # logits at position i predict token i + 1: the chunk's first token is scored by the
@@ -361,6 +361,13 @@ class BatchEngine:
     def _logits(self, index: int) -> np.ndarray:
         ptr = ll.llama_get_logits_ith(self.ctx._ptr, index)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def _sample_or_fail(self, slot: _Slot, index: int) -> None:
+        try:
+            self._sample(slot, index)
+        except Exception as e:  # this sequence fails, not the others of the step
+            if slot.req is not None:
+                self._finish(slot, "error", error=str(e) or type(e).__name__)
 
     def _sample(self, slot: _Slot, index: int) -> None:
         req = slot.req

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -301,7 +302,8 @@ class Sampler:
             p = self._penalty
             for tok in set(recent):
                 v = logits[tok]
-                logits[tok] = v * p if v <= 0 else v / p
+                # C float arithmetic: a penalty that rounds to 0 as a float gives +inf
+                logits[tok] = v * p if v <= 0 else (v / p if p else math.inf)
         token = ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
         if recent is not None:
             recent.append(token)

@@ -111,3 +111,16 @@ def test_penalty_arithmetic_on_positive_and_negative_logits(model):
         assert np.array_equal(after, expected)
     finally:
         ctx.close()
+
+
+def test_a_penalty_that_rounds_to_zero_behaves_as_in_c(model):
+    """5e-324 passes "> 0" but is 0 as a C float: llama.cpp's arithmetic gives +inf for a
+    positive logit, and so does ours (no ZeroDivisionError)."""
+    prompt = model.tokenize("the cat sat on the mat", add_special=True)
+    s = Sampler(n_vocab=model.n_vocab, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
+                repeat_penalty=5e-324, repeat_last_n=8, seed=1)  # fmt: skip
+    try:
+        out = draw(model, prompt, 4, s.sample, s.accept)
+    finally:
+        s.close()
+    assert len(out) == 4 and all(0 <= t < model.n_vocab for t in out)

@@ -238,3 +238,10 @@ def test_a_body_that_is_not_json_gets_each_apis_error_shape(tiny_server):
     r = httpx.post(f"{url}/api/generate", content=bad)
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
     assert httpx.get(f"{url}/v1/nothing").json()["error"]["message"] == "Not Found"
+
+
+def test_a_repeat_penalty_that_is_zero_as_a_float_is_served(client):
+    """Fuzzer finding: 5e-324 is > 0 but 0 as a C float; it gave a 500 (ZeroDivisionError)."""
+    c, model = client
+    r = chat(c, model, max_tokens=4, extra_body={"repeat_penalty": 5e-324})
+    assert r.choices[0].finish_reason in ("length", "stop")
