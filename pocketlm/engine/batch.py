@@ -250,10 +250,10 @@ class BatchEngine:
         # arrival order, a request whose own cache is gone took the slot holding the next
         # request's cache (they share a system prompt), that one the next's, and so on down
         # the burst: every request of it re-evaluated its prompt.
-        best = [max(_common(s.tokens, r.tokens) for s in free) for r in reqs]
+        common = [{s.seq: _common(s.tokens, r.tokens) for s in free} for r in reqs]
         placed: dict[int, _Slot] = {}
-        for i in sorted(range(len(reqs)), key=lambda i: -best[i]):
-            slot = min(free, key=lambda s: _placement(s, reqs[i].tokens))
+        for i in sorted(range(len(reqs)), key=lambda i: -max(common[i].values())):
+            slot = min(free, key=lambda s: _placement(s, common[i][s.seq]))
             free.remove(slot)
             placed[i] = slot
         for i, req in enumerate(reqs):
@@ -296,11 +296,11 @@ class BatchEngine:
             slot.sampler = None
             self._finish(slot, "error", error=str(e))
             return
-        # The penalties' history starts with the prompt. Not with a grammar: it would
-        # reject the prompt's tokens (llama.cpp aborts the process on that).
-        if req.grammar is None and req.repeat_last_n:
-            for tok in prompt[-req.repeat_last_n :]:
-                slot.sampler.accept(tok)
+        # The penalty's window starts with the prompt; with a grammar, with the answer only
+        # (as when llama.cpp's own penalties sampler, which a grammar chain could not be fed
+        # the prompt through, did the work).
+        if req.grammar is None:
+            slot.sampler.accept_all(prompt)
 
     def _step(self) -> None:
         batch, n = self.ctx._batch, 0
@@ -412,13 +412,13 @@ class BatchEngine:
         ))  # fmt: skip
 
 
-def _placement(slot: _Slot, prompt: list[int]) -> tuple:
-    """Sort key of a free slot for a new request (lowest first). First the slots whose cached
-    prompt the request would not destroy: empty ones, or one the prompt extends (a chat that
-    continues), the longest shared prefix first (nothing to copy). Then the least recently
-    used. A shorter shared prefix than another slot's is not a reason to overwrite a cache:
-    the prefix is copied from that other slot (_start)."""
-    common = _common(slot.tokens, prompt)
+def _placement(slot: _Slot, common: int) -> tuple:
+    """Sort key of a free slot for a new request whose prompt shares ``common`` leading
+    tokens with the slot's cache (lowest first). First the slots whose cached prompt the
+    request would not destroy: empty ones, or one the prompt extends (a chat that continues),
+    the longest shared prefix first (nothing to copy). Then the least recently used. A
+    shorter shared prefix than another slot's is not a reason to overwrite a cache: the
+    prefix is copied from that other slot (_start)."""
     lost = slot.n_prompt - common
     return (0, -common, 0.0) if lost <= 0 else (1, slot.last_used, lost)
 

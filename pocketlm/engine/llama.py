@@ -309,10 +309,16 @@ class Sampler:
             recent.append(token)
         return token
 
-    def accept(self, token: int) -> None:
-        """Feed a token the model did not sample (prompt history) to the penalty's window.
+    def accept_all(self, tokens: Sequence[int]) -> None:
+        """Feed the tokens the model did not sample (the prompt) to the penalty's window: the
+        last ``repeat_last_n`` of them count."""
+        if self._recent is not None:
+            for token in tokens[-self._recent.maxlen :]:
+                self.accept(token)
 
-        Not with a grammar: it would see tokens outside its language (callers skip it)."""
+    def accept(self, token: int) -> None:
+        """Feed one token the model did not sample to the penalty's window (the sampler
+        chain, a grammar included, never sees it)."""
         if not 0 <= token < self._n_vocab:  # sample() writes to the logits at this index
             raise ValueError(f"token id {token} is not in the vocabulary (0-{self._n_vocab - 1})")
         if self._recent is not None:

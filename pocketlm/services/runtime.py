@@ -321,8 +321,7 @@ class Stream:
         n_out = 0
         t_first = None
         try:
-            for tok in self.tokens[-p.repeat_last_n :] if p.repeat_last_n else ():
-                sampler.accept(tok)
+            sampler.accept_all(self.tokens)
             stats.cached_tokens = ctx.prefill(self.tokens)
             t_prefilled = time.perf_counter()
             evaluated = stats.prompt_tokens - stats.cached_tokens

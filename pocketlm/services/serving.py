@@ -247,13 +247,12 @@ class ServedModel:
         """Mean-pooled, L2-normalised embeddings (a separate context); returns them and the
         number of tokens read. Each text is computed on the engine's scheduler thread between
         two generation steps (see BatchEngine.call), so streams keep flowing meanwhile."""
-        out, used = [], 0
-        for text in texts:
-            tokens = self.model.tokenize(text, add_special=True)
+        batch = [self.model.tokenize(text, add_special=True) for text in texts]
+        for tokens in batch:  # all checked before any is computed
             self.check_fits(len(tokens), 0)
-            out.append(await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t))))
-            used += len(tokens)
-        return out, used
+        out = [await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t)))
+               for tokens in batch]  # fmt: skip
+        return out, sum(len(t) for t in batch)
 
     def _embed(self, tokens: list[int]) -> list[float]:
         import llama_cpp as ll
