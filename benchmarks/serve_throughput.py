@@ -286,7 +286,7 @@ def main() -> int:
             "prefix": lambda r: asyncio.run(prefix_pair(pocket.url, MODEL, notes)),
         }  # fmt: skip
         paired, rest = ["pocketlm x8", "pocketlm x1", "ceiling"], ["llama_cpp.server x8", "prefix"]
-        names, waited = paired + rest, 0.0
+        waited = 0.0
         tps_keys = ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8")
         for r in range(args.rounds):
             first = r % len(paired)
@@ -295,7 +295,7 @@ def main() -> int:
                 if name in rest or name == order[0]:
                     waited += wait_quiet(args.max_wait)
                 res[name].append(runs[name](r))
-            line = ", ".join(f"{k} {res[k][-1]['tps']:.1f}" for k in names if k in tps_keys)
+            line = ", ".join(f"{k} {res[k][-1]['tps']:.1f}" for k in tps_keys)
             pre = res["prefix"][-1]
             print(
                 f"  round {r + 1}/{args.rounds} ({' > '.join(order)}): {line}, "
