@@ -7,7 +7,10 @@ segfaults at the first decode (see docs/engine.md), so on x86-64 the build
 keeps ``-march=native`` but switches AMX off. Other CPUs (ARM, x86 without AMX)
 get the plain native build, which is what they need anyway.
 
-The wheel is cached per (engine version, compiler flags, CPU, Python) under
+The patches in scripts/engine-patches/ are applied to llama.cpp's source before it is
+compiled (each one says what it changes and why; see docs/engine.md).
+
+The wheel is cached per (engine version, patches, compiler flags, CPU, Python) under
 ~/.cache/pocketlm/engine-wheels, so reinstalling on the same machine is fast,
 and a wheel built for another CPU is never reused. pip's own wheel cache is
 bypassed: it is keyed by URL, not by flags, and would hand back a build made
@@ -28,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +40,7 @@ ENGINE = "llama-cpp-python"
 VERSION = "0.3.36"
 NO_AMX = ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"]
 CMAKE_ARGS = "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+PATCHES = sorted((Path(__file__).resolve().parent / "engine-patches").glob("*.patch"))
 
 
 def cpu_signature() -> str:
@@ -96,20 +101,15 @@ def build_wheel(out: Path, flags: list[str], log: Path) -> Path:
     env["CMAKE_ARGS"] = " ".join([env.get("CMAKE_ARGS", ""), CMAKE_ARGS]).strip()
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
     tmp = Path(tempfile.mkdtemp(prefix="wheel-", dir=out.parent))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "-v",
-        "--no-deps",
-        "--no-cache-dir",
-        "--no-binary",
-        ENGINE,
-        "-w",
-        str(tmp),
-        f"{ENGINE}=={VERSION}",
-    ]
+    source = fetch_source(tmp)
+    for patch in PATCHES:
+        try:
+            apply_patch(source, patch.read_text())
+        except PatchError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            sys.exit(f"error: engine patch {patch.name} does not apply to {ENGINE} {VERSION}: {e}")
+    cmd = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-cache-dir", "-w",
+           str(tmp / "dist"), str(source)]  # fmt: skip
     print(
         f"building llama.cpp ({ENGINE} {VERSION}) for this CPU, flags: "
         f"{' '.join(flags) or '(native)'}; this takes a few minutes (log: {log})",
@@ -140,12 +140,94 @@ def build_wheel(out: Path, flags: list[str], log: Path) -> Path:
             + "\n  ".join(tail)
             + "\n(a C/C++ compiler and cmake are needed)"
         )
-    wheel = next(tmp.glob("*.whl"))
+    wheel = next((tmp / "dist").glob("*.whl"))
     out.mkdir(parents=True, exist_ok=True)
     final = out / wheel.name
     os.replace(wheel, final)  # complete wheels only: a killed build leaves nothing cached
     shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def fetch_source(tmp: Path) -> Path:
+    """Download the engine's source archive from the package index and unpack it."""
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+         "-d", str(tmp), f"{ENGINE}=={VERSION}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    archives = sorted(tmp.glob("*.tar.gz"))
+    if r.returncode != 0 or not archives:
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(f"error: could not download the {ENGINE} {VERSION} source from the package "
+                 f"index: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")  # fmt: skip
+    with tarfile.open(archives[0]) as tar:
+        tar.extractall(tmp / "src", filter="data")
+    return next(p for p in (tmp / "src").iterdir() if p.is_dir())
+
+
+class PatchError(Exception):
+    pass
+
+
+def apply_patch(root: Path, text: str) -> None:
+    """Apply a unified diff (paths a/... b/..., as git writes them) under ``root``.
+
+    Strict: every hunk's old lines must occur exactly once in the file (line numbers are
+    not trusted), else nothing of that file is changed. Standard library only: the build
+    machine may have neither ``patch`` nor ``git``.
+    """
+    files: list[tuple[str, list[tuple[list[str], list[str]]]]] = []
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", text)  # "\n" only: C sources may hold \f, \r
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("+++ "):
+            files.append((line[4:].strip().split("/", 1)[1], []))
+        elif line.startswith("@@"):
+            if not files:
+                raise PatchError("hunk before any file header")
+            old: list[str] = []
+            new: list[str] = []
+            m = re.match(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@", line)
+            if not m:
+                raise PatchError(f"bad hunk header {line.strip()!r}")
+            n_old, n_new = int(m.group(1) or 1), int(m.group(2) or 1)
+            i += 1
+            while (len(old) < n_old or len(new) < n_new) and i < len(lines):
+                body = lines[i]
+                if body.startswith("\\"):  # "\ No newline at end of file"
+                    i += 1
+                    continue
+                tag, rest = body[:1], body[1:]
+                if tag in (" ", "\n"):
+                    rest = rest if tag == " " else "\n"
+                    old.append(rest)
+                    new.append(rest)
+                elif tag == "-":
+                    old.append(rest)
+                elif tag == "+":
+                    new.append(rest)
+                else:
+                    raise PatchError(f"bad hunk line {body.rstrip()!r}")
+                i += 1
+            files[-1][1].append((old, new))
+            continue
+        i += 1
+    if not files:
+        raise PatchError("no file in the patch")
+    for rel, hunks in files:
+        path = root / rel
+        if not path.is_file():
+            raise PatchError(f"{rel} is missing")
+        with open(path, encoding="utf-8", newline="") as f:
+            content = f.read()
+        for old, new in hunks:
+            before, after = "".join(old), "".join(new)
+            if content.count(before) != 1:
+                raise PatchError(f"{rel}: a hunk's context occurs {content.count(before)} times")
+            content = content.replace(before, after)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(content)
 
 
 _STEP = re.compile(r"^\s*\[\s*(\d+)(?:/(\d+)|%)\]")
@@ -185,6 +267,7 @@ def main() -> int:
     key = "\n".join(
         [
             VERSION,
+            *(hashlib.sha256(p.read_bytes()).hexdigest() for p in PATCHES),
             " ".join(flags),
             CMAKE_ARGS,
             cpu_signature(),
@@ -239,7 +322,8 @@ def main() -> int:
             "-c",
             "import json, llama_cpp, pathlib; (pathlib.Path("
             "llama_cpp.__file__).parent / 'pocketlm-build.json').write_text(json.dumps("
-            f"{{'tag': '{tag}', 'flags': {flags!r}}}))",
+            f"{{'tag': '{tag}', 'flags': {flags!r}, "
+            f"'patches': {[p.name for p in PATCHES]!r}}}))",
         ],
         check=True,
     )

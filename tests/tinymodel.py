@@ -29,7 +29,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-QTYPES = ("F32", "F16", "Q8_0", "Q4_0")
+QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 VOCABS = ("bpe", "none")  # "none": no tokenizer at all, for testing the checker
 
 # Token ids as in SmolLM2: the specials come first, then the 256 byte tokens, then merges.
@@ -60,12 +60,14 @@ _GGML_TYPES = {
     "F16": gguf.GGMLQuantizationType.F16,
     "Q8_0": gguf.GGMLQuantizationType.Q8_0,
     "Q4_0": gguf.GGMLQuantizationType.Q4_0,
+    "Q4_1": gguf.GGMLQuantizationType.Q4_1,
 }
 _FILE_TYPES = {
     "F32": gguf.LlamaFileType.ALL_F32,
     "F16": gguf.LlamaFileType.MOSTLY_F16,
     "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
 }
 
 

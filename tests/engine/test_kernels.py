@@ -1,0 +1,165 @@
+"""pocketlm's patches to llama.cpp (scripts/engine-patches/), checked in the engine it built.
+
+0001: Q4_1 weights times a batch of two or more tokens go through pocketlm's tiled kernel
+(llamafile_sgemm); a single token still goes through llama.cpp's ggml_vec_dot_q4_1_q8_1. The
+same tokens must get the same logits both ways, whether the batch is one prompt or one
+token of each of several sequences decoding together (what the server does every step).
+The counts (23-token prompt, 5 sequences) leave partial tiles at the edges: the kernel
+works on 4 x 4 tiles.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import llama_cpp as ll
+import numpy as np
+import pytest
+
+from tests.tinymodel import write_tiny_gguf
+
+ROOT = Path(__file__).resolve().parents[2]
+PATCHES = sorted((ROOT / "scripts" / "engine-patches").glob("*.patch"))
+
+
+class Engine:
+    """One model, one context with a KV buffer per sequence (as the server), 2 threads."""
+
+    def __init__(self, path: Path, n_seq: int = 8):
+        self.model = ll.llama_model_load_from_file(str(path).encode(),
+                                                   ll.llama_model_default_params())  # fmt: skip
+        assert self.model, path
+        self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
+        cp = ll.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 256 * n_seq, 256, 256, n_seq
+        cp.kv_unified, cp.n_threads, cp.n_threads_batch = False, 2, 2
+        self.ctx = ll.llama_init_from_model(self.model, cp)
+        self.batch = ll.llama_batch_init(256, 0, 1)
+
+    def decode(self, items: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        """One llama_decode of (token, position, sequence) items; the logits of each."""
+        b = self.batch
+        for i, (tok, pos, seq) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, 1
+        b.n_tokens = len(items)
+        assert ll.llama_decode(self.ctx, b) == 0
+        return [np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ctx, i),
+                                      shape=(self.n_vocab,)).copy()
+                for i in range(len(items))]  # fmt: skip
+
+    def close(self) -> None:
+        ll.llama_batch_free(self.batch)
+        ll.llama_free(self.ctx)
+        ll.llama_model_free(self.model)
+
+
+def assert_same_logits(batched: list[np.ndarray], single: list[np.ndarray]) -> None:
+    scale = max(float(np.abs(x).max()) for x in single)
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(batched, single))
+    assert worst <= 1e-4 * scale, f"max |logit difference| {worst} (logits up to {scale})"
+    assert [int(a.argmax()) for a in batched] == [int(b.argmax()) for b in single]
+
+
+def tokens(n: int, seed: int, n_vocab: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(3, min(n_vocab, 20000), n)]
+
+
+def check_engine(path: Path) -> None:
+    eng = Engine(path)
+    try:
+        # one prompt of 23 tokens as one batch (sequence 0) and one token at a time (sequence 1)
+        prompt = tokens(23, 0, eng.n_vocab)
+        batched = eng.decode([(t, i, 0) for i, t in enumerate(prompt)])
+        single = [eng.decode([(t, i, 1)])[0] for i, t in enumerate(prompt)]
+        assert_same_logits(batched, single)
+        # 5 sequences with prompts of their own, then one token of each: together, and alone
+        prompts = [tokens(7 + s, 10 + s, eng.n_vocab) for s in range(5)]
+        for s, p in enumerate(prompts):
+            eng.decode([(t, i, 2 + s) for i, t in enumerate(p)])
+        nxt = tokens(5, 99, eng.n_vocab)
+        together = eng.decode([(nxt[s], len(p), 2 + s) for s, p in enumerate(prompts)])
+        mem = ll.llama_get_memory(eng.ctx)
+        alone = []
+        for s, p in enumerate(prompts):
+            ll.llama_memory_seq_rm(mem, 2 + s, len(p), -1)  # forget the token decoded together
+            alone.append(eng.decode([(nxt[s], len(p), 2 + s)])[0])
+        assert_same_logits(together, alone)
+    finally:
+        eng.close()
+
+
+def test_q4_1_batches_get_the_logits_of_single_tokens_tiny(tmp_path):
+    check_engine(write_tiny_gguf(tmp_path / "tiny-q4_1.gguf", qtype="Q4_1", seed=3))
+
+
+@pytest.mark.slow
+def test_q4_1_batches_get_the_logits_of_single_tokens_default_model(default_model):
+    check_engine(default_model)  # SmolLM2-135M: Q4_1, 576 wide, 49,152-row output (Q8_0)
+
+
+def test_the_installed_engine_carries_every_patch():
+    """The engine in use was built by scripts/install_engine.py with the patches of this
+    checkout (it records them next to the package); a stale or foreign build fails here."""
+    meta = Path(ll.__file__).parent / "pocketlm-build.json"
+    assert meta.exists(), "llama-cpp-python was not installed by scripts/install.sh"
+    assert json.loads(meta.read_text())["patches"] == [p.name for p in PATCHES]
+
+
+def _install_engine():
+    spec = importlib.util.spec_from_file_location(
+        "install_engine", ROOT / "scripts" / "install_engine.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+PATCH = """\
+a prose header that is not part of the diff
+--- a/src/f.c
++++ b/src/f.c
+@@ -2,3 +2,4 @@ int f(void)
+ int a;
+-int b;
++int b2;
++int c;
+ int d;
+"""
+
+
+def test_apply_patch_applies_a_unified_diff(tmp_path):
+    eng = _install_engine()
+    f = tmp_path / "src" / "f.c"
+    f.parent.mkdir()
+    f.write_bytes(b"int f(void)\nint a;\nint b;\nint d;\nint e;\r\n\f\n")  # \r, \f kept
+    eng.apply_patch(tmp_path, PATCH)
+    assert f.read_bytes() == b"int f(void)\nint a;\nint b2;\nint c;\nint d;\nint e;\r\n\f\n"
+
+
+@pytest.mark.parametrize("content, why", [
+    ("int a;\nint b;\nint e;\n", "occurs 0 times"),  # the context changed upstream
+    ("int a;\nint b;\nint d;\nint a;\nint b;\nint d;\n", "occurs 2 times"),  # ambiguous
+])  # fmt: skip
+def test_apply_patch_refuses_what_it_cannot_place_and_leaves_the_file(tmp_path, content, why):
+    eng = _install_engine()
+    f = tmp_path / "src" / "f.c"
+    f.parent.mkdir()
+    f.write_text(content)
+    with pytest.raises(eng.PatchError, match=why):
+        eng.apply_patch(tmp_path, PATCH)
+    assert f.read_text() == content
+
+
+def test_every_engine_patch_parses_and_targets_the_vendored_llama_cpp(tmp_path):
+    eng = _install_engine()
+    assert PATCHES, "scripts/engine-patches/ is empty"
+    for patch in PATCHES:
+        text = patch.read_text()
+        assert text.count("\n+++ ") == text.count("\n--- ") >= 1
+        with pytest.raises(eng.PatchError, match="is missing"):
+            eng.apply_patch(tmp_path, text)  # nothing there: parsing succeeded, then refused
+        for line in text.splitlines():
+            if line.startswith("+++ "):
+                assert line.startswith("+++ b/vendor/llama.cpp/"), line
