@@ -11,11 +11,11 @@ patch (scripts/engine-patches/0001-q4_1-batched-matmul.patch) unpacks each block
 
 With --baseline-python PY (an interpreter whose llama-cpp-python is a stock build, e.g. a
 venv where `pip install llama-cpp-python==0.3.36` built it with the same -mno-amx-* flags),
-both engines are measured, alternating within each round (shared machines drift by 30% and
-more within minutes), and the ratios installed / baseline are printed, with a PNG plot
-(--plot, default engine_batching.png).
+both engines are measured: each configuration on both back to back, their order alternating
+(shared machines drift by 30% and more within minutes), and the medians of the paired ratios
+installed / baseline are printed, with a PNG plot (--plot, default engine_batching.png).
 
-Usage: python benchmarks/engine_batching.py [--rounds 3] [--baseline-python PY] [--plot F]
+Usage: python benchmarks/engine_batching.py [--rounds 5] [--baseline-python PY] [--plot F]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import default_model_path, median, spread, threads  # noqa: E402
+from _common import default_model_path, median, threads  # noqa: E402
 
 SEQS = (1, 2, 4, 8, 16)
 
@@ -40,7 +40,7 @@ ll.llama_log_set(quiet, ctypes.c_void_p(0))
 path, n_threads, seqs, steps = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), 64
 model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
 vocab = ll.llama_model_get_vocab(model)
-n_max = max(seqs)
+n_max = max(*seqs, 8)  # at least the server's 8 KV buffers
 cp = ll.llama_context_default_params()
 cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 1024 * n_max, 512, 512, n_max
 cp.kv_unified, cp.n_threads, cp.n_threads_batch = False, n_threads, n_threads
@@ -83,8 +83,8 @@ print(json.dumps(out))
 """
 
 
-def measure(python: str, path: Path) -> dict:
-    r = subprocess.run([python, "-c", CHILD, str(path), str(threads()), json.dumps(SEQS)],
+def measure(python: str, path: Path, n_seq: int) -> dict:
+    r = subprocess.run([python, "-c", CHILD, str(path), str(threads()), json.dumps([n_seq])],
                        capture_output=True, text=True)  # fmt: skip
     if r.returncode != 0:
         sys.exit(f"error: the engine run failed ({python}): {r.stderr.strip()[-400:]}")
@@ -93,7 +93,7 @@ def measure(python: str, path: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline-python", help="interpreter with a stock llama-cpp-python build")
     ap.add_argument("--plot", default="engine_batching.png", help="PNG plot (with a baseline)")
     args = ap.parse_args()
@@ -102,29 +102,38 @@ def main() -> int:
     if args.baseline_python:
         engines["baseline"] = args.baseline_python
     print(f"model {path.name}, {threads()} threads, {args.rounds} rounds", flush=True)
-    runs: dict[str, list[dict]] = {k: [] for k in engines}
-    for r in range(args.rounds):
-        names = list(engines) if r % 2 == 0 else list(engines)[::-1]
-        for name in names:
-            runs[name].append(measure(engines[name], path))
-            row = runs[name][-1]
-            print(f"  round {r + 1} {name:9s}: prefill {row['prefill']:.0f} tok/s; decode "
-                  + ", ".join(f"x{s} {row[str(s)]:.0f}" for s in SEQS), flush=True)  # fmt: skip
     keys = ["prefill", *map(str, SEQS)]
-    med = {name: {k: median([x[k] for x in rows]) for k in keys} for name, rows in runs.items()}
-    print("\ntok/s, median of the rounds (spread min-max):")
+    runs: dict[str, dict[str, list[float]]] = {e: {k: [] for k in keys} for e in engines}
+    for r in range(args.rounds):
+        # each configuration runs on both engines back to back (their order alternating), so
+        # each pair is measured seconds apart
+        for i, n_seq in enumerate(SEQS):
+            names = list(engines) if (r + i) % 2 == 0 else list(engines)[::-1]
+            for name in names:
+                got = measure(engines[name], path, n_seq)
+                runs[name][str(n_seq)].append(got[str(n_seq)])
+                if n_seq == 1:
+                    runs[name]["prefill"].append(got["prefill"])
+        for name in engines:
+            row = runs[name]
+            print(f"  round {r + 1} {name:9s}: prefill {row['prefill'][-1]:.0f} tok/s; decode "
+                  + ", ".join(f"x{s} {row[str(s)][-1]:.0f}" for s in SEQS), flush=True)  # fmt: skip
+    med = {e: {k: median(v) for k, v in rows.items()} for e, rows in runs.items()}
+    print("\ntok/s, median of the rounds (min-max):")
     print("| engine | prefill (256 tokens) | " + " | ".join(f"{s} seq" for s in SEQS) + " |")
     print("|---|" + "---|" * len(keys))
     for name, rows in runs.items():
-        cells = [f"{med[name][k]:.0f} ({spread([x[k] for x in rows])})" for k in keys]
+        cells = [f"{med[name][k]:.0f} ({min(rows[k]):.0f}-{max(rows[k]):.0f})" for k in keys]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    for name in runs:
-        print(f"{name}: 8 sequences / 1 = x{med[name]['8'] / med[name]['1']:.2f}, "
+    for name, rows in runs.items():
+        per_round = [a / b for a, b in zip(rows["8"], rows["1"])]
+        print(f"{name}: 8 sequences / 1 = x{med[name]['8'] / med[name]['1']:.2f} "
+              f"(median per round x{median(per_round):.2f}), "
               f"16 / 1 = x{med[name]['16'] / med[name]['1']:.2f}")  # fmt: skip
     if "baseline" in runs:
-        ratios = {k: median([a[k] / b[k] for a, b in zip(runs["installed"], runs["baseline"])])
+        ratios = {k: median([a / b for a, b in zip(runs["installed"][k], runs["baseline"][k])])
                   for k in keys}  # fmt: skip
-        print("installed / baseline (median of per-round ratios): "
+        print("installed / baseline (median of paired ratios): "
               + ", ".join(f"{k if k == 'prefill' else k + ' seq'} x{v:.2f}"
                           for k, v in ratios.items()))  # fmt: skip
         plot(med, Path(args.plot))
@@ -139,8 +148,9 @@ def plot(med: dict, out: Path) -> None:
     fig = Figure(figsize=(6.4, 4.0))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    labels = {"baseline": "stock llama.cpp (--baseline-python)", "installed": "installed engine"}
     for name, style in (("baseline", "o--"), ("installed", "o-")):
-        ax.plot(SEQS, [med[name][str(s)] for s in SEQS], style, label=name)
+        ax.plot(SEQS, [med[name][str(s)] for s in SEQS], style, label=labels[name])
     ax.set_xscale("log", base=2)
     ax.set_xticks(SEQS, [str(s) for s in SEQS])
     ax.set_xlabel("sequences decoding together")
