@@ -125,8 +125,12 @@ class BatchEngine:
         n_batch: int = 512,
         max_queue: int = 16,
         flash_attn: bool = False,
+        after_step: Callable[[], None] | None = None,
     ):
+        """``after_step`` runs on the scheduler thread after each step's callbacks (a consumer
+        can gather its wakeups there)."""
         self.model = model
+        self._after_step = after_step
         self.n_ctx_seq = n_ctx_seq
         self.n_threads = n_threads
         self.max_queue = max_queue
@@ -336,10 +340,11 @@ class BatchEngine:
         if rc != 0:
             raise RuntimeError(f"llama_decode failed (code {rc})")
         self.tokens_evaluated += n
+        drawn: list[tuple[_Slot, TokenEvent]] = []
         for slot, first, count, is_prompt in plan:
             if not is_prompt:
                 slot.tokens.append(slot.next_token)
-                self._sample_or_fail(slot, first)
+                self._sample_or_fail(slot, first, drawn)
                 continue
             chunk = slot.pending[:count]
             if slot.prompt_lp is not None:
@@ -347,7 +352,15 @@ class BatchEngine:
             slot.tokens.extend(chunk)
             del slot.pending[:count]
             if not slot.pending:
-                self._sample_or_fail(slot, first + count - 1)
+                self._sample_or_fail(slot, first + count - 1, drawn)
+        # The consumers hear of the tokens once all are drawn. The first callback wakes their
+        # event loop, which then takes the GIL whenever this thread is in C (every draw is a
+        # llama.cpp call): woken mid-step, it handed the GIL back and forth with the draws
+        # still to come, while ggml's other threads waited for the next decode.
+        for slot, event in drawn:
+            self._deliver(slot, event)
+        if self._after_step is not None:
+            self._after_step()
 
     def _prompt_logprobs(self, slot: _Slot, first: int, chunk: list[int]) -> None:
         # logits at position i predict token i + 1: the chunk's first token is scored by the
@@ -362,21 +375,26 @@ class BatchEngine:
         ptr = ll.llama_get_logits_ith(self.ctx._ptr, index)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
-    def _sample_or_fail(self, slot: _Slot, index: int) -> None:
+    def _sample_or_fail(self, slot: _Slot, index: int, drawn: list) -> None:
         try:
-            self._sample(slot, index)
+            event = self._sample(slot, index)
         except Exception as e:  # this sequence fails, not the others of the step
             if slot.req is not None:
                 self._finish(slot, "error", error=str(e) or type(e).__name__)
+            return
+        if event is not None:
+            drawn.append((slot, event))
 
-    def _sample(self, slot: _Slot, index: int) -> None:
+    def _sample(self, slot: _Slot, index: int) -> TokenEvent | None:
+        """Draw the slot's next token; None if the sequence ended here (end of turn, or a
+        prompt evaluated for scoring only)."""
         req = slot.req
         if slot.t_first is None:
             slot.t_first = time.perf_counter()
             slot.carry = None
             if req.max_tokens == 0:
                 self._finish(slot, "length")
-                return
+                return None
         event = TokenEvent(0)
         if req.n_logprobs is not None:
             lp = _log_softmax(self._logits(index))
@@ -387,16 +405,24 @@ class BatchEngine:
             event.top = _top(lp, req.n_logprobs)
         if self.model.is_eog(tok):
             self._finish(slot, "stop")
-            return
+            return None
+        return event
+
+    def _deliver(self, slot: _Slot, event: TokenEvent) -> None:
+        req = slot.req
         slot.n_out += 1
         self.tokens_generated += 1
-        keep_going = req.on_token(event)
+        try:
+            keep_going = req.on_token(event)
+        except Exception as e:  # this sequence fails, not the others of the step
+            self._finish(slot, "error", error=str(e) or type(e).__name__)
+            return
         if not keep_going:
             self._finish(slot, "stop")
         elif slot.n_out >= req.max_tokens or len(slot.tokens) + 1 >= self.n_ctx_seq:
             self._finish(slot, "length")
         else:
-            slot.next_token = tok
+            slot.next_token = event.token
 
     def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
         req = slot.req

@@ -20,7 +20,7 @@ from pocketlm.server.schemas import (
     ResponseFormat,
     generation_params,
 )
-from pocketlm.services.serving import Piece, ServedModel
+from pocketlm.services.serving import Generation, Piece, ServedModel
 
 router = APIRouter(prefix="/v1")
 
@@ -72,8 +72,15 @@ def _created(iso: str) -> int:
         return 0
 
 
-async def _merge(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:
+async def _merge(streams: list[Generation]) -> AsyncIterator[tuple[int, Piece]]:
     """Interleave several choices' streams as their pieces arrive."""
+    if len(streams) == 1:  # the usual case: no task and queue hop per token
+        try:
+            async for piece in streams[0]:
+                yield 0, piece
+        finally:  # a client that left: closing the stream frees the sequence
+            await streams[0].aclose()
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, stream: AsyncIterator[Piece]) -> None:

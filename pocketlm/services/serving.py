@@ -33,29 +33,44 @@ class InsufficientMemory(PocketError):
 class _Mailbox:
     """Calls made from the engine's thread, run on an event loop, with one wakeup per burst.
 
-    A step of 8 sequences yields 8 pieces at once; waking the loop for each one (a write to
-    its self-pipe) took ~2% of the scheduler thread's time, and as much again of the loop's.
+    A step of 8 sequences yields 8 tokens at once. ``post`` wakes the loop (a write to its
+    self-pipe) unless a wakeup is already on its way; ``put`` only queues, and ``flush``
+    wakes the loop for what was put. The engine's thread puts each token and flushes once,
+    after the step's last callback (``BatchEngine(after_step=...)``): the loop woken by the
+    first token took the GIL from the thread between its callbacks, and the next token
+    woke it again (8 callbacks took 1.4 ms a step instead of ~0.2).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._lock = threading.Lock()
         self._calls: list[tuple[Callable, tuple]] = []
+        self._waking = False
 
-    def post(self, fn: Callable, *args) -> None:
+    def put(self, fn: Callable, *args) -> None:
         with self._lock:
             self._calls.append((fn, args))
-            if len(self._calls) > 1:
-                return  # a drain is already on its way
+
+    def post(self, fn: Callable, *args) -> None:
+        self.put(fn, *args)
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._waking or not self._calls:
+                return  # a drain is already on its way, or nothing to drain
+            self._waking = True
         try:
             self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
             with self._lock:
                 self._calls.clear()
+                self._waking = False
 
     def _drain(self) -> None:
         with self._lock:
             calls, self._calls = self._calls, []
+            self._waking = False
         for fn, args in calls:
             fn(*args)
 
@@ -139,8 +154,9 @@ class ServedModel:
         self.engine = BatchEngine(
             self.model, n_seq=cfg.n_seq, n_ctx_seq=self.n_ctx_seq,
             n_threads=cfg.threads or machine.default_threads(), n_batch=cfg.batch,
-            max_queue=cfg.max_queue, flash_attn=cfg.flash_attn,
+            max_queue=cfg.max_queue, flash_attn=cfg.flash_attn, after_step=self._flush,
         )  # fmt: skip
+        self._unflushed: set[_Mailbox] = set()  # the engine's thread only
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
         self.size_bytes = estimate_bytes(self.info, self.n_ctx_seq * cfg.n_seq)
@@ -216,9 +232,10 @@ class ServedModel:
         queue: asyncio.Queue[Piece] = asyncio.Queue()
         text = TextAssembler(params.stop)
 
-        def on_token(event: TokenEvent) -> bool:
+        def on_token(event: TokenEvent) -> bool:  # the step's end flushes (_flush)
             piece, stopped = text.push(self.model.piece(event.token))
-            mailbox.post(queue.put_nowait, Piece(piece, event))
+            mailbox.put(queue.put_nowait, Piece(piece, event))
+            self._unflushed.add(mailbox)
             return not stopped
 
         def on_done(done: Finished) -> None:
@@ -236,6 +253,11 @@ class ServedModel:
         self.engine.submit(req)
         self.active += 1
         return Generation(self.engine, req, queue)
+
+    def _flush(self) -> None:
+        """After each engine step, on its thread: one wakeup per event loop for its tokens."""
+        while self._unflushed:
+            self._unflushed.pop().flush()
 
     def _release(self) -> None:
         self.active -= 1
