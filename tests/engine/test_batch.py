@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
-from pocketlm.engine.llama import Model
+from pocketlm.engine.llama import Model, Sampler
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,50 @@ def test_a_burst_fills_the_free_slots_before_the_queue_counts(model):
     finally:
         gate.set()
         engine.close()
+
+
+def test_a_steps_callbacks_follow_all_its_draws_then_after_step_runs_once(model):
+    """Each step draws every sequence's token before any consumer hears of one, then calls
+    after_step once (the server gathers its event-loop wakeups there)."""
+    log: list[tuple] = []
+    engine = BatchEngine(model, n_seq=3, n_ctx_seq=256, n_threads=1,
+                         after_step=lambda: log.append(("after",)))  # fmt: skip
+    drawn = []
+    real = Sampler.sample
+
+    def spy(self, ctx, index=-1):
+        tok = real(self, ctx, index)
+        drawn.append(tok)
+        log.append(("draw", tok))
+        return tok
+
+    gate = threading.Event()
+    finished = threading.Semaphore(0)
+    try:
+        Sampler.sample = spy
+        engine.call(gate.wait)  # the three are admitted together
+        for i in range(3):
+            engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0, max_tokens=5,
+                                  on_token=lambda e, i=i: log.append(("tok", i)) or True,
+                                  on_done=lambda f: finished.release()))  # fmt: skip
+        gate.set()
+        for _ in range(3):
+            assert finished.acquire(timeout=60)
+    finally:
+        Sampler.sample = real
+        engine.close()
+    steps = [s for s in _split(log) if s]
+    assert len(steps) == 5  # 5 tokens each, all three in every step
+    for step in steps:
+        kinds = [e[0] for e in step]
+        assert kinds == ["draw"] * 3 + ["tok"] * 3, kinds
+
+
+def _split(log: list[tuple]) -> list[list[tuple]]:
+    out: list[list[tuple]] = [[]]
+    for e in log:
+        if e[0] == "after":
+            out.append([])
+        else:
+            out[-1].append(e)
+    return out
