@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     p.add_argument("--flash-attn", choices=("on", "off"), default="off",
                    help="llama.cpp's flash-attention kernel (default: off)")  # fmt: skip
+    p.add_argument("--cache-ram", type=int, default=1024, metavar="MIB",
+                   help="RAM per model for the KV of prompts whose sequence went to another "
+                   "request, copied back when they return (default: 1024; 0: off)")  # fmt: skip
     p.add_argument("--keep-alive", type=float, default=300,
                    help="seconds an idle model stays loaded (default: 300)")  # fmt: skip
     p.add_argument(
@@ -74,6 +77,8 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"invalid --{name} {getattr(args, name)}: must be at least 1")
     if args.ctx is not None and args.ctx < 16:
         raise UsageError(f"invalid --ctx {args.ctx}: must be at least 16")
+    if args.cache_ram < 0:
+        raise UsageError(f"invalid --cache-ram {args.cache_ram}: must be 0 (off) or more MiB")
     if not 0 < args.port < 65536:
         raise UsageError(f"invalid --port {args.port}: must be 1-65535")
     check_port(args.host, args.port)
@@ -88,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = ServeConfig(
         n_seq=args.parallel, ctx=args.ctx, threads=args.threads, max_queue=args.queue,
         keep_alive_s=args.keep_alive, flash_attn=args.flash_attn == "on",
+        cache_ram_bytes=args.cache_ram * (1 << 20),
         memory_budget_bytes=int(args.memory_budget * 1e9) if args.memory_budget else None,
     )  # fmt: skip
     pool = ModelPool(cfg=cfg)

@@ -14,6 +14,12 @@ slot (busy or not) shares a longer prefix with its prompt, that KV is copied ove
 (``llama_memory_seq_cp``) and cut to the shared prefix: only the rest is evaluated.
 Requests admitted together choose in order of their longest cached prefix.
 
+RAM tier: before a slot's cache is overwritten, its KV is copied to host memory
+(``llama_state_seq_get_data``, up to ``cache_ram_bytes``, least recently used out first). A
+prompt that returns later (a chat's next turn after other users took its slot, a long
+system prompt used now and then) is copied back instead of evaluated again: 1,600 tokens
+of SmolLM2-135M are 37 MB, saved in 20 ms and restored in 6 ms, against 3.4 s to evaluate.
+
 Each sequence has a KV buffer of its own (``n_ctx_seq`` cells), not one shared by all: with
 a shared buffer, attention spans every cell in use, so the cached prompts of idle slots
 slow every other sequence down. Measured on SmolLM2-135M, 2 threads: one sequence decoding
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +53,7 @@ from pocketlm.engine.llama import Context, Model, Sampler
 from pocketlm.errors import PocketError
 
 PREFILL_WHILE_DECODING = 128
+HOST_CACHE_MIN_TOKENS = 32  # shorter caches are cheaper to evaluate again than to keep
 
 
 class Overloaded(PocketError):
@@ -126,10 +134,13 @@ class BatchEngine:
         max_queue: int = 16,
         flash_attn: bool = False,
         after_step: Callable[[], None] | None = None,
+        cache_ram_bytes: int = 0,
     ):
         """``after_step`` runs on the scheduler thread after each step's callbacks (a consumer
-        can gather its wakeups there)."""
+        can gather its wakeups there). ``cache_ram_bytes``: host memory for the KV of evicted
+        sequences (0: none)."""
         self.model = model
+        self._host = _HostCache(cache_ram_bytes)
         self._after_step = after_step
         self.n_ctx_seq = n_ctx_seq
         self.n_threads = n_threads
@@ -144,6 +155,7 @@ class BatchEngine:
         self._running = True
         self.tokens_evaluated = 0  # counters for metrics
         self.tokens_generated = 0
+        self.tokens_restored = 0  # prompt tokens copied back from the RAM tier
         self._thread = threading.Thread(target=self._loop, name="pocketlm-batch", daemon=True)
         self._thread.start()
 
@@ -273,7 +285,17 @@ class BatchEngine:
             if other is not slot and n > donated:
                 donor, donated = other, n
         mem = self.ctx._memory
-        if donor is not None:
+        if len(slot.tokens) - reuse >= HOST_CACHE_MIN_TOKENS and not any(
+            o is not slot and _common(o.tokens, slot.tokens) == len(slot.tokens)
+            for o in self._slots
+        ):  # its cache is about to be lost, and no other slot holds it: keep it in RAM
+            self._host.save(self.ctx._ptr, slot.seq, slot.tokens)
+        entry, hosted = self._host.best(prompt, limit)
+        if hosted > donated and self._host.restore(self.ctx._ptr, entry, slot.seq, mem):
+            ll.llama_memory_seq_rm(mem, slot.seq, hosted, -1)
+            reuse = hosted
+            self.tokens_restored += hosted
+        elif donor is not None:
             # Between buffers llama.cpp copies whole sequences only (p0 = p1 = -1, else it
             # aborts): copy it all, then cut it to the shared prefix.
             ll.llama_memory_seq_rm(mem, slot.seq, -1, -1)
@@ -436,6 +458,68 @@ class BatchEngine:
             t_first=slot.t_first, t_end=slot.last_used, prompt_logprobs=slot.prompt_lp,
             error=error,
         ))  # fmt: skip
+
+
+class _HostCache:
+    """KV of evicted sequences in host memory, least recently used out first. Each entry is
+    one sequence's state (``llama_state_seq_get_data``) and the tokens it holds."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self._entries: collections.OrderedDict[int, tuple[list[int], ctypes.Array]] = (
+            collections.OrderedDict()
+        )
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def save(self, ctx, seq: int, tokens: list[int]) -> None:
+        if self.budget <= 0:
+            return
+        for key, (held, _) in list(self._entries.items()):
+            common = _common(held, tokens)
+            if common == len(tokens):
+                self._entries.move_to_end(key)  # already held (within a longer entry)
+                return
+            if common == len(held):
+                self._drop(key)  # this one holds all of that entry, and more
+        size = ll.llama_state_seq_get_size_ext(ctx, seq, 0)
+        if not 0 < size <= self.budget:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        if ll.llama_state_seq_get_data_ext(ctx, buf, size, seq, 0) != size:
+            return
+        while self.used + size > self.budget:
+            self._drop(next(iter(self._entries)))
+        self._entries[self._next] = (list(tokens), buf)
+        self._next += 1
+        self.used += size
+
+    def best(self, prompt: list[int], limit: int) -> tuple[int | None, int]:
+        """The entry sharing the longest prefix with ``prompt`` (at most ``limit`` tokens)."""
+        best, n = None, 0
+        for key, (held, _) in self._entries.items():
+            common = min(_common(held, prompt), limit)
+            if common > n:
+                best, n = key, common
+        return best, n
+
+    def restore(self, ctx, key: int, seq: int, mem) -> bool:
+        """Copy an entry into the (emptied) sequence ``seq``; False if llama.cpp refused."""
+        _, buf = self._entries[key]
+        self._entries.move_to_end(key)
+        ll.llama_memory_seq_rm(mem, seq, -1, -1)
+        if ll.llama_state_seq_set_data_ext(ctx, buf, len(buf), seq, 0) == len(buf):
+            return True
+        ll.llama_memory_seq_rm(mem, seq, -1, -1)
+        self._drop(key)
+        return False
+
+    def _drop(self, key: int) -> None:
+        _, buf = self._entries.pop(key)
+        self.used -= len(buf)
 
 
 def _placement(slot: _Slot, common: int) -> tuple:

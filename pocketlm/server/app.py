@@ -48,6 +48,9 @@ class Metrics:
         self.prompt_tokens = Gauge("pocketlm_prompt_tokens_total", "prompt tokens evaluated",
                                    registry=r)  # fmt: skip
         self.generated = Gauge("pocketlm_generated_tokens_total", "tokens generated", registry=r)
+        self.restored = Gauge("pocketlm_prompt_tokens_restored_total",
+                              "prompt tokens copied back from the prefix cache's RAM tier "
+                              "instead of evaluated", registry=r)  # fmt: skip
         self.queue = Gauge("pocketlm_queue_depth", "requests waiting for a sequence", registry=r)
         self.active = Gauge("pocketlm_active_sequences", "sequences being generated", registry=r)
         self.loaded = Gauge("pocketlm_loaded_models", "models in memory", registry=r)
@@ -61,6 +64,7 @@ class Metrics:
         generated = sum(e.tokens_generated for e in engines)
         self.prompt_tokens.set(sum(e.tokens_evaluated for e in engines))
         self.generated.set(generated)
+        self.restored.set(sum(e.tokens_restored for e in engines))
         self.queue.set(sum(e.queued for e in engines))
         self.active.set(sum(e.active for e in engines))
         self.loaded.set(len(engines))

@@ -97,6 +97,8 @@ class ServeConfig:
     # ~6% faster, but a prompt that continues a long cached one (a chat's next turn) 3x slower
     flash_attn: bool = False
     max_queue: int = 16  # requests waiting for a sequence; more get 503
+    # host memory per model for the KV of evicted sequences (the prefix cache's RAM tier)
+    cache_ram_bytes: int = 1 << 30
     keep_alive_s: float = 300.0
     memory_budget_bytes: int | None = None  # default: 90% of the RAM available at start
 
@@ -155,11 +157,13 @@ class ServedModel:
             self.model, n_seq=cfg.n_seq, n_ctx_seq=self.n_ctx_seq,
             n_threads=cfg.threads or machine.default_threads(), n_batch=cfg.batch,
             max_queue=cfg.max_queue, flash_attn=cfg.flash_attn, after_step=self._flush,
+            cache_ram_bytes=cfg.cache_ram_bytes,
         )  # fmt: skip
         self._unflushed: set[_Mailbox] = set()  # the engine's thread only
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
-        self.size_bytes = estimate_bytes(self.info, self.n_ctx_seq * cfg.n_seq)
+        kv_cells = self.n_ctx_seq * cfg.n_seq
+        self.size_bytes = estimate_bytes(self.info, kv_cells) + cfg.cache_ram_bytes
         self.load_s = time.perf_counter() - started
         self.loaded_at = time.time()
         self.keep_alive_s = cfg.keep_alive_s
@@ -352,14 +356,14 @@ class ModelPool:
         path, manifest = self.resolve(name)
         info = inspect_gguf(path)
         n_ctx = self.cfg.ctx or min(info.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
-        need = estimate_bytes(info, n_ctx * self.cfg.n_seq)
+        need = estimate_bytes(info, n_ctx * self.cfg.n_seq) + self.cfg.cache_ram_bytes
         used = sum(m.size_bytes for m in self.models.values())
         if used + need > self.cfg.memory_budget_bytes:
             raise InsufficientMemory(
                 f"loading '{name}' needs about {need / 1e9:.2f} GB; {used / 1e9:.2f} GB of the "
                 f"{self.cfg.memory_budget_bytes / 1e9:.2f} GB memory budget is in use",
-                "unload a model (keep_alive 0), or start the server with a smaller --ctx or "
-                "--parallel",
+                "unload a model (keep_alive 0), or start the server with a smaller --ctx, "
+                "--parallel or --cache-ram",
             )  # fmt: skip
         return ServedModel(name, path, manifest, self.cfg)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import llama_cpp as ll
 import pytest
 
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
@@ -198,3 +199,45 @@ def _split(log: list[tuple]) -> list[list[tuple]]:
         else:
             out[-1].append(e)
     return out
+
+
+def _evict_and_return(model, cache_ram_bytes: int, returning: list[list[int]]) -> list:
+    """Two slots: each prompt of ``returning`` runs, then two others take both slots, then
+    the returning prompts run again; their Finished records, and the engine's counter. The
+    others are too short to be kept in RAM themselves (HOST_CACHE_MIN_TOKENS)."""
+    others = [prompt(model, f"a different text {i}") for i in range(2)]
+    engine = BatchEngine(model, n_seq=2, n_ctx_seq=512, n_threads=1,
+                         cache_ram_bytes=cache_ram_bytes)  # fmt: skip
+    try:
+        firsts = [generate(engine, p, 8)[0] for p in returning]
+        for p in others:
+            generate(engine, p, 4)  # both slots go to these: the returning caches are evicted
+        again = [generate(engine, p, 8) for p in returning]
+        return firsts, again, engine.tokens_restored
+    finally:
+        engine.close()
+
+
+def test_an_evicted_prompt_is_copied_back_from_ram_and_gives_the_same_tokens(model):
+    long = prompt(model, "the cat sat on the mat and the dog ran in the world " * 6)
+    (first,), ((out, done),), restored = _evict_and_return(model, 64 << 20, [long])
+    assert done.cached_tokens == len(long) - 1  # all but the last token, which gives logits
+    assert restored == len(long) - 1
+    assert out == first  # greedy: the restored KV is the evaluated one
+    (first,), ((out, done),), restored = _evict_and_return(model, 0, [long])  # no RAM tier
+    assert done.cached_tokens < 16 and restored == 0 and out == first
+
+
+def test_the_ram_tier_keeps_within_its_budget_least_recently_used_out_first(model):
+    a = prompt(model, "the cat sat on the mat and the dog ran in the world " * 6)
+    b = prompt(model, "hello world the sun is in the sky and the sea is blue " * 6)
+    engine = BatchEngine(model, n_seq=1, n_ctx_seq=512, n_threads=1)
+    try:
+        generate(engine, a, 8)
+        one = ll.llama_state_seq_get_size_ext(engine.ctx._ptr, 0, 0)  # one entry's bytes
+    finally:
+        engine.close()
+    _, again, _ = _evict_and_return(model, int(one * 1.5), [a, b])  # room for one entry only
+    (_, done_a), (_, done_b) = again
+    assert done_a.cached_tokens < 16  # a went out when b came in
+    assert done_b.cached_tokens == len(b) - 1
