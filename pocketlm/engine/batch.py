@@ -199,6 +199,11 @@ class BatchEngine:
         return len(self._slots) + self.max_queue
 
     @property
+    def cache_ram_used(self) -> int:
+        """Bytes of host memory the prefix cache's RAM tier holds."""
+        return self._host.used
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
 
@@ -471,9 +476,6 @@ class _HostCache:
             collections.OrderedDict()
         )
         self._next = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def save(self, ctx, seq: int, tokens: list[int]) -> None:
         if self.budget <= 0:

@@ -162,14 +162,19 @@ class ServedModel:
         self._unflushed: set[_Mailbox] = set()  # the engine's thread only
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
-        kv_cells = self.n_ctx_seq * cfg.n_seq
-        self.size_bytes = estimate_bytes(self.info, kv_cells) + cfg.cache_ram_bytes
+        self._base_bytes = estimate_bytes(self.info, self.n_ctx_seq * cfg.n_seq)
+        self.budget_bytes = self._base_bytes + cfg.cache_ram_bytes  # what the budget counts
         self.load_s = time.perf_counter() - started
         self.loaded_at = time.time()
         self.keep_alive_s = cfg.keep_alive_s
         self.expires_at = self.loaded_at + self.keep_alive_s
         self.active = 0
         self._embed_ctx = None  # used on the engine's scheduler thread only
+
+    @property
+    def size_bytes(self) -> int:
+        """Memory in use: weights, KV cache, compute buffers, and the RAM tier's entries."""
+        return self._base_bytes + self.engine.cache_ram_used
 
     def touch(self, keep_alive_s: float | None = None) -> None:
         if keep_alive_s is not None:
@@ -357,7 +362,7 @@ class ModelPool:
         info = inspect_gguf(path)
         n_ctx = self.cfg.ctx or min(info.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
         need = estimate_bytes(info, n_ctx * self.cfg.n_seq) + self.cfg.cache_ram_bytes
-        used = sum(m.size_bytes for m in self.models.values())
+        used = sum(m.budget_bytes for m in self.models.values())
         if used + need > self.cfg.memory_budget_bytes:
             raise InsufficientMemory(
                 f"loading '{name}' needs about {need / 1e9:.2f} GB; {used / 1e9:.2f} GB of the "
