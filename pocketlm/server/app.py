@@ -51,6 +51,8 @@ class Metrics:
         self.restored = Gauge("pocketlm_prompt_tokens_restored_total",
                               "prompt tokens copied back from the prefix cache's RAM tier "
                               "instead of evaluated", registry=r)  # fmt: skip
+        self.cache_ram = Gauge("pocketlm_prompt_cache_ram_bytes",
+                               "bytes the prefix cache's RAM tier holds", registry=r)  # fmt: skip
         self.queue = Gauge("pocketlm_queue_depth", "requests waiting for a sequence", registry=r)
         self.active = Gauge("pocketlm_active_sequences", "sequences being generated", registry=r)
         self.loaded = Gauge("pocketlm_loaded_models", "models in memory", registry=r)
@@ -65,6 +67,7 @@ class Metrics:
         self.prompt_tokens.set(sum(e.tokens_evaluated for e in engines))
         self.generated.set(generated)
         self.restored.set(sum(e.tokens_restored for e in engines))
+        self.cache_ram.set(sum(e.cache_ram_used for e in engines))
         self.queue.set(sum(e.queued for e in engines))
         self.active.set(sum(e.active for e in engines))
         self.loaded.set(len(engines))
