@@ -56,7 +56,7 @@ def test_tiny_model_fields(tiny, qtype):
     n_norms = 1 + 2 * 2
     assert info.tensor_types == ({"F32": 21} if qtype == "F32" else {qtype: 16, "F32": n_norms})
     assert info.tensor_data_bytes < info.size_bytes
-    nominal_bits = {"F32": 32, "F16": 16, "Q8_0": 8.5, "Q4_0": 4.5}[qtype]
+    nominal_bits = {"F32": 32, "F16": 16, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_1": 5.0}[qtype]
     assert nominal_bits <= info.bits_per_weight < nominal_bits + 0.2
     assert (info.context_length, info.n_layer, info.n_embd) == (512, 2, 64)
     assert (info.n_head, info.n_head_kv, info.head_dim_k, info.head_dim_v) == (4, 2, 16, 16)
