@@ -290,11 +290,10 @@ class BatchEngine:
             if other is not slot and n > donated:
                 donor, donated = other, n
         mem = self.ctx._memory
-        if len(slot.tokens) - reuse >= HOST_CACHE_MIN_TOKENS and not any(
-            o is not slot and _common(o.tokens, slot.tokens) == len(slot.tokens)
-            for o in self._slots
-        ):  # its cache is about to be lost, and no other slot holds it: keep it in RAM
-            self._host.save(self.ctx._ptr, slot.seq, slot.tokens)
+        if len(slot.tokens) - reuse >= HOST_CACHE_MIN_TOKENS:  # a cache about to be lost
+            kept = max([reuse, *(_common(o.tokens, slot.tokens) for o in self._slots
+                                 if o is not slot)])  # fmt: skip
+            self._host.save(self.ctx._ptr, slot.seq, slot.tokens, kept)
         entry, hosted = self._host.best(prompt, limit)
         if hosted > donated and self._host.restore(self.ctx._ptr, entry, slot.seq, mem):
             ll.llama_memory_seq_rm(mem, slot.seq, hosted, -1)
@@ -477,15 +476,20 @@ class _HostCache:
         )
         self._next = 0
 
-    def save(self, ctx, seq: int, tokens: list[int]) -> None:
+    def save(self, ctx, seq: int, tokens: list[int], kept: int) -> None:
+        """Keep the KV of sequence ``seq`` (``tokens``), unless the slots (``kept``: the
+        longest prefix of it they keep) or an entry already hold all but fewer than
+        HOST_CACHE_MIN_TOKENS of it."""
         if self.budget <= 0:
             return
-        for key, (held, _) in list(self._entries.items()):
-            common = _common(held, tokens)
-            if common == len(tokens):
-                self._entries.move_to_end(key)  # already held (within a longer entry)
-                return
-            if common == len(held):
+        commons = {key: _common(held, tokens) for key, (held, _) in self._entries.items()}
+        best = max(commons, key=commons.get, default=None)
+        if len(tokens) - max(kept, commons.get(best, 0)) < HOST_CACHE_MIN_TOKENS:
+            if best is not None and commons[best] > kept:
+                self._entries.move_to_end(best)  # in use again
+            return
+        for key, common in commons.items():
+            if common == len(self._entries[key][0]):
                 self._drop(key)  # this one holds all of that entry, and more
         size = ll.llama_state_seq_get_size_ext(ctx, seq, 0)
         if not 0 < size <= self.budget:
