@@ -295,7 +295,8 @@ class BatchEngine:
                                  if o is not slot)])  # fmt: skip
             self._host.save(self.ctx._ptr, slot.seq, slot.tokens, kept)
         entry, hosted = self._host.best(prompt, limit)
-        if hosted > donated and self._host.restore(self.ctx._ptr, entry, slot.seq, mem):
+        tried = hosted > donated  # a failed restore leaves the slot's sequence empty
+        if tried and self._host.restore(self.ctx._ptr, entry, slot.seq, mem):
             ll.llama_memory_seq_rm(mem, slot.seq, hosted, -1)
             reuse = hosted
             self.tokens_restored += hosted
@@ -307,6 +308,7 @@ class BatchEngine:
             ll.llama_memory_seq_rm(mem, slot.seq, donated, -1)
             reuse = donated
         else:
+            reuse = 0 if tried else reuse
             ll.llama_memory_seq_rm(mem, slot.seq, reuse, -1)
         slot.tokens = list(prompt[:reuse])
         slot.n_prompt = len(prompt)
@@ -488,15 +490,15 @@ class _HostCache:
             if best is not None and commons[best] > kept:
                 self._entries.move_to_end(best)  # in use again
             return
-        for key, common in commons.items():
-            if common == len(self._entries[key][0]):
-                self._drop(key)  # this one holds all of that entry, and more
         size = ll.llama_state_seq_get_size_ext(ctx, seq, 0)
         if not 0 < size <= self.budget:
             return
         buf = (ctypes.c_uint8 * size)()
         if ll.llama_state_seq_get_data_ext(ctx, buf, size, seq, 0) != size:
             return
+        for key, common in commons.items():
+            if common == len(self._entries[key][0]):
+                self._drop(key)  # this one holds all of that entry, and more
         while self.used + size > self.budget:
             self._drop(next(iter(self._entries)))
         self._entries[self._next] = (list(tokens), buf)

@@ -201,11 +201,12 @@ def _split(log: list[tuple]) -> list[list[tuple]]:
     return out
 
 
-def _evict_and_return(model, cache_ram_bytes: int, returning: list[list[int]]) -> list:
+def _evict_and_return(model, cache_ram_bytes: int, returning: list[list[int]],
+                      other: str = "a different text") -> list:  # fmt: skip
     """Two slots: each prompt of ``returning`` runs, then two others take both slots, then
     the returning prompts run again; their Finished records, and the engine's counter. The
     others are too short to be kept in RAM themselves (HOST_CACHE_MIN_TOKENS)."""
-    others = [prompt(model, f"a different text {i}") for i in range(2)]
+    others = [prompt(model, f"{other} {i}") for i in range(2)]
     engine = BatchEngine(model, n_seq=2, n_ctx_seq=512, n_threads=1,
                          cache_ram_bytes=cache_ram_bytes)  # fmt: skip
     try:
@@ -241,3 +242,14 @@ def test_the_ram_tier_keeps_within_its_budget_least_recently_used_out_first(mode
     (_, done_a), (_, done_b) = again
     assert done_a.cached_tokens < 16  # a went out when b came in
     assert done_b.cached_tokens == len(b) - 1
+
+
+def test_a_restore_that_llama_cpp_refuses_falls_back_to_evaluating(model, monkeypatch):
+    long = prompt(model, "the cat sat on the mat and the dog ran in the world " * 6)
+    monkeypatch.setattr(ll, "llama_state_seq_set_data_ext", lambda *a: 0)  # refuses every copy
+    # the others share the start of `long`: the slot it comes back to holds part of it
+    (first,), ((out, done),), restored = _evict_and_return(
+        model, 64 << 20, [long], other="the cat sat on the mat"
+    )
+    assert restored == 0 and done.cached_tokens == 0  # the failed copy emptied the slot
+    assert out == first  # evaluated again, from an empty sequence: the same tokens
