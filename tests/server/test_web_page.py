@@ -77,7 +77,23 @@ class Tab:
     def ask(self, text: str, max_tokens: int | None = None) -> None:
         self.page.fill("#max-tokens", "" if max_tokens is None else str(max_tokens))
         self.page.fill("#input", text)
+        self.page.evaluate(WATCH_ANSWER)
         self.page.press("#input", "Enter")
+
+
+# Records in the page every length the answer being written takes (see grows): a fast
+# answer can be complete before the test has read it once.
+WATCH_ANSWER = """() => {
+  window.__lengths = [];
+  if (window.__watch) return;
+  window.__watch = new MutationObserver(() => {
+    const all = document.querySelectorAll(SELECTOR);
+    const last = all[all.length - 1];
+    const n = last ? last.textContent.length : 0, seen = window.__lengths;
+    if (n > 0 && n !== seen[seen.length - 1]) seen.push(n);
+  });
+  window.__watch.observe(document.body, {subtree: true, childList: true, characterData: true});
+}""".replace("SELECTOR", json.dumps(ANSWER))
 
 
 @pytest.fixture
@@ -107,15 +123,13 @@ def open_page(browser):
 
 
 def grows(page, selector: str, times: int = 3) -> str:
-    """Wait until the text of `selector` has grown `times` times; returns the last text."""
-    text = page.text_content(selector) or ""
-    for _ in range(times):
-        page.wait_for_function(
-            "([sel, n]) => document.querySelector(sel).textContent.length > n",
-            arg=[selector, len(text)],
-        )
-        text = page.text_content(selector) or ""
-    return text
+    """Wait until the answer being written (`selector`) has been seen at `times` different
+    lengths since the question was asked (Tab.ask watches it from inside the page: read
+    from here, an answer of the tiny model could be complete before the first look, and
+    then never grow again); returns its text."""
+    assert selector == ANSWER, "Tab.ask watches the answer only"
+    page.wait_for_function("n => (window.__lengths || []).length >= n", arg=times)
+    return page.text_content(selector) or ""
 
 
 def wait_until(check, timeout: float = 20.0) -> None:
@@ -279,8 +293,7 @@ def test_real_model_answers(default_model, open_page):
         page.select_option("#model", "smollm2-135m-instruct")
         # bounded: with no limit a rambling sample may run to the 4,096-token context, which
         # on a busy 2-core machine takes longer than the test waits
-        page.fill("#max-tokens", "96")
-        tab.ask("What is the capital of France?")
+        tab.ask("What is the capital of France?", max_tokens=96)
         grows(page, ANSWER, times=2)
         expect(page.locator(".stats")).to_contain_text("tok/s", timeout=120_000)
         assert page.text_content(ANSWER).strip()
