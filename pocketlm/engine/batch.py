@@ -406,9 +406,9 @@ class BatchEngine:
     def _sample_or_fail(self, slot: _Slot, index: int, drawn: list) -> None:
         try:
             event = self._sample(slot, index)
-        except Exception as e:  # this sequence fails, not the others of the step
+        except Exception as e:
             if slot.req is not None:
-                self._finish(slot, "error", error=str(e) or type(e).__name__)
+                self._fail(slot, e)
             return
         if event is not None:
             drawn.append((slot, event))
@@ -442,8 +442,8 @@ class BatchEngine:
         self.tokens_generated += 1
         try:
             keep_going = req.on_token(event)
-        except Exception as e:  # this sequence fails, not the others of the step
-            self._finish(slot, "error", error=str(e) or type(e).__name__)
+        except Exception as e:
+            self._fail(slot, e)
             return
         if not keep_going:
             self._finish(slot, "stop")
@@ -451,6 +451,10 @@ class BatchEngine:
             self._finish(slot, "length")
         else:
             slot.next_token = event.token
+
+    def _fail(self, slot: _Slot, e: Exception) -> None:
+        """This sequence fails, not the others of the step."""
+        self._finish(slot, "error", error=str(e) or type(e).__name__)
 
     def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
         req = slot.req

@@ -151,8 +151,7 @@ class ServedModel:
         self.info = inspect_gguf(path)
         init_backend()
         self.model = Model(str(path), use_extra_bufts=probe.extra_bufts_safe(str(path)))
-        self.n_ctx_seq = cfg.ctx or min(self.info.context_length or DEFAULT_CTX_CAP,
-                                        DEFAULT_CTX_CAP)  # fmt: skip
+        self.n_ctx_seq = ctx_per_seq(self.info, cfg)
         self.engine = BatchEngine(
             self.model, n_seq=cfg.n_seq, n_ctx_seq=self.n_ctx_seq,
             n_threads=cfg.threads or machine.default_threads(), n_batch=cfg.batch,
@@ -162,8 +161,8 @@ class ServedModel:
         self._unflushed: set[_Mailbox] = set()  # the engine's thread only
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
-        self._base_bytes = estimate_bytes(self.info, self.n_ctx_seq * cfg.n_seq)
-        self.budget_bytes = self._base_bytes + cfg.cache_ram_bytes  # what the budget counts
+        self._base_bytes = resident_bytes(self.info, cfg)
+        self.budget_bytes = budget_bytes(self.info, cfg)
         self.load_s = time.perf_counter() - started
         self.loaded_at = time.time()
         self.keep_alive_s = cfg.keep_alive_s
@@ -317,6 +316,21 @@ def estimate_bytes(info, n_ctx_total: int) -> int:
     )
 
 
+def ctx_per_seq(info, cfg: ServeConfig) -> int:
+    """Context per sequence: ``cfg.ctx``, else the model's, at most DEFAULT_CTX_CAP."""
+    return cfg.ctx or min(info.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+
+
+def resident_bytes(info, cfg: ServeConfig) -> int:
+    """Weights, the KV cache of every sequence and compute buffers, served with ``cfg``."""
+    return estimate_bytes(info, ctx_per_seq(info, cfg) * cfg.n_seq)
+
+
+def budget_bytes(info, cfg: ServeConfig) -> int:
+    """What the memory budget counts for a model: resident bytes plus the RAM tier's cap."""
+    return resident_bytes(info, cfg) + cfg.cache_ram_bytes
+
+
 @dataclass
 class ModelPool:
     store: Store = field(default_factory=Store)
@@ -360,8 +374,7 @@ class ModelPool:
     def _load(self, name: str) -> ServedModel:
         path, manifest = self.resolve(name)
         info = inspect_gguf(path)
-        n_ctx = self.cfg.ctx or min(info.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
-        need = estimate_bytes(info, n_ctx * self.cfg.n_seq) + self.cfg.cache_ram_bytes
+        need = budget_bytes(info, self.cfg)
         used = sum(m.budget_bytes for m in self.models.values())
         if used + need > self.cfg.memory_budget_bytes:
             raise InsufficientMemory(
