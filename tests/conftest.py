@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,18 @@ def assert_clean_error(proc, *needles: str, code: int | None = None) -> str:
     for needle in needles:
         assert needle.lower() in lines[0].lower(), lines[0]
     return lines[0]
+
+
+@contextlib.contextmanager
+def scheduler_held(engine):
+    """Block a BatchEngine's scheduler thread (inside a ``call``) for the ``with`` block:
+    requests submitted meanwhile wait in its queue, and are admitted together after it. The
+    block starts only once the thread is blocked: a request submitted before then could be
+    admitted on its own, ahead of the call."""
+    entered, gate = threading.Event(), threading.Event()
+    engine.call(lambda: (entered.set(), gate.wait()))
+    try:
+        assert entered.wait(30), "the scheduler did not run the call"
+        yield
+    finally:
+        gate.set()

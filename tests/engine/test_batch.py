@@ -9,6 +9,7 @@ import pytest
 
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
 from pocketlm.engine.llama import Model, Sampler
+from tests.conftest import scheduler_held
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +109,6 @@ def test_a_burst_keeps_each_request_on_its_own_cached_prompt(model):
             generate(engine, p, 4)
         generate(engine, prompt(model, "a different text " * 12), 2)  # evicts one cache
 
-        gate = threading.Event()
-        engine.call(gate.wait)  # hold the scheduler: the burst is admitted in one go
         done: dict[int, Finished] = {}
         finished = threading.Semaphore(0)
 
@@ -117,10 +116,10 @@ def test_a_burst_keeps_each_request_on_its_own_cached_prompt(model):
             done[i] = f
             finished.release()
 
-        for i, p in enumerate(prompts):
-            engine.submit(Request(p, temperature=0.0, max_tokens=2,
-                                  on_done=lambda f, i=i: on_done(i, f)))  # fmt: skip
-        gate.set()
+        with scheduler_held(engine):  # the burst is admitted in one go
+            for i, p in enumerate(prompts):
+                engine.submit(Request(p, temperature=0.0, max_tokens=2,
+                                      on_done=lambda f, i=i: on_done(i, f)))  # fmt: skip
         for _ in prompts:
             assert finished.acquire(timeout=60)
     finally:
@@ -137,20 +136,18 @@ def test_a_burst_fills_the_free_slots_before_the_queue_counts(model):
     from pocketlm.engine.batch import Overloaded
 
     engine = BatchEngine(model, n_seq=4, n_ctx_seq=256, n_threads=1, max_queue=1)
-    gate = threading.Event()
     try:
-        engine.call(gate.wait)  # the scheduler admits nothing until the gate opens
         finished = threading.Semaphore(0)
-        for i in range(5):
-            engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0, max_tokens=2,
-                                  on_done=lambda f: finished.release()))  # fmt: skip
-        with pytest.raises(Overloaded):
-            engine.submit(Request(prompt(model, "one too many"), max_tokens=2))
-        gate.set()
+        with scheduler_held(engine):  # the scheduler admits nothing meanwhile
+            for i in range(5):
+                engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0,
+                                      max_tokens=2,
+                                      on_done=lambda f: finished.release()))  # fmt: skip
+            with pytest.raises(Overloaded):
+                engine.submit(Request(prompt(model, "one too many"), max_tokens=2))
         for _ in range(5):
             assert finished.acquire(timeout=60)
     finally:
-        gate.set()
         engine.close()
 
 
@@ -169,16 +166,15 @@ def test_a_steps_callbacks_follow_all_its_draws_then_after_step_runs_once(model)
         log.append(("draw", tok))
         return tok
 
-    gate = threading.Event()
     finished = threading.Semaphore(0)
     try:
         Sampler.sample = spy
-        engine.call(gate.wait)  # the three are admitted together
-        for i in range(3):
-            engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0, max_tokens=5,
-                                  on_token=lambda e, i=i: log.append(("tok", i)) or True,
-                                  on_done=lambda f: finished.release()))  # fmt: skip
-        gate.set()
+        with scheduler_held(engine):  # the three are admitted together
+            for i in range(3):
+                engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0,
+                                      max_tokens=5,
+                                      on_token=lambda e, i=i: log.append(("tok", i)) or True,
+                                      on_done=lambda f: finished.release()))  # fmt: skip
         for _ in range(3):
             assert finished.acquire(timeout=60)
     finally:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from pocketlm.params import GenerationParams
 from pocketlm.services.serving import ServeConfig, ServedModel
+from tests.conftest import scheduler_held
 
 
 def test_a_step_of_several_streams_wakes_the_event_loop_once(tiny_gguf):
@@ -25,12 +25,10 @@ def test_a_step_of_several_streams_wakes_the_event_loop_once(tiny_gguf):
             return real(callback, *args, **kwargs)
 
         loop.call_soon_threadsafe = counting
-        gate = threading.Event()
-        served.engine.call(gate.wait)  # hold the scheduler: the four are admitted together
-        gens = [served.stream(served.model.tokenize(f"the cat {i}"),
-                              GenerationParams(temperature=0.0), max_tokens=16)
-                for i in range(4)]  # fmt: skip
-        gate.set()  # every step carries all four
+        with scheduler_held(served.engine):  # admitted together: every step carries all four
+            gens = [served.stream(served.model.tokenize(f"the cat {i}"),
+                                  GenerationParams(temperature=0.0), max_tokens=16)
+                    for i in range(4)]  # fmt: skip
 
         async def count(gen) -> int:
             return sum([1 async for piece in gen if piece.event is not None])
