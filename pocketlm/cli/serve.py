@@ -38,7 +38,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="GB the loaded models may use (default: 90%% of available RAM)",
     )
-    p.add_argument("--preload", metavar="MODEL", help="load this model at start")
+    p.add_argument("--preload", metavar="MODEL",
+                   help="load this model at start (a store name, or a GGUF file's path: "
+                   "served under its file name without .gguf)")  # fmt: skip
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a name this server may be reached by besides its address and "
+                   "localhost (repeatable; '*': any). Other Host headers are refused: a web "
+                   "page cannot rebind its own name to this server")  # fmt: skip
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://app.example) whose pages may call the API "
+                   "(repeatable; CORS). Pages of other origins are refused")  # fmt: skip
+    p.add_argument("--max-body", type=int, default=8, metavar="MIB",
+                   help="largest request body (default: 8 MiB; more: 413)")  # fmt: skip
+    p.add_argument("--header-timeout", type=float, default=10, metavar="S",
+                   help="seconds a connection may take to send a request's headers "
+                   "(default: 10; then it is closed)")  # fmt: skip
+    p.add_argument("--body-timeout", type=float, default=10, metavar="S",
+                   help="seconds to wait for the next piece of a request body (default: 10; "
+                   "then 408)")  # fmt: skip
 
 
 def is_loopback(host: str) -> bool:
@@ -79,6 +96,12 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid --ctx {args.ctx}: must be at least 16")
     if args.cache_ram < 0:
         raise UsageError(f"invalid --cache-ram {args.cache_ram}: must be 0 (off) or more MiB")
+    for name in ("header_timeout", "body_timeout"):
+        if not getattr(args, name) > 0:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"invalid {flag} {getattr(args, name)}: must be more than 0 seconds")
+    if args.max_body < 1:
+        raise UsageError(f"invalid --max-body {args.max_body}: must be at least 1 (MiB)")
     if not 0 < args.port < 65536:
         raise UsageError(f"invalid --port {args.port}: must be 1-65535")
     check_port(args.host, args.port)
@@ -87,8 +110,10 @@ def main(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from pocketlm.server.app import create_app
+    from pocketlm.server.app import HostCheck, Limits, create_app
+    from pocketlm.server.http import guarded_protocol
     from pocketlm.services.serving import ModelPool, ServeConfig
+    from pocketlm.store.pull import looks_like_path
 
     cfg = ServeConfig(
         n_seq=args.parallel, ctx=args.ctx, threads=args.threads, max_queue=args.queue,
@@ -98,10 +123,18 @@ def main(args: argparse.Namespace) -> int:
     )  # fmt: skip
     pool = ModelPool(cfg=cfg)
     if args.preload:
-        asyncio.run(pool.acquire(args.preload, float("inf")))
-    app = create_app(pool, api_key=api_key)
+        name = pool.add_file(args.preload) if looks_like_path(args.preload) else args.preload
+        asyncio.run(pool.acquire(name, float("inf")))
+        if name != args.preload:
+            print(f"serving {args.preload} as '{name}'", file=sys.stderr)
+    app = create_app(pool, api_key=api_key, hosts=HostCheck(args.host, args.allowed_host),
+                     origins=args.allowed_origin,
+                     limits=Limits(max_body_bytes=args.max_body << 20,
+                                   body_idle_s=args.body_timeout))  # fmt: skip
     print(f"pocketlm {args.host}:{args.port}: OpenAI API at /v1, Ollama API at /api, "
           f"chat page at http://{args.host}:{args.port}/", file=sys.stderr)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=5)  # fmt: skip
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5,
+        http=guarded_protocol(args.header_timeout),
+    )  # fmt: skip
     return 0

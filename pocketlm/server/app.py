@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import secrets
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -79,33 +82,65 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class Guard:
-    """The API key (Bearer token) on the API paths, JSON bodies for Ollama's clients (they
-    send no content type), and the request counter. Plain ASGI: Starlette's
-    BaseHTTPMiddleware (``@app.middleware``) passes every chunk of a streamed answer through
-    a task and a memory stream of its own, about a third of the event loop's work per token
-    with 8 streams."""
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The web page loads nothing from elsewhere and is never framed (clickjacking)
+PAGE_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]  # fmt: skip
 
-    def __init__(self, app, *, api_key: str | None, metrics: Metrics):
+
+@dataclass
+class Limits:
+    """What one HTTP request may cost before any route sees it."""
+
+    max_body_bytes: int = 8 << 20  # a 32k-token context is ~128 kB of text
+    body_idle_s: float = 10.0  # the longest wait for the next piece of a request body
+    body_total_s: float = 60.0  # the longest a whole body may take to arrive
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        self.status, self.message, self.kind = status, message, kind
+
+
+class Guard:
+    """Everything checked before a route runs, in plain ASGI (Starlette's BaseHTTPMiddleware
+    passes every chunk of a streamed answer through a task and a memory stream of its own,
+    about a third of the event loop's work per token with 8 streams):
+
+    - the ``Host`` header names this server (a web page that rebinds its own DNS name to
+      127.0.0.1 cannot reach it), and a state-changing request from a web page of another
+      origin is refused unless that origin is allowed (a page can POST ``text/plain``
+      without a CORS preflight);
+    - the API key (Bearer token) on the API paths and the OpenAPI document;
+    - the body's size and the time between its pieces;
+    - JSON bodies for Ollama's clients (they send no content type);
+    - a client that hangs up: its request is cancelled at once, queued or running, which
+      frees its sequence;
+    - the request counter, and restrictive headers on the web page."""
+
+    def __init__(self, app, *, api_key: str | None, metrics: Metrics, hosts: HostCheck,
+                 origins: Sequence[str] = (), limits: Limits | None = None):  # fmt: skip
         self.app, self.api_key, self.metrics = app, api_key, metrics
+        self.hosts, self.origins = hosts, frozenset(o.rstrip("/") for o in origins)
+        self.limits = limits or Limits()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        headers = scope["headers"]
-        if self.api_key and path.startswith(PROTECTED) and path != "/api/version":
-            given = next((v for k, v in headers if k == b"authorization"), b"")
-            if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
-                response = _error(
-                    Request(scope),
-                    401,
-                    "missing or wrong API key: send it as 'Authorization: Bearer KEY'",
-                    kind="authentication_error",
-                )
-                await response(scope, receive, send)
-                return
+        try:
+            self._check(scope)
+        except _Refused as e:
+            response = _error(Request(scope), e.status, e.message, kind=e.kind)
+            await response(scope, receive, send)
+            return
+        path, headers = scope["path"], scope["headers"]
         if path.startswith("/api"):
             kind = next((v for k, v in headers if k == b"content-type"), b"")
             if b"json" not in kind:
@@ -113,22 +148,159 @@ class Guard:
                 scope["headers"] = [(k, v) for k, v in headers if k != b"content-type"] + [
                     (b"content-type", b"application/json")
                 ]
-        status = 500
+        await _Exchange(self, scope, receive, send).run()
 
-        async def send_status(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+    def _check(self, scope) -> None:
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self.hosts.allows(host):
+            raise _Refused(403, f"refused: Host {host[:100]!r} is not this server's name "
+                           "(start it with --allowed-host NAME to serve it under that name)",
+                           "permission_error")  # fmt: skip
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/")
+        if origin and scope["method"] in STATE_CHANGING and not self._same_origin(origin, host):
+            raise _Refused(403, f"refused: a web page of {origin[:100]!r} may not call this "
+                           "server (start it with --allowed-origin ORIGIN to allow one)",
+                           "permission_error")  # fmt: skip
+        path = scope["path"]
+        protected = path.startswith(PROTECTED) and path != "/api/version"
+        if self.api_key and (protected or path == "/openapi.json"):
+            given = headers.get(b"authorization", b"")
+            if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                raise _Refused(401, "missing or wrong API key: send it as "
+                               "'Authorization: Bearer KEY'", "authentication_error")  # fmt: skip
+        size = headers.get(b"content-length", b"")
+        if size.isdigit() and int(size) > self.limits.max_body_bytes:
+            raise _Refused(413, _too_large(self.limits.max_body_bytes))
 
+    def _same_origin(self, origin: str, host: str) -> bool:
+        return origin in self.origins or "*" in self.origins or origin in (
+            f"http://{host}", f"https://{host}")  # fmt: skip
+
+
+def _too_large(limit: int) -> str:
+    return (f"the request body is larger than the server's limit of {limit >> 20} MiB "
+            "(start it with a larger --max-body)")  # fmt: skip
+
+
+class _Exchange:
+    """One request through the Guard: its body read under the limits, its response watched
+    for the status (metrics), and the client watched for hanging up once the body is in."""
+
+    def __init__(self, guard: Guard, scope, receive, send):
+        self.guard, self.scope, self._receive, self._send = guard, scope, receive, send
+        self.status = 500
+        self.received = 0
+        self.body_deadline = time.monotonic() + guard.limits.body_total_s
+        self.body_done = False
+        self.response_done = False
+        self.task: asyncio.Task | None = None
+        self.watcher: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        self.task = asyncio.create_task(self.guard.app(self.scope, self.receive, self.send))
         try:
-            await self.app(scope, receive, send_status)
+            await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if not self.task.done():  # the server is shutting down: pass it on
+                self.task.cancel()
+                raise
+            if not self.task.cancelled():
+                raise
         finally:
-            route = getattr(scope.get("route"), "path", "other")
-            self.metrics.requests.labels(route, str(status)).inc()
+            if self.watcher is not None:
+                self.watcher.cancel()
+            route = getattr(self.scope.get("route"), "path", "other")
+            status = self.status if not self.task.cancelled() else 499  # client closed
+            self.guard.metrics.requests.labels(route, str(status)).inc()
+
+    async def receive(self):
+        if self.body_done:
+            return await self._receive()
+        limits = self.guard.limits
+        wait = min(limits.body_idle_s, self.body_deadline - time.monotonic())
+        try:
+            message = await asyncio.wait_for(self._receive(), max(wait, 0))
+        except TimeoutError:
+            raise StarletteHTTPException(
+                408, f"the request body did not arrive in time (at most {limits.body_idle_s:g} "
+                f"s between its pieces, {limits.body_total_s:g} s in all)",
+            ) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.guard.limits.max_body_bytes:
+                raise StarletteHTTPException(413, _too_large(self.guard.limits.max_body_bytes))
+            if not message.get("more_body", False):
+                self.body_done = True
+                self.watcher = asyncio.create_task(self._watch())
+        return message
+
+    async def _watch(self) -> None:
+        """Wait for the client to hang up; then cancel the request, unless it is answered."""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not self.response_done and self.task is not None:
+            self.task.cancel()
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            if self.scope["path"] in PAGES:
+                message["headers"] = [*message.get("headers", []), *PAGE_HEADERS]
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.response_done = True
+        await self._send(message)
 
 
-def create_app(pool: ModelPool | None = None, *, api_key: str | None = None) -> FastAPI:
+class HostCheck:
+    """Which ``Host`` headers name this server: loopback names and addresses, the address it
+    is bound to, and the names given with --allowed-host ("*": any). Bound to every address
+    (0.0.0.0, ::), any IP literal is this server."""
+
+    LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+    def __init__(self, bound: str = "127.0.0.1", allowed: Sequence[str] = ()):
+        self.any = "*" in allowed
+        self.names = {n.lower().strip("[]") for n in (*self.LOOPBACK, bound, *allowed)}
+        self.wildcard = bound in ("0.0.0.0", "::", "")
+
+    def allows(self, header: str) -> bool:
+        if self.any:
+            return True
+        name = _host_name(header)
+        if name is None:
+            return False
+        if name in self.names or name.endswith(".localhost"):
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return ip.is_loopback or self.wildcard
+
+
+def _host_name(header: str) -> str | None:
+    """The name in a Host header, without its port; None if it is not one."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8080
+        end = header.find("]")
+        return header[1:end] if end > 0 else None
+    name, _, port = header.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name or None
+
+
+def create_app(
+    pool: ModelPool | None = None,
+    *,
+    api_key: str | None = None,
+    hosts: HostCheck | None = None,
+    origins: Sequence[str] = (),
+    limits: Limits | None = None,
+) -> FastAPI:
     pool = pool or ModelPool()
 
     @contextlib.asynccontextmanager
@@ -140,11 +312,17 @@ def create_app(pool: ModelPool | None = None, *, api_key: str | None = None) -> 
             reaper.cancel()
             await pool.close()
 
-    app = FastAPI(title="pocketlm", version=__version__, lifespan=lifespan)
+    # No /docs or /redoc: their pages load scripts from a CDN (never, offline); the OpenAPI
+    # document itself is served (behind the key, when one is set)
+    app = FastAPI(title="pocketlm", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # fmt: skip
     app.state.pool = pool
     metrics = app.state.metrics = Metrics(pool)
-
-    app.add_middleware(Guard, api_key=api_key, metrics=metrics)
+    if origins:  # pages of these origins may call the API from a browser
+        app.add_middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["*"],
+                           allow_headers=["*"])  # fmt: skip
+    app.add_middleware(Guard, api_key=api_key, metrics=metrics, hosts=hosts or HostCheck(),
+                       origins=origins, limits=limits)  # fmt: skip
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, e: Overloaded):
@@ -152,18 +330,24 @@ def create_app(pool: ModelPool | None = None, *, api_key: str | None = None) -> 
 
     @app.exception_handler(PocketError)
     async def pocket_error(request: Request, e: PocketError):
-        kind = "not_found_error" if e.http_status == 404 else "invalid_request_error"
+        kinds = {404: "not_found_error", 413: "invalid_request_error"}
+        kind = kinds.get(e.http_status, "invalid_request_error")
+        if e.http_status >= 500:
+            kind = "server_error"
         param = "messages" if "context window" in e.message else None
         return _error(request, e.http_status, str(e), param=param, kind=kind)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
-        # e.g. a body that is not JSON, or an unknown route: still in the API's own shape
+        # e.g. an unknown route, or a method the route does not take: in the API's own shape
         return _error(request, e.status_code, str(e.detail), headers=getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         err = e.errors()[0]
+        if err.get("type") == "json_invalid":
+            return _error(request, 400, "the request body is not valid JSON "
+                          f"({err.get('ctx', {}).get('error', 'cannot parse it')})")  # fmt: skip
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         field = ".".join(loc) or "body"
         return _error(request, 400, f"invalid value for '{field}': {err.get('msg', '')}",
@@ -176,6 +360,25 @@ def create_app(pool: ModelPool | None = None, *, api_key: str | None = None) -> 
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    static = resources.files("pocketlm.server") / "static"
-    app.mount("/", StaticFiles(directory=str(static), html=True), name="static")
+    for path, file in PAGES.items():
+        app.add_api_route(path, _page(file), methods=["GET", "HEAD"], include_in_schema=False)
     return app
+
+
+STATIC = resources.files("pocketlm.server") / "static"
+PAGES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js",
+         "/style.css": "style.css"}  # fmt: skip
+_MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8"}  # fmt: skip
+
+
+def _page(file: str):
+    """The web page's files as routes of their own (not a mount at "/", which would answer
+    every unknown path and method with its own 404): GET on a POST route is then a 405."""
+    body = (STATIC / file).read_bytes()
+    media = _MEDIA[file[file.rindex(".") :]]
+
+    async def page() -> Response:
+        return Response(body, media_type=media)
+
+    return page

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pocketlm import __version__
-from pocketlm.errors import PocketError
+from pocketlm.errors import PocketError, UsageError
 from pocketlm.server.openai_api import grammar_for
 from pocketlm.server.schemas import (
     JSONSchemaSpec,
@@ -26,6 +26,7 @@ from pocketlm.server.schemas import (
     parse_keep_alive,
 )
 from pocketlm.services.serving import ServedModel
+from pocketlm.store.names import shown, valid_name
 
 router = APIRouter(prefix="/api")
 OLLAMA_COMPAT_VERSION = "0.12.0"
@@ -93,8 +94,6 @@ def _format(fmt: str | dict | None) -> ResponseFormat | None:
         return ResponseFormat(type="json_object")
     if isinstance(fmt, dict):
         return ResponseFormat(type="json_schema", json_schema=JSONSchemaSpec(schema=fmt))
-    from pocketlm.errors import UsageError
-
     raise UsageError(f'invalid format {fmt!r}: use "json" or a JSON schema object')
 
 
@@ -111,7 +110,7 @@ async def _run(request: Request, body, served: ServedModel, tokens, started, loa
     max_tokens = o.num_predict if o and o.num_predict and o.num_predict > 0 else \
         served.n_ctx_seq - len(tokens)  # fmt: skip
     served.check_fits(len(tokens), max_tokens)
-    grammar = grammar_for(_format(body.format))
+    grammar = await asyncio.to_thread(grammar_for, _format(body.format))
     stream = served.stream(tokens, params, max_tokens=max_tokens, grammar=grammar)
     keep_alive = parse_keep_alive(body.keep_alive)
     pool = request.app.state.pool
@@ -197,13 +196,14 @@ async def generate(body: OllamaGenerateRequest, request: Request):
     if not body.prompt and not body.system:
         return await _load_only(request, body, {"response": ""})
     served, load_s = await _acquire(request, body)
+    # off the event loop: a template runs for up to its time budget, a long text tokenizes
     if body.raw or not served.template:
         prompt = f"{body.system}\n\n{body.prompt}" if body.system else body.prompt
-        tokens = served.text_tokens(prompt)
+        tokens = await asyncio.to_thread(served.text_tokens, prompt)
     else:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]  # fmt: skip
-        tokens = served.chat_tokens(msgs)
+        tokens = await asyncio.to_thread(served.chat_tokens, msgs)
 
     def wrap(text: str, final: bool = False) -> dict[str, Any]:
         return {"response": text} if not final else {"response": ""}
@@ -218,7 +218,7 @@ async def chat(body: OllamaChatRequest, request: Request):
         return await _load_only(request, body,
                                 {"message": {"role": "assistant", "content": ""}})  # fmt: skip
     served, load_s = await _acquire(request, body)
-    tokens = served.chat_tokens([m.model_dump() for m in body.messages])
+    tokens = await asyncio.to_thread(served.chat_tokens, [m.model_dump() for m in body.messages])
 
     def wrap(text: str, final: bool = False) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}}
@@ -242,6 +242,10 @@ async def pull(body: OllamaModelRequest, request: Request):
     from pocketlm.store.pull import pull as do_pull
 
     name = body.target()
+    if not valid_name(name):  # a path would register any file on the server's disk
+        raise UsageError(f"invalid value for 'model': '{shown(name)}' is not a model name",
+                         "pull takes catalog names; a local file is imported on the server's "
+                         "machine: pocketlm import PATH")  # fmt: skip
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     progress = _QueueProgress(loop, queue)

@@ -146,11 +146,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     served = await pool.acquire(body.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]  # fmt: skip
-    tokens = served.chat_tokens(messages)
+    # off the event loop: a template runs for up to its time budget, a long text tokenizes
+    tokens = await asyncio.to_thread(served.chat_tokens, messages)
     params = generation_params(body, stop=_stops(body.stop))
     max_tokens = body.max_completion_tokens or body.max_tokens or served.n_ctx_seq - len(tokens)
     n_lp = (body.top_logprobs or 0) if body.logprobs else None
-    grammar = grammar_for(body.response_format)
+    grammar = await asyncio.to_thread(grammar_for, body.response_format)
     served.check_fits(len(tokens), max_tokens)
     streams = _start_all(served, [
         lambda i=i: served.stream(tokens, _seeded(params, i), max_tokens=max_tokens,
@@ -240,7 +241,7 @@ async def completions(body: CompletionRequest, request: Request):
         prompts = [list(body.prompt)]
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        prompts = [served.text_tokens(t) for t in texts]
+        prompts = await asyncio.to_thread(lambda: [served.text_tokens(t) for t in texts])
     params = generation_params(body, stop=_stops(body.stop))
     n_lp = body.logprobs
     max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default

@@ -75,9 +75,12 @@ def peak_rss_bytes() -> int:
 
 
 def resolve(ref: str, store: Store, progress: Progress) -> tuple[Path, Manifest | None]:
-    """A model reference (store name, catalog name, or GGUF path) -> file, manifest."""
+    """A model reference (store name, catalog name, or GGUF path) -> file, manifest. A
+    reference that is neither a name nor a usable path is a one-line PocketError."""
+    from pocketlm.store.pull import user_path
+
     if looks_like_path(ref):
-        return Path(ref).expanduser(), None
+        return user_path(ref), None
     manifest = store.find(ref)
     if manifest is None:
         from pocketlm.store import catalog

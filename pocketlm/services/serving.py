@@ -16,12 +16,13 @@ from pathlib import Path
 
 from pocketlm import config
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
-from pocketlm.errors import ContextOverflowError, ModelNotFoundError, PocketError
+from pocketlm.errors import ContextOverflowError, ModelNotFoundError, PocketError, UsageError
 from pocketlm.params import DEFAULT_CTX_CAP, GenerationParams
 from pocketlm.services import chat_template, fit, machine
 from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import inspect_gguf
 from pocketlm.store.manifest import Manifest
+from pocketlm.store.names import NAME_RULES, shown, valid_name
 from pocketlm.store.pull import looks_like_path
 from pocketlm.store.store import Store
 
@@ -171,6 +172,11 @@ class ServedModel:
         self._embed_ctx = None  # used on the engine's scheduler thread only
 
     @property
+    def busy(self) -> bool:
+        """Whether a request holds or waits for one of its sequences."""
+        return self.active > 0 or self.engine.queued > 0
+
+    @property
     def size_bytes(self) -> int:
         """Memory in use: weights, KV cache, compute buffers, and the RAM tier's entries."""
         return self._base_bytes + self.engine.cache_ram_used
@@ -185,8 +191,6 @@ class ServedModel:
     def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         checked = chat_template.check_messages(messages)
         if not self.template:
-            from pocketlm.errors import UsageError
-
             raise UsageError(f"model '{self.name}' is not a chat model (no chat template)",
                              "use a completion endpoint instead")  # fmt: skip
         return chat_template.chat_tokens(self.model, self.template, checked)
@@ -277,12 +281,19 @@ class ServedModel:
         """Mean-pooled, L2-normalised embeddings (a separate context); returns them and the
         number of tokens read. Each text is computed on the engine's scheduler thread between
         two generation steps (see BatchEngine.call), so streams keep flowing meanwhile."""
-        batch = [self.model.tokenize(text, add_special=True) for text in texts]
-        for tokens in batch:  # all checked before any is computed
-            self.check_fits(len(tokens), 0)
+        batch = await asyncio.to_thread(self._embed_tokens, texts)
         out = [await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t)))
                for tokens in batch]  # fmt: skip
         return out, sum(len(t) for t in batch)
+
+    def _embed_tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """Every text tokenized and checked before any is computed."""
+        batch = [self.model.tokenize(text, add_special=True) for text in texts]
+        for i, tokens in enumerate(batch):
+            if not tokens:  # no BOS to stand in: llama.cpp would read a NULL batch
+                raise UsageError(f"invalid value for 'input': text {i} is empty")
+            self.check_fits(len(tokens), 0)
+        return batch
 
     def _embed(self, tokens: list[int]) -> list[float]:
         import llama_cpp as ll
@@ -333,21 +344,44 @@ def budget_bytes(info, cfg: ServeConfig) -> int:
 
 @dataclass
 class ModelPool:
+    """The models a server holds. Clients name models by store (or catalog) name only: a
+    path from a request could reach any file on the machine. The operator may serve a
+    file by path (``serve --preload PATH``): ``add_file`` gives it a name."""
+
     store: Store = field(default_factory=Store)
     cfg: ServeConfig = field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
         self.models: dict[str, ServedModel] = {}
+        self.files: dict[str, Path] = {}  # served by path, registered by the operator
+        self._retiring: list[ServedModel] = []  # unloaded once their sequences finish
         self._locks: dict[str, asyncio.Lock] = {}
         if self.cfg.memory_budget_bytes is None:
             self.cfg.memory_budget_bytes = int(machine.ram()[1] * 0.9)
 
+    def add_file(self, path: str | Path) -> str:
+        """Serve a GGUF file under its file name, without the extension (``tiny.gguf``:
+        ``tiny``); returns that name. For the operator (the CLI), never for a request."""
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file '{path}' not found", "no such file")
+        name = path.name.removesuffix(".gguf")
+        if not valid_name(name):
+            raise UsageError(
+                f"cannot serve '{path}' under the name '{shown(name)}'",
+                "rename the file, or import it: pocketlm import PATH --name NAME",
+            )
+        self.files[name] = path
+        return name
+
     def resolve(self, name: str) -> tuple[Path, Manifest | None]:
-        if looks_like_path(name):
-            path = Path(name).expanduser()
-            if not path.is_file():
-                raise ModelNotFoundError(f"model '{name}' not found", "no such file")
-            return path, None
+        if name in self.files:
+            return self.files[name], None
+        if not valid_name(name):
+            hint = ("import the file on the server's machine (pocketlm import PATH --name "
+                    "NAME) and ask for NAME" if looks_like_path(name) else NAME_RULES)  # fmt: skip
+            raise ModelNotFoundError(f"unknown model '{shown(name)}': requests name models "
+                                     "by their store name", hint)  # fmt: skip
         manifest = self.store.find(name)
         if manifest is None:
             try:
@@ -362,12 +396,15 @@ class ModelPool:
         name = name or config.default_model()
         served = self.models.get(name)
         if served is None:
+            self.resolve(name)  # an unknown name fails here, before it gets a lock
             lock = self._locks.setdefault(name, asyncio.Lock())
             async with lock:
                 served = self.models.get(name)
                 if served is None:
                     served = await asyncio.to_thread(self._load, name)
                     self.models[name] = served
+            if not lock.locked():
+                self._locks.pop(name, None)
         served.touch(keep_alive_s)
         return served
 
@@ -375,7 +412,7 @@ class ModelPool:
         path, manifest = self.resolve(name)
         info = inspect_gguf(path)
         need = budget_bytes(info, self.cfg)
-        used = sum(m.budget_bytes for m in self.models.values())
+        used = sum(m.budget_bytes for m in [*self.models.values(), *self._retiring])
         if used + need > self.cfg.memory_budget_bytes:
             raise InsufficientMemory(
                 f"loading '{name}' needs about {need / 1e9:.2f} GB; {used / 1e9:.2f} GB of the "
@@ -386,21 +423,33 @@ class ModelPool:
         return ServedModel(name, path, manifest, self.cfg)
 
     async def unload(self, name: str) -> bool:
+        """Take ``name`` out of service: new requests load it again; the sequences it is
+        generating finish first (a stream is never cut short), then it is freed."""
         served = self.models.pop(name, None)
         if served is None:
             return False
-        await asyncio.to_thread(served.close)
+        if served.busy:
+            self._retiring.append(served)
+        else:
+            await asyncio.to_thread(served.close)
         return True
 
     async def reap(self, interval_s: float = 1.0) -> None:
-        """Unload models idle past their keep_alive (forever; run as a task)."""
+        """Unload models idle past their keep_alive, and retired ones once idle (forever;
+        run as a task)."""
         while True:
             await asyncio.sleep(interval_s)
             now = time.time()
             for name, served in list(self.models.items()):
-                if served.active == 0 and served.engine.queued == 0 and now >= served.expires_at:
+                if not served.busy and now >= served.expires_at:
                     await self.unload(name)
+            for served in [s for s in self._retiring if not s.busy]:
+                self._retiring.remove(served)
+                await asyncio.to_thread(served.close)
 
     async def close(self) -> None:
         for name in list(self.models):
             await self.unload(name)
+        for served in self._retiring:  # shutting down: what still runs is cancelled
+            await asyncio.to_thread(served.close)
+        self._retiring.clear()

@@ -11,6 +11,7 @@ import difflib
 from dataclasses import dataclass
 
 from pocketlm.errors import ModelNotFoundError
+from pocketlm.store.names import shown
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def get(name: str) -> CatalogEntry:
     try:
         return CATALOG[name]
     except KeyError:
-        raise ModelNotFoundError(f"unknown model '{name}'", suggest(name, CATALOG)) from None
+        raise ModelNotFoundError(f"unknown model '{shown(name)}'", suggest(name, CATALOG)) from None
 
 
 def suggest(name: str, known: object) -> str:

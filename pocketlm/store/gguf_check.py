@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from pocketlm.errors import InvalidModelError
+from pocketlm.store.names import shown
 
 # LLM_ARCH_NAMES in vendor/llama.cpp/src/llama-arch.cpp of llama-cpp-python 0.3.36,
 # less "clip" (a placeholder used only by llama-quantize) and "(unknown)".
@@ -476,7 +477,7 @@ def _describe(path: Path, h: _Header, version: int, kv: dict, tensors: list) -> 
         raise InvalidModelError(f"{path} has no general.architecture key", _HINT_NOT_MODEL)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise InvalidModelError(
-            f"{path} has architecture '{arch}', which llama.cpp "
+            f"{path} has architecture '{shown(arch, 64)}', which llama.cpp "
             "(llama-cpp-python 0.3.36) does not support",
             "use a model of a supported architecture, such as llama, qwen2 or gemma3",
         )
@@ -527,13 +528,18 @@ def _describe(path: Path, h: _Header, version: int, kv: dict, tensors: list) -> 
 
 
 def _not_gguf(path: Path, head: bytes) -> InvalidModelError:
+    # Never the bytes themselves: the file may be anyone's (`pocketlm run /etc/shadow`).
     if head.startswith(b"PK\x03\x04"):
         hint = "it is a zip archive (a wheel?): extract the .gguf file inside it"
     elif len(head) >= 10 and head[8:10] == b'{"':
         hint = "it looks like safetensors: convert it with llama.cpp's convert_hf_to_gguf.py"
+    elif head.startswith(b"version https://git-lfs"):
+        hint = "it is a Git LFS pointer, not the model: fetch the file with `git lfs pull`"
     else:
         hint = "give the path of a .gguf model file"
-    return InvalidModelError(f"{path} is not a GGUF file (starts with {head[:8]!r})", hint)
+    return InvalidModelError(
+        f"{path} is not a GGUF file (it does not start with the GGUF magic)", hint
+    )
 
 
 def _check_start(path: Path, head: bytes) -> None:
@@ -587,9 +593,9 @@ def inspect_gguf(path: str | os.PathLike) -> GGUFInfo:
             h.pos = 0
             version, kv, tensors = _parse(h)
             return _describe(path, h, version, kv, tensors)
-        except _Malformed as e:
+        except _Malformed as e:  # may name keys and values of the file: escaped, cut short
             raise InvalidModelError(
-                f"{path} is not a valid GGUF file: {e.problem}", e.hint
+                f"{path} is not a valid GGUF file: {shown(e.problem, 300)}", e.hint
             ) from None
         except (OSError, struct.error, ValueError, OverflowError, MemoryError) as e:
             # Bounds are checked above; this is the last guard for untrusted bytes.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,18 +10,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pocketlm.errors import PocketError
+from pocketlm.store.names import NAME_RE, check_name, valid_name
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:-]{0,99}$")
-
-
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise PocketError(
-            f"invalid model name '{name}'",
-            "use letters, digits and . _ + : - (at most 100 characters, not starting with "
-            "a symbol)",
-        )
-    return name
+# The name rules live in names.py; callers import them from here too.
+__all__ = ["NAME_RE", "Manifest", "check_name", "valid_name"]
 
 
 class Manifest(BaseModel):

@@ -21,11 +21,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketlm.errors import InvalidModelError, PocketError, PullError
+from pocketlm.errors import PocketError, PullError, UsageError
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.store import catalog
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
-from pocketlm.store.manifest import Manifest, check_name
+from pocketlm.store.manifest import Manifest
+from pocketlm.store.names import check_name, shown
 from pocketlm.store.store import Store
 
 OFFLINE_ENV = "POCKETLM_OFFLINE"
@@ -40,6 +41,24 @@ class PullResult:
 
 def looks_like_path(ref: str) -> bool:
     return os.sep in ref or ref.endswith(".gguf") or ref.startswith(".") or ref.startswith("~")
+
+
+def user_path(ref: str | os.PathLike) -> Path:
+    """A file path as a user gave it, ``~`` expanded. Text that cannot be a path here (a NUL,
+    characters that are not UTF-8, ``~user`` for no such user) is a UsageError."""
+    text = os.fsdecode(ref)
+    if "\0" in text:
+        raise UsageError(f"'{shown(text)}' is not a file path (it contains a NUL byte)")
+    try:
+        text.encode("utf-8")  # llama.cpp and the manifests take UTF-8 paths
+    except UnicodeEncodeError:
+        raise UsageError(f"the path '{shown(text)}' is not valid UTF-8",
+                         "rename the file to a UTF-8 name") from None  # fmt: skip
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # no such user, or no home directory
+        raise UsageError(f"cannot expand '~' in the path '{shown(text)}': no such home directory",
+                         "write the path in full") from None  # fmt: skip
 
 
 def pull(ref: str, store: Store | None = None, progress: Progress | None = None) -> PullResult:
@@ -224,11 +243,9 @@ def import_file(
     """Register an existing GGUF file in place (no copy: one file shared with other tools)."""
     store = store or Store()
     progress = progress or NullProgress()
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise InvalidModelError(f"{file} does not exist", "check the path")
+    file = user_path(path)
+    info = inspect_gguf(file)  # a missing, unreadable or odd file is an InvalidModelError
     file = file.resolve()
-    info = inspect_gguf(file)
     name = check_name(name or default_name(file))
     existing = store.find(name)
     stat = file.stat()

@@ -75,4 +75,4 @@ def metric(url: str, name: str) -> float:
 def tiny_server(tiny_gguf):
     with serve("--preload", str(tiny_gguf), "--parallel", "4", "--ctx", "1024",
                "--threads", "1") as url:  # fmt: skip
-        yield url, str(tiny_gguf)
+        yield url, "tiny"

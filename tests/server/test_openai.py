@@ -202,7 +202,7 @@ def test_concurrent_requests_are_batched(tiny_server):
 def test_client_disconnect_frees_its_sequence(tiny_gguf):
     # a 32k context: the tiny model (which never ends a turn) would talk for many seconds
     with serve("--preload", str(tiny_gguf), "--ctx", "32768", "--parallel", "1") as url:
-        body = {"model": str(tiny_gguf), "messages": [{"role": "user", "content": "go"}],
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}],
                 "stream": True, "temperature": 0}  # greedy: this model never ends a turn
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
             assert r.status_code == 200

@@ -60,7 +60,7 @@ def test_memory_budget_refuses_a_load_that_does_not_fit(store_with_two_models):
 def test_full_queue_is_503_with_retry_after(tiny_gguf):
     with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx",
                "32768") as url:  # fmt: skip
-        body = {"model": str(tiny_gguf), "messages": [{"role": "user", "content": "go"}],
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}],
                 "temperature": 0, "max_tokens": 20000}  # fmt: skip
         results = []
 
@@ -92,7 +92,7 @@ def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
     # 250k tokens: the tiny model (which never ends a turn) takes minutes, attention growing
     with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx",
                "262144") as url, httpx.Client(timeout=30) as client:  # fmt: skip
-        hold = {"model": str(tiny_gguf), "messages": [{"role": "user", "content": "go"}],
+        hold = {"model": "tiny", "messages": [{"role": "user", "content": "go"}],
                 "temperature": 0, "max_tokens": 250000, "stream": True}  # fmt: skip
         with (
             client.stream("POST", f"{url}/v1/chat/completions", json=hold) as running,
@@ -106,10 +106,10 @@ def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
             assert "pocketlm_queue_depth 1.0" in metrics
             for path, body in [
                 ("/v1/chat/completions", hold),
-                ("/v1/completions", {"model": str(tiny_gguf), "prompt": "go", "stream": True}),
-                ("/api/chat", {"model": str(tiny_gguf), "messages": [{"role": "user",
+                ("/v1/completions", {"model": "tiny", "prompt": "go", "stream": True}),
+                ("/api/chat", {"model": "tiny", "messages": [{"role": "user",
                                                                       "content": "go"}]}),
-                ("/api/generate", {"model": str(tiny_gguf), "prompt": "go"}),
+                ("/api/generate", {"model": "tiny", "prompt": "go"}),
             ]:  # fmt: skip
                 with client.stream("POST", url + path, json=body) as r:
                     assert r.status_code == 503, (path, r.status_code, metrics_now(client, url))
@@ -128,7 +128,7 @@ def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
 
 def test_more_choices_than_the_server_holds_is_400_not_503(tiny_gguf):
     with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "2") as url:
-        body = {"model": str(tiny_gguf), "prompt": ["a", "b"], "n": 2, "max_tokens": 2}
+        body = {"model": "tiny", "prompt": ["a", "b"], "n": 2, "max_tokens": 2}
         r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
         assert r.status_code == 400
         assert "asks for 4 sequences" in r.json()["error"]["message"]
@@ -173,7 +173,7 @@ def test_non_loopback_needs_an_api_key(tiny_gguf):
         assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
         assert httpx.get(f"{url}/api/tags").status_code == 401
         c = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
-        assert [m.id for m in c.models.list().data] == [str(tiny_gguf)]
+        assert [m.id for m in c.models.list().data] == ["tiny"]
         assert httpx.get(f"{url}/").status_code == 200  # the page itself is public
 
 

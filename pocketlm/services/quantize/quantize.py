@@ -6,7 +6,8 @@ fresh ``python -m pocketlm.services.quantize.quantize``: a crash there is an err
 not the end of the CLI. The child writes into the store's scratch space; the file is
 checked with ``inspect_gguf``, measured, then moved into ``blobs/`` and its manifest
 written last. Ctrl-C (or any error) at any point kills the child and removes the scratch
-directory: the store never holds half a model.
+directory: the store never holds half a model. A SIGKILL leaves the scratch behind, unlocked:
+the next operation that writes to the store removes it (``Store.scratch``).
 
 Sizes before quantizing come from llama.cpp's own dry run (``dry_run``), which picks the
 type of every tensor exactly as the real run does: on small models nominal bits per
