@@ -82,7 +82,9 @@ def _output_path(value: str | None, suffix: str, flag: str) -> Path | None:
     """Check an output file's name and folder before the (long) measurement starts."""
     if value is None:
         return None
-    path = Path(value).expanduser()
+    from pocketlm.store.pull import user_path
+
+    path = user_path(value)
     if path.suffix.lower() != suffix:
         raise UsageError(f"invalid {flag} {value!r}: the file name must end in {suffix}")
     if not path.parent.is_dir():

@@ -22,11 +22,11 @@ def main(args: argparse.Namespace) -> int:
 
     from pocketlm.services.fit import fit
     from pocketlm.store.gguf_check import inspect_gguf
-    from pocketlm.store.pull import looks_like_path
+    from pocketlm.store.pull import looks_like_path, user_path
     from pocketlm.store.store import Store
 
     if looks_like_path(args.model):
-        path, name = Path(args.model).expanduser(), args.model
+        path, name = user_path(args.model), args.model
     else:
         path, name = Path(Store().get(args.model).path), args.model
     r = fit(name, inspect_gguf(path), args.ctx)

@@ -138,7 +138,9 @@ def _chart_path(args) -> Path:
 
         stem = default_name(Path(args.model)) if looks_like_path(args.model) else args.model
         return Path(f"quantize-budget-{stem}.png")
-    path = Path(args.chart).expanduser()
+    from pocketlm.store.pull import user_path
+
+    path = user_path(args.chart)
     if path.suffix.lower() != ".png":
         raise UsageError(f"invalid --chart {args.chart!r}: the file name must end in .png")
     if not path.parent.is_dir():

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pocketlm import __version__
-from pocketlm.errors import PocketError, UsageError
+from pocketlm.errors import EngineError, PocketError, UsageError
 from pocketlm.server.openai_api import grammar_for
 from pocketlm.server.schemas import (
     JSONSchemaSpec,
@@ -159,7 +159,7 @@ async def _run(request: Request, body, served: ServedModel, tokens, started, loa
         text += piece.text
         if piece.done is not None:
             if piece.done.error:
-                raise RuntimeError(piece.done.error)
+                raise EngineError(f"generation failed: {piece.done.error}")
             out = final(piece.done, text)
             out.update(wrap(text))
     await after()

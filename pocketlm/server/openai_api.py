@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from pocketlm.errors import UsageError
+from pocketlm.errors import EngineError, UsageError
 from pocketlm.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -106,8 +106,11 @@ async def _merge(streams: list[Generation]) -> AsyncIterator[tuple[int, Piece]]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class GenerationFailed(RuntimeError):
-    """The engine failed a sequence after its response had started."""
+class GenerationFailed(EngineError):
+    """The engine failed a sequence (after its response had started, if streamed)."""
+
+    def __init__(self, error: str):
+        super().__init__(f"generation failed: {error}")
 
 
 def _finish_reason(piece: Piece) -> str:
@@ -117,7 +120,7 @@ def _finish_reason(piece: Piece) -> str:
 
 
 def _error_event(e: Exception) -> str:
-    return json.dumps({"error": {"message": f"generation failed: {e}", "type": "server_error",
+    return json.dumps({"error": {"message": str(e), "type": "server_error",
                                  "param": None, "code": None}})  # fmt: skip
 
 

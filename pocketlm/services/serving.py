@@ -23,7 +23,7 @@ from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import inspect_gguf
 from pocketlm.store.manifest import Manifest
 from pocketlm.store.names import NAME_RULES, shown, valid_name
-from pocketlm.store.pull import looks_like_path
+from pocketlm.store.pull import looks_like_path, user_path
 from pocketlm.store.store import Store
 
 
@@ -362,7 +362,7 @@ class ModelPool:
     def add_file(self, path: str | Path) -> str:
         """Serve a GGUF file under its file name, without the extension (``tiny.gguf``:
         ``tiny``); returns that name. For the operator (the CLI), never for a request."""
-        path = Path(path).expanduser().resolve()
+        path = user_path(path).resolve()
         if not path.is_file():
             raise ModelNotFoundError(f"model file '{path}' not found", "no such file")
         name = path.name.removesuffix(".gguf")
