@@ -32,7 +32,10 @@ team threads than cores, OpenMP stops spinning at its barriers (libgomp's thrott
 sleeps instead, for every team: after one embeddings request on a worker thread, one
 sequence decoded 22% slower for the rest of the server's life.
 
-Callbacks run on the scheduler thread and must be quick.
+Callbacks run on the scheduler thread and must be quick. So must starting a request: a
+grammar from a client comes as a ``Grammar`` parsed beforehand (pocketlm.services.grammar
+prepares JSON schemas so, in a check process first), which a request only copies; a parse here
+(a 20,000-value enum took 20 s) held up every other sequence.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any
 import llama_cpp as ll
 import numpy as np
 
-from pocketlm.engine.llama import Context, Model, Sampler
+from pocketlm.engine.llama import Context, Grammar, Model, Sampler
 from pocketlm.errors import PocketError
 
 PREFILL_WHILE_DECODING = 128
@@ -95,7 +98,9 @@ class Request:
     repeat_last_n: int = 64
     seed: int = 0
     max_tokens: int = 256  # 0: evaluate the prompt only (scoring)
-    grammar: str | None = None
+    # GBNF text (parsed when the request starts, on the scheduler thread: fine for small
+    # grammars) or a Grammar parsed beforehand, only copied there
+    grammar: str | Grammar | None = None
     n_logprobs: int | None = None  # None: no logprobs; k: the chosen token's and top k
     prompt_logprobs: bool = False
     on_token: Callable[[TokenEvent], bool] = lambda e: True  # False: stop here

@@ -12,11 +12,12 @@ import math
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 
 import llama_cpp as ll
 
-from pocketlm.errors import EngineError
+from pocketlm.errors import EngineError, UsageError
 
 _log_lock = threading.Lock()
 _log_tail: collections.deque[str] = collections.deque(maxlen=50)
@@ -52,6 +53,17 @@ def last_log_error() -> str:
     return "no details"
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (JSON's "\\ud800", undecodable bytes in argv) is
+    a one-line error, not a UnicodeEncodeError from deep inside."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        where = f"({text[e.start]!a}) at character {e.start}"
+        raise UsageError(f"the text has a lone surrogate {where}: it is not valid Unicode",
+                         "send UTF-8 text") from None  # fmt: skip
+
+
 class Model:
     """A loaded model (weights) and its vocabulary."""
 
@@ -78,7 +90,7 @@ class Model:
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = False
     ) -> list[int]:
-        data = text.encode("utf-8")
+        data = utf8(text)
         cap = len(data) + 8
         while True:
             buf = (ll.llama_token * cap)()
@@ -236,6 +248,32 @@ class Context:
             self._ptr = None
 
 
+class Grammar:
+    """A GBNF grammar parsed once for a vocabulary. Each sequence samples with a copy of it
+    (``llama_sampler_clone``: no parsing), so the parse, which a large grammar makes slow,
+    can happen before the request reaches the thread that samples.
+
+    The copies read ``model``'s vocabulary (token ids and pieces): it must be the vocabulary
+    of the model that samples (a vocab-only load of the same file will do), and it stays
+    loaded while this Grammar lives; a Sampler built from it keeps it alive."""
+
+    def __init__(self, text: str, model: Model):
+        ptr = ll.llama_sampler_init_grammar(model.vocab, text.encode(), b"root")
+        if not ptr:
+            raise EngineError(f"invalid grammar: {last_log_error()}")
+        self.text = text
+        self.model = model
+        self.n_vocab = model.n_vocab
+        self._ptr = ptr
+        # Cached and shared by queued requests: freed once nobody holds it (copies are
+        # independent of it).
+        self._free = weakref.finalize(self, ll.llama_sampler_free, ptr)
+
+    def copy(self):
+        """A new llama.cpp grammar sampler at the grammar's start (the caller owns it)."""
+        return ll.llama_sampler_clone(self._ptr)
+
+
 class Sampler:
     """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, then a draw."""
 
@@ -250,9 +288,11 @@ class Sampler:
         repeat_penalty: float,
         repeat_last_n: int,
         seed: int,
-        grammar: str | None = None,
+        grammar: str | Grammar | None = None,
         vocab=None,
     ):
+        """``grammar``: GBNF text, parsed here for ``vocab``, or a Grammar parsed beforehand
+        (copied, not parsed: cheap enough for the scheduler thread)."""
         self._ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         add = lambda s: ll.llama_sampler_chain_add(self._ptr, s)  # noqa: E731
         # The repeat penalty is applied here, to the logits of the few distinct recent tokens,
@@ -264,9 +304,10 @@ class Sampler:
         self._recent: collections.deque[int] | None = None
         if repeat_penalty != 1.0 and repeat_last_n > 0:
             self._recent = collections.deque(maxlen=repeat_last_n)
+        self._grammar = grammar  # a Grammar's vocabulary must outlive its copy in the chain
         if grammar is not None:
             # First in the chain: tokens the grammar forbids never reach the other samplers.
-            g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            g = self._grammar_sampler(grammar, vocab)
             if not g:
                 self.close()
                 raise EngineError(f"invalid grammar: {last_log_error()}")
@@ -282,6 +323,15 @@ class Sampler:
             add(ll.llama_sampler_init_min_p(min_p, 1))
         add(ll.llama_sampler_init_temp(temperature))
         add(ll.llama_sampler_init_dist(seed))
+
+    def _grammar_sampler(self, grammar: str | Grammar, vocab):
+        if isinstance(grammar, str):
+            return ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if grammar.n_vocab != self._n_vocab:  # it would read pieces past its vocabulary's end
+            self.close()
+            raise EngineError(f"the grammar was prepared for a vocabulary of {grammar.n_vocab} "
+                              f"tokens, not this model's {self._n_vocab}")  # fmt: skip
+        return grammar.copy()
 
     @classmethod
     def greedy(cls, n_vocab: int) -> Sampler:

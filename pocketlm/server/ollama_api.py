@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pocketlm import __version__
 from pocketlm.errors import EngineError, PocketError, UsageError
-from pocketlm.server.openai_api import grammar_for
+from pocketlm.server.openai_api import response_grammar
 from pocketlm.server.schemas import (
     JSONSchemaSpec,
     OllamaChatRequest,
@@ -110,7 +110,7 @@ async def _run(request: Request, body, served: ServedModel, tokens, started, loa
     max_tokens = o.num_predict if o and o.num_predict and o.num_predict > 0 else \
         served.n_ctx_seq - len(tokens)  # fmt: skip
     served.check_fits(len(tokens), max_tokens)
-    grammar = await asyncio.to_thread(grammar_for, _format(body.format))
+    grammar = await asyncio.to_thread(response_grammar, _format(body.format), served, "format")
     stream = served.stream(tokens, params, max_tokens=max_tokens, grammar=grammar)
     keep_alive = parse_keep_alive(body.keep_alive)
     pool = request.app.state.pool

@@ -20,6 +20,7 @@ from pocketlm.server.schemas import (
     ResponseFormat,
     generation_params,
 )
+from pocketlm.services.grammar import json_grammar
 from pocketlm.services.serving import Generation, Piece, ServedModel
 
 router = APIRouter(prefix="/v1")
@@ -35,21 +36,15 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...] | None:
     return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
-def grammar_for(fmt: ResponseFormat | None) -> str | None:
-    """A GBNF grammar that only admits JSON (matching the schema, if one is given)."""
+def response_grammar(fmt: ResponseFormat | None, served: ServedModel, field: str):
+    """The grammar a response format asks for (None: free text). Blocking: a new schema is
+    checked in a process of its own (pocketlm.services.grammar); call it off the loop."""
     if fmt is None or fmt.type == "text":
         return None
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    schema: dict[str, Any] = {"type": "object"}
+    schema = None
     if fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema_:
         schema = fmt.json_schema.schema_
-    try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except Exception as e:  # the converter raises plain exceptions on schemas it cannot map
-        from pocketlm.errors import UsageError
-
-        raise UsageError(f"invalid response_format json_schema: {e}") from None
+    return json_grammar(schema, str(served.path), field=field)
 
 
 @router.get("/models")
@@ -154,7 +149,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     params = generation_params(body, stop=_stops(body.stop))
     max_tokens = body.max_completion_tokens or body.max_tokens or served.n_ctx_seq - len(tokens)
     n_lp = (body.top_logprobs or 0) if body.logprobs else None
-    grammar = await asyncio.to_thread(grammar_for, body.response_format)
+    grammar = await asyncio.to_thread(
+        response_grammar, body.response_format, served, "response_format"
+    )
     served.check_fits(len(tokens), max_tokens)
     streams = _start_all(served, [
         lambda i=i: served.stream(tokens, _seeded(params, i), max_tokens=max_tokens,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pocketlm import config
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
+from pocketlm.engine.llama import Grammar
 from pocketlm.errors import ContextOverflowError, ModelNotFoundError, PocketError, UsageError
 from pocketlm.params import DEFAULT_CTX_CAP, GenerationParams
 from pocketlm.services import chat_template, fit, machine
@@ -224,7 +225,7 @@ class ServedModel:
         params: GenerationParams,
         *,
         max_tokens: int,
-        grammar: str | None = None,
+        grammar: str | Grammar | None = None,
         n_logprobs: int | None = None,
         prompt_logprobs: bool = False,
     ) -> Generation:

@@ -321,3 +321,30 @@ def test_server_log_stays_clean(tiny_gguf):
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "schema,limit",
+    [
+        ({"type": "string", "maxLength": 20000}, "maxLength"),
+        ({"type": "array", "items": {"type": "integer"}, "minItems": 10**9}, "minItems"),
+        ({"enum": [f"v{i}" for i in range(20000)]}, "enum"),
+    ],
+)
+def test_hostile_json_schemas_are_400_naming_the_limit(tiny_server, schema, limit):
+    """maxLength 20000 killed the server (SIGSEGV in llama.cpp's grammar parser), minItems
+    1e9 grew the grammar until the kernel killed it, a 20,000-value enum stalled every
+    stream of the model for 20 s."""
+    url, model = tiny_server
+    t = time.perf_counter()
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+        "response_format": fmt})  # fmt: skip
+    assert r.status_code == 400 and limit in r.json()["error"]["message"], r.text
+    r = httpx.post(f"{url}/api/chat", timeout=60, json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+        "format": schema})  # fmt: skip
+    assert r.status_code == 400 and "'format'" in r.json()["error"], r.text
+    assert time.perf_counter() - t < 10
+    assert httpx.get(f"{url}/api/version").status_code == 200  # alive

@@ -1,0 +1,100 @@
+"""Grammars in the batching engine: a Grammar parsed beforehand is only copied on the
+scheduler thread (a parse there stalled every sequence), GBNF text still works."""
+
+from __future__ import annotations
+
+import threading
+
+import llama_cpp as ll
+import pytest
+
+from pocketlm.engine.batch import BatchEngine, Finished, Request
+from pocketlm.engine.llama import Grammar, Model
+
+YES_NO = 'root ::= "yes" | "no"'
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf):
+    m = Model(str(tiny_gguf))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def engine(model):
+    e = BatchEngine(model, n_seq=2, n_ctx_seq=256, n_threads=1)
+    yield e
+    e.close()
+
+
+def generate(engine: BatchEngine, req: Request) -> tuple[list[int], Finished]:
+    out: list[int] = []
+    done = threading.Event()
+    box: list[Finished] = []
+    req.on_token = lambda e: out.append(e.token) or True
+    req.on_done = lambda f: (box.append(f), done.set())
+    engine.submit(req)
+    assert done.wait(120), "no answer in 120 s"
+    return out, box[0]
+
+
+def answers(model: Model, engine: BatchEngine, grammar, seeds=range(4)) -> set[str]:
+    got = set()
+    for seed in seeds:
+        req = Request(model.tokenize("the cat"), temperature=1.0, seed=seed, max_tokens=8,
+                      grammar=grammar)  # fmt: skip
+        tokens, done = generate(engine, req)
+        assert done.reason == "stop", done
+        got.add(model.detokenize(tokens))
+    return got
+
+
+def test_gbnf_text_still_constrains_a_request(model, engine):
+    assert answers(model, engine, YES_NO) <= {"yes", "no"}
+
+
+def test_a_prepared_grammar_is_copied_not_parsed_on_the_scheduler_thread(model, engine,
+                                                                         monkeypatch):  # fmt: skip
+    parsed_on: list[str] = []
+    real = ll.llama_sampler_init_grammar
+
+    def spy(*args):
+        parsed_on.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(ll, "llama_sampler_init_grammar", spy)
+    grammar = Grammar(YES_NO, Model(model.path, vocab_only=True))  # as services/grammar.py does
+    assert answers(model, engine, grammar) <= {"yes", "no"}
+    assert parsed_on == ["MainThread"]  # once, here; the requests only copied it
+
+
+def test_one_grammar_serves_sequences_at_once(model, engine):
+    grammar = Grammar(YES_NO, model)
+    boxes = []
+    for seed in range(2):
+        req = Request(model.tokenize("the dog"), temperature=1.0, seed=seed, max_tokens=8,
+                      grammar=grammar)  # fmt: skip
+        out: list[int] = []
+        done = threading.Event()
+        req.on_token = lambda e, out=out: out.append(e.token) or True
+        req.on_done = lambda f, done=done: done.set()
+        boxes.append((out, done))
+        engine.submit(req)
+    for out, done in boxes:
+        assert done.wait(120)
+        assert model.detokenize(out) in ("yes", "no")
+
+
+def test_a_grammar_for_another_vocabulary_fails_its_request_only(model, engine):
+    grammar = Grammar(YES_NO, model)
+    grammar.n_vocab = model.n_vocab - 1  # as if prepared for another model
+    tokens, done = generate(engine, Request(model.tokenize("the cat"), max_tokens=8,
+                                            grammar=grammar))  # fmt: skip
+    assert done.reason == "error" and "vocabulary of" in done.error, done
+    assert answers(model, engine, YES_NO, seeds=[0]) <= {"yes", "no"}  # the engine goes on
+
+
+def test_an_invalid_grammar_is_refused_when_prepared(model):
+    with pytest.raises(Exception, match="invalid grammar"):
+        Grammar("root ::= (", model)
