@@ -54,6 +54,7 @@ import numpy as np
 
 from pocketlm.engine.llama import Context, Grammar, Model, Sampler
 from pocketlm.errors import PocketError
+from pocketlm.params import GenerationParams
 
 PREFILL_WHILE_DECODING = 128
 HOST_CACHE_MIN_TOKENS = 32  # shorter caches are cheaper to evaluate again than to keep
@@ -89,24 +90,24 @@ class Finished:
 
 @dataclass(eq=False)
 class Request:
+    """One sequence to generate: its prompt, how to sample (``params``, whole, as the user
+    gave it: max_tokens None runs until the end of turn or the sequence's context), and
+    the consumer's callbacks."""
+
     tokens: list[int]
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    seed: int = 0
-    max_tokens: int = 256  # 0: evaluate the prompt only (scoring)
-    # GBNF text (parsed when the request starts, on the scheduler thread: fine for small
-    # grammars) or a Grammar parsed beforehand, only copied there
-    grammar: str | Grammar | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    grammar: str | Grammar | None = None  # GBNF text, or a grammar prepared off this thread
     n_logprobs: int | None = None  # None: no logprobs; k: the chosen token's and top k
     prompt_logprobs: bool = False
+    score_only: bool = False  # evaluate the prompt (for its logprobs), generate nothing
     on_token: Callable[[TokenEvent], bool] = lambda e: True  # False: stop here
     on_done: Callable[[Finished], None] = lambda f: None
     cancelled: bool = False
     t_queued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def max_tokens(self) -> int | None:
+        return 0 if self.score_only else self.params.max_tokens
 
 
 class _Slot:
@@ -169,7 +170,7 @@ class BatchEngine:
     def submit(self, req: Request) -> None:
         if not req.tokens:
             raise ValueError("a request needs at least one prompt token")  # caller checks
-        if len(req.tokens) + max(req.max_tokens, 1) > self.n_ctx_seq:
+        if len(req.tokens) + max(req.max_tokens or 1, 1) > self.n_ctx_seq:
             raise ValueError("request does not fit the per-sequence context")  # caller checks
         with self._cv:
             # Requests the free slots will take at the next step are not waiting: a burst
@@ -323,12 +324,7 @@ class BatchEngine:
         slot.prompt_lp = [None] if req.prompt_logprobs else None
         slot.carry = None
         try:
-            slot.sampler = Sampler(
-                n_vocab=self.model.n_vocab, temperature=req.temperature, top_k=req.top_k,
-                top_p=req.top_p, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
-                repeat_last_n=req.repeat_last_n, seed=req.seed, grammar=req.grammar,
-                vocab=self.model.vocab,
-            )  # fmt: skip
+            slot.sampler = Sampler.for_params(req.params, self.model, grammar=req.grammar)
         except PocketError as e:
             slot.sampler = None
             self._finish(slot, "error", error=str(e))
@@ -425,7 +421,7 @@ class BatchEngine:
         if slot.t_first is None:
             slot.t_first = time.perf_counter()
             slot.carry = None
-            if req.max_tokens == 0:
+            if req.score_only:
                 self._finish(slot, "length")
                 return None
         event = TokenEvent(0)
@@ -452,7 +448,9 @@ class BatchEngine:
             return
         if not keep_going:
             self._finish(slot, "stop")
-        elif slot.n_out >= req.max_tokens or len(slot.tokens) + 1 >= self.n_ctx_seq:
+        elif slot.n_out >= (req.max_tokens or self.n_ctx_seq) or (
+            len(slot.tokens) + 1 >= self.n_ctx_seq
+        ):
             self._finish(slot, "length")
         else:
             slot.next_token = event.token

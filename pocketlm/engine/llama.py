@@ -10,6 +10,7 @@ import collections
 import ctypes
 import math
 import os
+import secrets
 import sys
 import threading
 import weakref
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import llama_cpp as ll
 
 from pocketlm.errors import EngineError, UsageError
+from pocketlm.params import GenerationParams
 
 _log_lock = threading.Lock()
 _log_tail: collections.deque[str] = collections.deque(maxlen=50)
@@ -332,6 +334,16 @@ class Sampler:
             raise EngineError(f"the grammar was prepared for a vocabulary of {grammar.n_vocab} "
                               f"tokens, not this model's {self._n_vocab}")  # fmt: skip
         return grammar.copy()
+
+    @classmethod
+    def for_params(cls, params: GenerationParams, model: Model, *, grammar=None) -> Sampler:
+        """The chain ``params`` describe (a seed of None: a random one), for ``model``."""
+        seed = params.seed if params.seed is not None else secrets.randbelow(2**32 - 1)
+        return cls(
+            n_vocab=model.n_vocab, temperature=params.temperature, top_k=params.top_k,
+            top_p=params.top_p, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
+            repeat_last_n=params.repeat_last_n, seed=seed, grammar=grammar, vocab=model.vocab,
+        )  # fmt: skip
 
     @classmethod
     def greedy(cls, n_vocab: int) -> Sampler:

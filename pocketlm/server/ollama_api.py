@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pocketlm import __version__
-from pocketlm.errors import EngineError, PocketError, UsageError
+from pocketlm.errors import ContextOverflowError, EngineError, PocketError, UsageError
 from pocketlm.server.openai_api import response_grammar
 from pocketlm.server.schemas import (
     JSONSchemaSpec,
@@ -97,21 +97,36 @@ def _format(fmt: str | dict | None) -> ResponseFormat | None:
     raise UsageError(f'invalid format {fmt!r}: use "json" or a JSON schema object')
 
 
-def _params(body):
+def _params(body, served: ServedModel):
+    """The body's options as GenerationParams. num_predict: > 0 a limit, else (Ollama's -1
+    and -2) until the context ends. num_ctx cannot resize a running server's sequences: a
+    smaller one limits this request, a larger one is refused."""
     o = body.options
-    stop = o.stop if o else None
-    return generation_params(o, stop=(stop,) if isinstance(stop, str) else stop) if o else \
-        generation_params(body)  # fmt: skip
+    if o is None:
+        return generation_params(body)
+    if o.num_ctx is not None and o.num_ctx > served.n_ctx_seq:
+        raise UsageError(f"invalid value for 'options.num_ctx': {o.num_ctx} is more than the "
+                         f"{served.n_ctx_seq} tokens each sequence of this server holds",
+                         "leave it out, or start the server with --ctx "
+                         f"{o.num_ctx}")  # fmt: skip
+    stop = (o.stop,) if isinstance(o.stop, str) else o.stop
+    limit = o.num_predict if o.num_predict and o.num_predict > 0 else None
+    return generation_params(o, stop=stop, max_tokens=limit)
 
 
 async def _run(request: Request, body, served: ServedModel, tokens, started, load_s, wrap):
-    params = _params(body)
+    params = _params(body, served)
     o = body.options
-    max_tokens = o.num_predict if o and o.num_predict and o.num_predict > 0 else \
-        served.n_ctx_seq - len(tokens)  # fmt: skip
-    served.check_fits(len(tokens), max_tokens)
+    if o and o.num_ctx is not None:  # the request's own, smaller window
+        need = len(tokens) + (params.max_tokens or 1)
+        if need > o.num_ctx:
+            raise ContextOverflowError(len(tokens), params.max_tokens or 0, o.num_ctx,
+                                       "shorten the prompt, or raise options.num_ctx")  # fmt: skip
+        room = o.num_ctx - len(tokens)
+        params = params.model_copy(update={"max_tokens": min(params.max_tokens or room, room)})
+    served.check_fits(len(tokens), params.max_tokens)
     grammar = await asyncio.to_thread(response_grammar, _format(body.format), served, "format")
-    stream = served.stream(tokens, params, max_tokens=max_tokens, grammar=grammar)
+    stream = served.stream(tokens, params, grammar=grammar)
     keep_alive = parse_keep_alive(body.keep_alive)
     pool = request.app.state.pool
 

@@ -6,13 +6,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from pocketlm.errors import EngineError, UsageError
+from pocketlm.errors import EngineError
 from pocketlm.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -21,7 +20,7 @@ from pocketlm.server.schemas import (
     generation_params,
 )
 from pocketlm.services.grammar import json_grammar
-from pocketlm.services.serving import Generation, Piece, ServedModel
+from pocketlm.services.serving import Piece, ServedModel, merge
 
 router = APIRouter(prefix="/v1")
 
@@ -65,40 +64,6 @@ def _created(iso: str) -> int:
         return int(datetime.fromisoformat(iso).timestamp())
     except ValueError:
         return 0
-
-
-async def _merge(streams: list[Generation]) -> AsyncIterator[tuple[int, Piece]]:
-    """Interleave several choices' streams as their pieces arrive."""
-    if len(streams) == 1:  # the usual case: no task and queue hop per token
-        try:
-            async for piece in streams[0]:
-                yield 0, piece
-        finally:  # a client that left: closing the stream frees the sequence
-            await streams[0].aclose()
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(i: int, stream: AsyncIterator[Piece]) -> None:
-        try:
-            async for piece in stream:
-                await queue.put((i, piece))
-        except Exception as e:  # surfaces in the consumer
-            await queue.put((i, e))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(streams)
-        while remaining:
-            i, piece = await queue.get()
-            if isinstance(piece, Exception):
-                raise piece
-            if piece.done is not None:
-                remaining -= 1
-            yield i, piece
-    finally:  # a client that left: cancelling a pump ends its stream, which frees the sequence
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class GenerationFailed(EngineError):
@@ -146,18 +111,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 for m in body.messages]  # fmt: skip
     # off the event loop: a template runs for up to its time budget, a long text tokenizes
     tokens = await asyncio.to_thread(served.chat_tokens, messages)
-    params = generation_params(body, stop=_stops(body.stop))
-    max_tokens = body.max_completion_tokens or body.max_tokens or served.n_ctx_seq - len(tokens)
+    max_tokens = body.max_completion_tokens or body.max_tokens  # None: until the context ends
+    params = generation_params(body, stop=_stops(body.stop), max_tokens=max_tokens)
     n_lp = (body.top_logprobs or 0) if body.logprobs else None
+    served.check_fits(len(tokens), params.max_tokens)  # before a grammar is built
     grammar = await asyncio.to_thread(
         response_grammar, body.response_format, served, "response_format"
     )
-    served.check_fits(len(tokens), max_tokens)
-    streams = _start_all(served, [
-        lambda i=i: served.stream(tokens, _seeded(params, i), max_tokens=max_tokens,
-                                  grammar=grammar, n_logprobs=n_lp)
-        for i in range(body.n)
-    ])  # fmt: skip
+    streams = served.start([tokens], params, n=body.n, grammar=grammar, n_logprobs=n_lp)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "created": created, "model": body.model}
     if body.stream:
@@ -166,7 +127,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     texts, reasons = [""] * body.n, ["stop"] * body.n
     lps: list[list] = [[] for _ in range(body.n)]
     completion = 0
-    async for i, piece in _merge(streams):
+    async for i, piece in merge(streams):
         texts[i] += piece.text
         if piece.event is not None and n_lp is not None:
             e = piece.event
@@ -187,7 +148,7 @@ async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage
         first = {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         yield json.dumps({**chunk, "choices": [first]})
     completion = 0
-    async for i, piece in _merge(streams):
+    async for i, piece in merge(streams):
         choice: dict[str, Any] = {"index": i, "delta": {}, "finish_reason": None}
         if piece.text:
             choice["delta"] = {"content": piece.text}
@@ -208,31 +169,6 @@ async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage
     yield "[DONE]"
 
 
-def _start_all(served: ServedModel, starts: list) -> list:
-    """Submit every choice now, so that a full queue is a 503 before the response starts;
-    if one is refused, the ones already submitted are cancelled."""
-    capacity = served.engine.capacity
-    if len(starts) > capacity:  # a 503 would never turn into an answer: say why
-        raise UsageError(f"invalid value for 'n': this request asks for {len(starts)} "
-                         f"sequences (prompts x n) and the server holds at most {capacity} at "
-                         "once (--parallel + --queue); ask for fewer")  # fmt: skip
-    streams: list = []
-    try:
-        for start in starts:
-            streams.append(start())
-    except BaseException:
-        for s in streams:
-            s.cancel()
-        raise
-    return streams
-
-
-def _seeded(params, i: int):
-    if i == 0 or params.seed is None:
-        return params
-    return params.model_copy(update={"seed": (params.seed + i) % (2**32 - 1)})
-
-
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     pool = _pool(request)
@@ -242,21 +178,14 @@ async def completions(body: CompletionRequest, request: Request):
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         prompts = await asyncio.to_thread(lambda: [served.text_tokens(t) for t in texts])
-    params = generation_params(body, stop=_stops(body.stop))
     n_lp = body.logprobs
     max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
-    if max_tokens == 0 and not body.echo:
-        max_tokens = 1
-    plan = []
-    for tokens in prompts:
-        served.check_fits(len(tokens), max_tokens)
-        plan += [tokens] * body.n
-    streams = _start_all(served, [
-        lambda i=i, tokens=tokens: served.stream(
-            tokens, _seeded(params, i % body.n), max_tokens=max_tokens, n_logprobs=n_lp,
-            prompt_logprobs=body.echo and n_lp is not None)
-        for i, tokens in enumerate(plan)
-    ])  # fmt: skip
+    score_only = max_tokens == 0 and body.echo  # the prompt's logprobs only
+    params = generation_params(body, stop=_stops(body.stop), max_tokens=max(max_tokens, 1))
+    streams = served.start(prompts, params, n=body.n, n_logprobs=n_lp,
+                           prompt_logprobs=body.echo and n_lp is not None,
+                           score_only=score_only)  # fmt: skip
+    plan = [tokens for tokens in prompts for _ in range(body.n)]
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
     prompt_total = sum(len(t) for t in prompts)
@@ -266,7 +195,7 @@ async def completions(body: CompletionRequest, request: Request):
     toks: list[list] = [[] for _ in streams]
     reasons, prompt_lps = ["stop"] * len(streams), [None] * len(streams)
     completion = 0
-    async for i, piece in _merge(streams):
+    async for i, piece in merge(streams):
         texts[i] += piece.text
         if piece.event is not None:
             toks[i].append(piece.event)
@@ -312,7 +241,7 @@ async def _completion_events(served, streams, plan, head, echo, n_lp):
             choice = {"index": i, "text": served.model.detokenize(tokens), "logprobs": None,
                       "finish_reason": None}  # fmt: skip
             yield json.dumps({**head, "choices": [choice]})
-    async for i, piece in _merge(streams):
+    async for i, piece in merge(streams):
         choice = {"index": i, "text": piece.text, "logprobs": None, "finish_reason": None}
         if piece.event is not None and n_lp is not None:
             choice["logprobs"] = _completion_logprobs(served, [], None, [piece.event])

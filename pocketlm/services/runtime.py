@@ -314,11 +314,7 @@ class Stream:
         model, p, stats = self._model, self._params, self.stats
         self._started = time.perf_counter()
         ctx, vocab = model._ctx, model._model
-        sampler = Sampler(
-            n_vocab=vocab.n_vocab, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-            min_p=p.min_p, repeat_penalty=p.repeat_penalty, repeat_last_n=p.repeat_last_n,
-            seed=stats.seed,
-        )  # fmt: skip
+        sampler = Sampler.for_params(p.model_copy(update={"seed": stats.seed}), vocab)
         text = TextAssembler(p.stop)
         finish = "length"
         n_out = 0

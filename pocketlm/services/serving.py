@@ -6,7 +6,6 @@ thread to asyncio streams.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 import time
 import weakref
@@ -143,6 +142,46 @@ class Generation:
         self.cancel()  # never iterated: the finally above did not run
 
 
+async def merge(streams: list[Generation]) -> AsyncIterator[tuple[int, Piece]]:
+    """Interleave several choices' streams as their pieces arrive: (choice index, piece)."""
+    if len(streams) == 1:  # the usual case: no task and queue hop per token
+        try:
+            async for piece in streams[0]:
+                yield 0, piece
+        finally:  # a client that left: closing the stream frees the sequence
+            await streams[0].aclose()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[Piece]) -> None:
+        try:
+            async for piece in stream:
+                await queue.put((i, piece))
+        except Exception as e:  # surfaces in the consumer
+            await queue.put((i, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, piece = await queue.get()
+            if isinstance(piece, Exception):
+                raise piece
+            if piece.done is not None:
+                remaining -= 1
+            yield i, piece
+    finally:  # a client that left: cancelling a pump ends its stream, which frees the sequence
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _seeded(params: GenerationParams, i: int) -> GenerationParams:
+    if i == 0 or params.seed is None:
+        return params
+    return params.model_copy(update={"seed": (params.seed + i) % (2**32 - 1)})
+
+
 class ServedModel:
     def __init__(self, name: str, path: Path, manifest: Manifest | None, cfg: ServeConfig):
         from pocketlm.engine import probe
@@ -209,33 +248,67 @@ class ServedModel:
     def token_text(self, token: int) -> str:
         return self.model.piece(token).decode("utf-8", "replace")
 
-    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        if prompt_tokens + max(max_tokens, 1) > self.n_ctx_seq:
+    def check_fits(self, prompt_tokens: int, max_tokens: int | None) -> None:
+        if prompt_tokens + max(max_tokens or 1, 1) > self.n_ctx_seq:
             raise ContextOverflowError(
-                prompt_tokens, max_tokens, self.n_ctx_seq,
+                prompt_tokens, max_tokens or 0, self.n_ctx_seq,
                 "shorten the prompt or lower max_tokens (or start the server with a larger "
                 "--ctx)",
             )  # fmt: skip
 
     # -- generation ----------------------------------------------------------------------
 
+    def start(
+        self,
+        prompts: Sequence[list[int]],
+        params: GenerationParams,
+        *,
+        n: int = 1,
+        grammar: str | Grammar | None = None,
+        n_logprobs: int | None = None,
+        prompt_logprobs: bool = False,
+        score_only: bool = False,
+    ) -> list[Generation]:
+        """Every choice of a request, submitted now: each prompt ``n`` times, choice i of a
+        prompt seeded ``seed + i`` (so n choices differ and each is reproducible). All or
+        none: a full queue raises Overloaded before any response has started, and the
+        choices already submitted are cancelled. Call from the event loop."""
+        plan = [(tokens, _seeded(params, i)) for tokens in prompts for i in range(n)]
+        capacity = self.engine.capacity
+        if len(plan) > capacity:  # a 503 would never turn into an answer: say why
+            raise UsageError(f"invalid value for 'n': this request asks for {len(plan)} "
+                             f"sequences (prompts x n) and the server holds at most {capacity} "
+                             "at once (--parallel + --queue); ask for fewer")  # fmt: skip
+        for tokens in prompts:
+            self.check_fits(len(tokens), 0 if score_only else params.max_tokens)
+        streams: list[Generation] = []
+        try:
+            for tokens, p in plan:
+                streams.append(self.stream(tokens, p, grammar=grammar, n_logprobs=n_logprobs,
+                                           prompt_logprobs=prompt_logprobs,
+                                           score_only=score_only))  # fmt: skip
+        except BaseException:
+            for s in streams:
+                s.cancel()
+            raise
+        return streams
+
     def stream(
         self,
         tokens: list[int],
         params: GenerationParams,
         *,
-        max_tokens: int,
         grammar: str | Grammar | None = None,
         n_logprobs: int | None = None,
         prompt_logprobs: bool = False,
+        score_only: bool = False,
     ) -> Generation:
-        """Submit a generation to the shared engine now, so that a full queue raises
-        Overloaded before any response has started; iterate the result for text pieces, the
-        last one with ``done``. Leaving the iteration early (a client that disconnects) frees
-        the sequence at once. Call from the event loop."""
+        """Submit one generation to the shared engine now (see ``start``); iterate the result
+        for text pieces, the last one with ``done``. Leaving the iteration early (a client
+        that disconnects) frees the sequence at once. Call from the event loop."""
         if not tokens:
             raise PocketError("invalid value for 'prompt': it is empty")
-        self.check_fits(len(tokens), max_tokens)
+        self.check_fits(len(tokens), 0 if score_only else params.max_tokens)
         n_vocab = self.model.n_vocab
         bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
         if bad is not None:  # llama_decode would fail the whole batch, other requests too
@@ -256,12 +329,9 @@ class ServedModel:
             mailbox.post(self._release)  # counted until the engine lets go, read or not
 
         req = Request(
-            tokens=tokens, temperature=params.temperature, top_k=params.top_k,
-            top_p=params.top_p, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
-            repeat_last_n=params.repeat_last_n,
-            seed=params.seed if params.seed is not None else secrets.randbelow(2**32 - 1),
-            max_tokens=max_tokens, grammar=grammar, n_logprobs=n_logprobs,
-            prompt_logprobs=prompt_logprobs, on_token=on_token, on_done=on_done,
+            tokens=tokens, params=params, grammar=grammar, n_logprobs=n_logprobs,
+            prompt_logprobs=prompt_logprobs, score_only=score_only, on_token=on_token,
+            on_done=on_done,
         )  # fmt: skip
         self.engine.submit(req)
         self.active += 1

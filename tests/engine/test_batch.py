@@ -9,6 +9,7 @@ import pytest
 
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
 from pocketlm.engine.llama import Model, Sampler
+from pocketlm.params import GenerationParams
 from tests.conftest import scheduler_held
 
 
@@ -19,8 +20,7 @@ def model(tiny_gguf):
     m.close()
 
 
-def generate(engine: BatchEngine, tokens: list[int], max_tokens: int
-             ) -> tuple[list[int], Finished]:  # fmt: skip
+def generate(engine: BatchEngine, tokens: list[int], max_tokens: int) -> tuple[list[int], Finished]:
     out: list[int] = []
     done = threading.Event()
     box: list[Finished] = []
@@ -33,8 +33,14 @@ def generate(engine: BatchEngine, tokens: list[int], max_tokens: int
         box.append(f)
         done.set()
 
-    engine.submit(Request(tokens, temperature=0.0, max_tokens=max_tokens, on_token=on_token,
-                          on_done=on_done))  # fmt: skip
+    engine.submit(
+        Request(
+            tokens,
+            GenerationParams(temperature=0.0, max_tokens=max_tokens, repeat_penalty=1.0, seed=0),
+            on_token=on_token,
+            on_done=on_done,
+        )
+    )
     assert done.wait(120), "no answer in 120 s"
     return out, box[0]
 
@@ -57,8 +63,14 @@ def test_prefix_copied_from_a_busy_sequence_gives_the_same_tokens(model):
         busy.set()
         return not stop.is_set()
 
-    engine.submit(Request(a, temperature=0.0, max_tokens=4000, on_token=on_token,
-                          on_done=lambda f: a_done.set()))  # fmt: skip
+    engine.submit(
+        Request(
+            a,
+            GenerationParams(temperature=0.0, max_tokens=4000, repeat_penalty=1.0, seed=0),
+            on_token=on_token,
+            on_done=lambda f: a_done.set(),
+        )
+    )
     assert busy.wait(60)  # a is generating in slot 0: b goes to slot 1 and copies a's prefix
     got, info = generate(engine, b, 12)
     assert not a_done.is_set()  # a was generating all along: the prefix came from a busy slot
@@ -101,8 +113,10 @@ def test_a_burst_keeps_each_request_on_its_own_cached_prompt(model):
     """Requests admitted together are placed longest cached prefix first: one whose cache
     was evicted must not take the slot of the next one's cache (and so on down the burst)."""
     shared = "the cat sat on the mat and the dog ran in the world " * 2
-    prompts = [prompt(model, shared + tail) for tail in
-               ("red apple pie", "blue sky high", "green sea deep", "old tower top")]  # fmt: skip
+    prompts = [
+        prompt(model, shared + tail)
+        for tail in ("red apple pie", "blue sky high", "green sea deep", "old tower top")
+    ]
     engine = BatchEngine(model, n_seq=4, n_ctx_seq=512, n_threads=1)
     try:
         for p in prompts:
@@ -118,8 +132,13 @@ def test_a_burst_keeps_each_request_on_its_own_cached_prompt(model):
 
         with scheduler_held(engine):  # the burst is admitted in one go
             for i, p in enumerate(prompts):
-                engine.submit(Request(p, temperature=0.0, max_tokens=2,
-                                      on_done=lambda f, i=i: on_done(i, f)))  # fmt: skip
+                engine.submit(
+                    Request(
+                        p,
+                        GenerationParams(temperature=0.0, max_tokens=2, repeat_penalty=1.0, seed=0),
+                        on_done=lambda f, i=i: on_done(i, f),
+                    )
+                )
         for _ in prompts:
             assert finished.acquire(timeout=60)
     finally:
@@ -140,11 +159,20 @@ def test_a_burst_fills_the_free_slots_before_the_queue_counts(model):
         finished = threading.Semaphore(0)
         with scheduler_held(engine):  # the scheduler admits nothing meanwhile
             for i in range(5):
-                engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0,
-                                      max_tokens=2,
-                                      on_done=lambda f: finished.release()))  # fmt: skip
+                engine.submit(
+                    Request(
+                        prompt(model, f"the cat {i}"),
+                        GenerationParams(temperature=0.0, max_tokens=2, repeat_penalty=1.0, seed=0),
+                        on_done=lambda f: finished.release(),
+                    )
+                )
             with pytest.raises(Overloaded):
-                engine.submit(Request(prompt(model, "one too many"), max_tokens=2))
+                engine.submit(
+                    Request(
+                        prompt(model, "one too many"),
+                        GenerationParams(max_tokens=2, repeat_penalty=1.0, seed=0),
+                    )
+                )
         for _ in range(5):
             assert finished.acquire(timeout=60)
     finally:
@@ -155,8 +183,9 @@ def test_a_steps_callbacks_follow_all_its_draws_then_after_step_runs_once(model)
     """Each step draws every sequence's token before any consumer hears of one, then calls
     after_step once (the server gathers its event-loop wakeups there)."""
     log: list[tuple] = []
-    engine = BatchEngine(model, n_seq=3, n_ctx_seq=256, n_threads=1,
-                         after_step=lambda: log.append(("after",)))  # fmt: skip
+    engine = BatchEngine(
+        model, n_seq=3, n_ctx_seq=256, n_threads=1, after_step=lambda: log.append(("after",))
+    )
     drawn = []
     real = Sampler.sample
 
@@ -171,10 +200,14 @@ def test_a_steps_callbacks_follow_all_its_draws_then_after_step_runs_once(model)
         Sampler.sample = spy
         with scheduler_held(engine):  # the three are admitted together
             for i in range(3):
-                engine.submit(Request(prompt(model, f"the cat {i}"), temperature=0.0,
-                                      max_tokens=5,
-                                      on_token=lambda e, i=i: log.append(("tok", i)) or True,
-                                      on_done=lambda f: finished.release()))  # fmt: skip
+                engine.submit(
+                    Request(
+                        prompt(model, f"the cat {i}"),
+                        GenerationParams(temperature=0.0, max_tokens=5, repeat_penalty=1.0, seed=0),
+                        on_token=lambda e, i=i: log.append(("tok", i)) or True,
+                        on_done=lambda f: finished.release(),
+                    )
+                )
         for _ in range(3):
             assert finished.acquire(timeout=60)
     finally:
@@ -197,14 +230,16 @@ def _split(log: list[tuple]) -> list[list[tuple]]:
     return out
 
 
-def _evict_and_return(model, cache_ram_bytes: int, returning: list[list[int]],
-                      other: str = "a different text") -> list:  # fmt: skip
+def _evict_and_return(
+    model, cache_ram_bytes: int, returning: list[list[int]], other: str = "a different text"
+) -> list:
     """Two slots: each prompt of ``returning`` runs, then two others take both slots, then
     the returning prompts run again; their Finished records, and the engine's counter. The
     others are too short to be kept in RAM themselves (HOST_CACHE_MIN_TOKENS)."""
     others = [prompt(model, f"{other} {i}") for i in range(2)]
-    engine = BatchEngine(model, n_seq=2, n_ctx_seq=512, n_threads=1,
-                         cache_ram_bytes=cache_ram_bytes)  # fmt: skip
+    engine = BatchEngine(
+        model, n_seq=2, n_ctx_seq=512, n_threads=1, cache_ram_bytes=cache_ram_bytes
+    )
     try:
         firsts = [generate(engine, p, 8)[0] for p in returning]
         for p in others:

@@ -10,6 +10,7 @@ import pytest
 
 from pocketlm.engine.batch import BatchEngine, Finished, Request
 from pocketlm.engine.llama import Grammar, Model
+from pocketlm.params import GenerationParams
 
 YES_NO = 'root ::= "yes" | "no"'
 
@@ -42,8 +43,11 @@ def generate(engine: BatchEngine, req: Request) -> tuple[list[int], Finished]:
 def answers(model: Model, engine: BatchEngine, grammar, seeds=range(4)) -> set[str]:
     got = set()
     for seed in seeds:
-        req = Request(model.tokenize("the cat"), temperature=1.0, seed=seed, max_tokens=8,
-                      grammar=grammar)  # fmt: skip
+        req = Request(
+            model.tokenize("the cat"),
+            GenerationParams(temperature=1.0, seed=seed, max_tokens=8, repeat_penalty=1.0),
+            grammar=grammar,
+        )
         tokens, done = generate(engine, req)
         assert done.reason == "stop", done
         got.add(model.detokenize(tokens))
@@ -54,8 +58,9 @@ def test_gbnf_text_still_constrains_a_request(model, engine):
     assert answers(model, engine, YES_NO) <= {"yes", "no"}
 
 
-def test_a_prepared_grammar_is_copied_not_parsed_on_the_scheduler_thread(model, engine,
-                                                                         monkeypatch):  # fmt: skip
+def test_a_prepared_grammar_is_copied_not_parsed_on_the_scheduler_thread(
+    model, engine, monkeypatch
+):
     parsed_on: list[str] = []
     real = ll.llama_sampler_init_grammar
 
@@ -73,8 +78,11 @@ def test_one_grammar_serves_sequences_at_once(model, engine):
     grammar = Grammar(YES_NO, model)
     boxes = []
     for seed in range(2):
-        req = Request(model.tokenize("the dog"), temperature=1.0, seed=seed, max_tokens=8,
-                      grammar=grammar)  # fmt: skip
+        req = Request(
+            model.tokenize("the dog"),
+            GenerationParams(temperature=1.0, seed=seed, max_tokens=8, repeat_penalty=1.0),
+            grammar=grammar,
+        )
         out: list[int] = []
         done = threading.Event()
         req.on_token = lambda e, out=out: out.append(e.token) or True
@@ -89,8 +97,14 @@ def test_one_grammar_serves_sequences_at_once(model, engine):
 def test_a_grammar_for_another_vocabulary_fails_its_request_only(model, engine):
     grammar = Grammar(YES_NO, model)
     grammar.n_vocab = model.n_vocab - 1  # as if prepared for another model
-    tokens, done = generate(engine, Request(model.tokenize("the cat"), max_tokens=8,
-                                            grammar=grammar))  # fmt: skip
+    tokens, done = generate(
+        engine,
+        Request(
+            model.tokenize("the cat"),
+            GenerationParams(max_tokens=8, repeat_penalty=1.0, seed=0),
+            grammar=grammar,
+        ),
+    )
     assert done.reason == "error" and "vocabulary of" in done.error, done
     assert answers(model, engine, YES_NO, seeds=[0]) <= {"yes", "no"}  # the engine goes on
 

@@ -134,3 +134,16 @@ def test_pull_of_a_path_is_refused_and_registers_nothing(tiny_gguf):
             r = httpx.post(f"{url}/api/pull", json={"model": path, "stream": False})
             assert r.status_code == 400 and "not a model name" in r.json()["error"], r.text
         assert httpx.get(f"{url}/api/tags").json()["models"] == []
+
+
+def test_num_ctx_limits_the_request_or_is_refused(tiny_server):
+    """num_ctx was accepted and silently ignored: a smaller one now bounds this request, one
+    larger than the server's sequences is a 400 that says what to do."""
+    url, model = tiny_server
+    body = {"model": model, "prompt": "the", "stream": False, "options": {"temperature": 0}}
+    r = httpx.post(f"{url}/api/generate", json={**body, "options": {"num_ctx": 40,
+                   "temperature": 0}}, timeout=60)  # fmt: skip
+    out = r.json()
+    assert r.status_code == 200 and out["prompt_eval_count"] + out["eval_count"] <= 40, out
+    r = httpx.post(f"{url}/api/generate", json={**body, "options": {"num_ctx": 1 << 20}})
+    assert r.status_code == 400 and "num_ctx" in r.json()["error"] and "--ctx" in r.json()["error"]

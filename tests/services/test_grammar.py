@@ -15,6 +15,7 @@ import pytest
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
 from pocketlm.engine.llama import Model
 from pocketlm.errors import UsageError
+from pocketlm.params import GenerationParams
 from pocketlm.services.grammar import GrammarBuilder, Limits, json_grammar
 from tests.conftest import REPO
 
@@ -51,30 +52,42 @@ def nested(levels: int) -> dict:
     return schema
 
 
-@pytest.mark.parametrize("schema, needles", [
-    ({"type": "string", "maxLength": 20_000}, ["maxLength 20000", "limit of 1024"]),
-    ({"type": "string", "minLength": 5000}, ["minLength 5000", "1024"]),
-    ({"type": "array", "items": {}, "minItems": 1_000_000_000}, ["minItems 1000000000"]),
-    ({"type": "array", "items": {}, "maxItems": 2000}, ["maxItems 2000"]),
-    ({"type": "object", "minProperties": 4096}, ["minProperties 4096"]),
-    ({"type": "object", "maxProperties": 4096}, ["maxProperties 4096"]),
-    ({"type": "string", "maxLength": 3.5}, ["maxLength must be a whole number", "3.5"]),
-    ({"enum": [f"value-{i}" for i in range(20_000)]}, ["enum/const values (20000)", "1000"]),
-    ({"type": "object", "properties": {"a": {"enum": list(range(900))},
-                                       **{f"c{i}": {"const": i} for i in range(200)}}},
-     ["enum/const values (1100)", "1000"]),
-    ({"anyOf": [{"type": "string"}] * 300}, ["anyOf/oneOf/allOf branches (300)", "256"]),
-    ({"oneOf": [{"type": "string"}] * 300}, ["anyOf/oneOf/allOf branches (300)", "256"]),
-    ({"type": "object", "properties": {f"p{i}": {} for i in range(1001)}},
-     ["properties (1001)", "1000"]),
-    ({"type": "string", "examples": list(range(20_000))}, ["nodes (more than 10000", "10000"]),
-    (nested(20), ["nesting depth (42 levels)", "limit of 32"]),
-    ({"type": "string", "description": "x" * 70_000}, ["size (70", "65536"]),
-    ({"type": "string", "pattern": "^" + "a" * 2000 + "$"}, ["pattern's length (2002", "1024"]),
-    ({"type": "string", "pattern": "^a{1,20000}$"}, ["quantifier {1,20000}", "1024"]),
-    ({"$ref": "https://example.com/s.json"}, ["$ref 'https://example.com/s.json'"]),
-    ([1, 2], ["must be an object"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "schema, needles",
+    [
+        ({"type": "string", "maxLength": 20_000}, ["maxLength 20000", "limit of 1024"]),
+        ({"type": "string", "minLength": 5000}, ["minLength 5000", "1024"]),
+        ({"type": "array", "items": {}, "minItems": 1_000_000_000}, ["minItems 1000000000"]),
+        ({"type": "array", "items": {}, "maxItems": 2000}, ["maxItems 2000"]),
+        ({"type": "object", "minProperties": 4096}, ["minProperties 4096"]),
+        ({"type": "object", "maxProperties": 4096}, ["maxProperties 4096"]),
+        ({"type": "string", "maxLength": 3.5}, ["maxLength must be a whole number", "3.5"]),
+        ({"enum": [f"value-{i}" for i in range(20_000)]}, ["enum/const values (20000)", "1000"]),
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "a": {"enum": list(range(900))},
+                    **{f"c{i}": {"const": i} for i in range(200)},
+                },
+            },
+            ["enum/const values (1100)", "1000"],
+        ),
+        ({"anyOf": [{"type": "string"}] * 300}, ["anyOf/oneOf/allOf branches (300)", "256"]),
+        ({"oneOf": [{"type": "string"}] * 300}, ["anyOf/oneOf/allOf branches (300)", "256"]),
+        (
+            {"type": "object", "properties": {f"p{i}": {} for i in range(1001)}},
+            ["properties (1001)", "1000"],
+        ),
+        ({"type": "string", "examples": list(range(20_000))}, ["nodes (more than 10000", "10000"]),
+        (nested(20), ["nesting depth (42 levels)", "limit of 32"]),
+        ({"type": "string", "description": "x" * 70_000}, ["size (70", "65536"]),
+        ({"type": "string", "pattern": "^" + "a" * 2000 + "$"}, ["pattern's length (2002", "1024"]),
+        ({"type": "string", "pattern": "^a{1,20000}$"}, ["quantifier {1,20000}", "1024"]),
+        ({"$ref": "https://example.com/s.json"}, ["$ref 'https://example.com/s.json'"]),
+        ([1, 2], ["must be an object"]),
+    ],
+)
 def test_each_limit_is_refused_at_once_with_its_name_and_value(tiny_gguf, schema, needles):
     builder = GrammarBuilder()
     t0 = time.perf_counter()
@@ -87,17 +100,21 @@ def test_each_limit_is_refused_at_once_with_its_name_and_value(tiny_gguf, schema
 
 
 def test_the_field_named_is_the_callers(tiny_gguf):
-    message = refusal(GrammarBuilder(), {"type": "string", "maxLength": 99_999}, tiny_gguf,
-                      field="format")  # fmt: skip
+    message = refusal(
+        GrammarBuilder(), {"type": "string", "maxLength": 99_999}, tiny_gguf, field="format"
+    )
     assert message.startswith("invalid value for 'format': maxLength 99999"), message
 
 
-@pytest.mark.parametrize("limits, needles", [
-    (Limits(grammar_bytes=300), ["grammar size (", "limit of 300"]),
-    (Limits(step_ms=1e-6, step_us_per_token=0), ["ms of CPU for a draw", "limit of 1e-06 ms"]),
-    (Limits(copy_ms=1e-6), ["ms of CPU for a copy per request", "limit of 1e-06 ms"]),
-    (Limits(parse_ms=1e-6), ["ms of CPU for a parse", "limit of 1e-06 ms"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "limits, needles",
+    [
+        (Limits(grammar_bytes=300), ["grammar size (", "limit of 300"]),
+        (Limits(step_ms=1e-6, step_us_per_token=0), ["ms of CPU for a draw", "limit of 1e-06 ms"]),
+        (Limits(copy_ms=1e-6), ["ms of CPU for a copy per request", "limit of 1e-06 ms"]),
+        (Limits(parse_ms=1e-6), ["ms of CPU for a parse", "limit of 1e-06 ms"]),
+    ],
+)
 def test_measured_costs_are_refused_with_their_name(tiny_gguf, limits, needles):
     builder = GrammarBuilder(limits)
     message = refusal(builder, PERSON, tiny_gguf)
@@ -110,8 +127,9 @@ def test_measured_costs_are_refused_with_their_name(tiny_gguf, limits, needles):
 def run_python(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter: if the server-side process crashed, the test fails
     instead of taking pytest down."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
 
 
 def test_max_length_20000_is_refused_without_crashing(tiny_gguf):
@@ -122,7 +140,7 @@ def test_max_length_20000_is_refused_without_crashing(tiny_gguf):
         f"    json_grammar({{'type': 'string', 'maxLength': 20000}}, {str(tiny_gguf)!r})\n"
         "except UsageError as e:\n"
         "    print(e)\n"
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "maxLength 20000 exceeds pocketlm's limit of 1024" in proc.stdout
 
@@ -139,7 +157,7 @@ def test_a_grammar_that_crashes_the_parser_is_refused_and_the_caller_lives(tiny_
         f"    b.build({{'type': 'string', 'pattern': {pattern!r}}}, {str(tiny_gguf)!r})\n"
         "except UsageError as e:\n"
         "    print(e)\n"
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "could not be built safely (the check crashed with SIGSEGV)" in proc.stdout
 
@@ -170,8 +188,10 @@ def test_a_repeated_schema_is_prepared_once(tiny_gguf):
 def test_the_same_schema_asked_at_once_is_checked_once(tiny_gguf):
     builder = GrammarBuilder()
     got: list = []
-    threads = [threading.Thread(target=lambda: got.append(builder.build(PERSON, str(tiny_gguf))))
-               for _ in range(3)]  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda: got.append(builder.build(PERSON, str(tiny_gguf))))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -196,8 +216,11 @@ def test_a_schema_constrains_generation_end_to_end(model, tiny_gguf):
     engine = BatchEngine(model, n_seq=2, n_ctx_seq=512, n_threads=1)
     try:
         for seed in range(3):
-            req = Request(model.tokenize("the cat"), temperature=1.0, seed=seed, max_tokens=300,
-                          grammar=grammar)  # fmt: skip
+            req = Request(
+                model.tokenize("the cat"),
+                GenerationParams(temperature=1.0, seed=seed, max_tokens=300, repeat_penalty=1.0),
+                grammar=grammar,
+            )
             tokens, done = generate(engine, req)
             assert done.reason == "stop", done
             value = json.loads(model.detokenize(tokens))
@@ -213,7 +236,11 @@ def test_no_schema_means_any_json_object(model, tiny_gguf):
     grammar = json_grammar(None, str(tiny_gguf))
     engine = BatchEngine(model, n_seq=1, n_ctx_seq=512, n_threads=1)
     try:
-        req = Request(model.tokenize("the cat"), temperature=1.0, max_tokens=400, grammar=grammar)
+        req = Request(
+            model.tokenize("the cat"),
+            GenerationParams(temperature=1.0, max_tokens=400, repeat_penalty=1.0, seed=0),
+            grammar=grammar,
+        )
         tokens, done = generate(engine, req)
     finally:
         engine.close()
@@ -237,20 +264,36 @@ def test_preparing_a_schema_does_not_stall_other_sequences(model, tiny_gguf):
         return not stop.is_set()
 
     # never ends by itself (the grammar admits no end): it runs until stopped
-    engine.submit(Request(model.tokenize("the cat"), temperature=1.0, max_tokens=16_000,
-                          grammar="root ::= [a-z] root", on_token=on_token,
-                          on_done=lambda f: (end.append(f), ended.set())))  # fmt: skip
-    schema = {"type": "object", "properties": {
-        "name": {"type": "string", "maxLength": 1000},
-        "kind": {"enum": [f"kind-{i}" for i in range(300)]},
-        "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 500}},
-        "required": ["name", "kind"]}  # fmt: skip
+    engine.submit(
+        Request(
+            model.tokenize("the cat"),
+            GenerationParams(temperature=1.0, max_tokens=16_000, repeat_penalty=1.0, seed=0),
+            grammar="root ::= [a-z] root",
+            on_token=on_token,
+            on_done=lambda f: (end.append(f), ended.set()),
+        )
+    )
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 1000},
+            "kind": {"enum": [f"kind-{i}" for i in range(300)]},
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 500},
+        },
+        "required": ["name", "kind"],
+    }
     try:
         assert started.wait(60)
         t0 = time.perf_counter()
         grammar = GrammarBuilder().build(schema, str(tiny_gguf))
-        _, done = generate(engine, Request(model.tokenize("hello"), temperature=1.0,
-                                           max_tokens=50, grammar=grammar))  # fmt: skip
+        _, done = generate(
+            engine,
+            Request(
+                model.tokenize("hello"),
+                GenerationParams(temperature=1.0, max_tokens=50, repeat_penalty=1.0, seed=0),
+                grammar=grammar,
+            ),
+        )
         t1 = time.perf_counter()
         assert done.reason in ("stop", "length"), done
         assert not ended.is_set(), f"the stream ended before the test did: {end}"
