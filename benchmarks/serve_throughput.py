@@ -253,8 +253,9 @@ def main() -> int:
     notes = filler(path, args.prefix_tokens)
     log_dir = Path(tempfile.mkdtemp(prefix="serve_throughput-"))
     p_port, l_port = free_port(), free_port()
+    fa = ["--flash-attn"] if args.flash_attn == "on" else []
     pocket = Server(pocketlm_serve(MODEL, p_port, "--parallel", str(n), "--queue", "16",
-                                   "--threads", str(th), "--flash-attn", args.flash_attn), p_port,
+                                   "--threads", str(th), *fa), p_port,
                     log=log_dir / "pocketlm.log")  # fmt: skip
     llama = Server([sys.executable, "-m", "llama_cpp.server", "--model", str(path),
                     "--model_alias", MODEL, "--n_ctx", "4096", "--n_threads", str(th),

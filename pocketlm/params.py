@@ -89,7 +89,47 @@ class LoadParams(BaseModel):
     )
 
 
+class ServeParams(BaseModel):
+    """How to serve models (pocketlm serve)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parallel: int = Field(8, ge=1, le=256, description="sequences decoded together per model")
+    queue: int = Field(16, ge=1, le=4096, description="requests that may wait (more: 503)")
+    cache_ram: int = Field(
+        1024,
+        ge=0,
+        description="MiB per model for the KV of prompts whose sequence went to another "
+        "request, copied back when they return (0: off)",
+        json_schema_extra={"metavar": "MIB"},
+    )
+    keep_alive: float = Field(
+        300, description="seconds an idle model stays loaded (negative: forever)"
+    )
+    memory_budget: float | None = Field(
+        None, gt=0, description="GB the loaded models may use (default: 90% of available RAM)"
+    )
+    max_body: int = Field(
+        8, ge=1, le=1024, description="largest request body in MiB (more: 413)",
+        json_schema_extra={"metavar": "MIB"},
+    )
+    header_timeout: float = Field(
+        10, gt=0, description="seconds a connection may take to send a request's headers "
+        "(then it is closed)", json_schema_extra={"metavar": "S"},
+    )
+    body_timeout: float = Field(
+        10, gt=0, description="seconds to wait for the next piece of a request body "
+        "(then 408)", json_schema_extra={"metavar": "S"},
+    )
+
+
 DEFAULT_CTX_CAP = 4096
+
+
+def context_size(ctx: int | None, trained: int | None) -> int:
+    """The context window a model gets: ``ctx`` if asked for, else the length it was trained
+    for, at most DEFAULT_CTX_CAP (a 128k-token window would take gigabytes of KV cache)."""
+    return ctx or min(trained or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
 
 
 def validate(model: type[BaseModel], values: dict[str, Any], flag_names: bool = False):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from pocketlm.cli.flags import add_flags, collect
 from pocketlm.cli.fmt import human_bytes
+from pocketlm.params import LoadParams, validate
 
 HELP = "check whether a model fits in this machine's memory, and estimate its decode speed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name or GGUF path")
-    p.add_argument("--ctx", type=int, help="context window in tokens (default: the model's, "
-                   "at most 4096)")  # fmt: skip
+    add_flags(p, LoadParams, only=("ctx",))
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -29,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
         path, name = user_path(args.model), args.model
     else:
         path, name = Path(Store().get(args.model).path), args.model
-    r = fit(name, inspect_gguf(path), args.ctx)
+    load = validate(LoadParams, collect(args, LoadParams))
+    r = fit(name, inspect_gguf(path), load.ctx)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0 if r.fits else 1

@@ -33,20 +33,27 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], only: tuple[str, ...] | None = None
+) -> None:
+    """A flag for each of ``model``'s fields (or those named in ``only``)."""
     group = parser.add_argument_group(model.__doc__.strip().rstrip(".").lower())
     for name, f in model.model_fields.items():
+        if only is not None and name not in only:
+            continue
         flag = "--" + name.replace("_", "-")
         default = "" if f.default in (None, (), False) else f" (default: {f.default})"
-        help_text = (f.description or "") + default
+        help_text = ((f.description or "") + default).replace("%", "%%")  # argparse formats it
         kind = _base_type(f.annotation)
-        if kind is bool:
-            group.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if kind is bool:  # --flash-attn / --no-flash-attn
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)  # fmt: skip
         elif get_origin(kind) is tuple:
             group.add_argument(flag, dest=name, action="append", metavar="TEXT", help=help_text)
         else:
-            group.add_argument(flag, dest=name, type=kind, metavar=kind.__name__.upper(),
-                               help=help_text)  # fmt: skip
+            metavar = extra.get("metavar", kind.__name__.upper())
+            group.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
 
 
 def collect(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:

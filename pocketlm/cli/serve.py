@@ -9,7 +9,9 @@ import os
 import socket
 import sys
 
+from pocketlm.cli.flags import add_flags, collect
 from pocketlm.errors import UsageError
+from pocketlm.params import LoadParams, ServeParams, validate
 
 HELP = "serve models over HTTP (OpenAI and Ollama APIs, web chat page at /)"
 DEFAULT_PORT = 11434  # Ollama's: its clients find pocketlm with no configuration
@@ -22,22 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"port (default: {DEFAULT_PORT}, Ollama's)")  # fmt: skip
     p.add_argument("--api-key", help=f"require this Bearer token (or set {API_KEY_ENV}); "
                    "mandatory when binding a non-loopback address")  # fmt: skip
-    p.add_argument("--parallel", type=int, default=8, help="sequences decoded together per model")
-    p.add_argument("--queue", type=int, default=16, help="requests that may wait (more: 503)")
-    p.add_argument("--ctx", type=int, help="context per sequence (default: the model's, <= 4096)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    p.add_argument("--flash-attn", choices=("on", "off"), default="off",
-                   help="llama.cpp's flash-attention kernel (default: off)")  # fmt: skip
-    p.add_argument("--cache-ram", type=int, default=1024, metavar="MIB",
-                   help="RAM per model for the KV of prompts whose sequence went to another "
-                   "request, copied back when they return (default: 1024; 0: off)")  # fmt: skip
-    p.add_argument("--keep-alive", type=float, default=300,
-                   help="seconds an idle model stays loaded (default: 300)")  # fmt: skip
-    p.add_argument(
-        "--memory-budget",
-        type=float,
-        help="GB the loaded models may use (default: 90%% of available RAM)",
-    )
+    add_flags(p, ServeParams)
+    add_flags(p, LoadParams)
     p.add_argument("--preload", metavar="MODEL",
                    help="load this model at start (a store name, or a GGUF file's path: "
                    "served under its file name without .gguf)")  # fmt: skip
@@ -48,14 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (https://app.example) whose pages may call the API "
                    "(repeatable; CORS). Pages of other origins are refused")  # fmt: skip
-    p.add_argument("--max-body", type=int, default=8, metavar="MIB",
-                   help="largest request body (default: 8 MiB; more: 413)")  # fmt: skip
-    p.add_argument("--header-timeout", type=float, default=10, metavar="S",
-                   help="seconds a connection may take to send a request's headers "
-                   "(default: 10; then it is closed)")  # fmt: skip
-    p.add_argument("--body-timeout", type=float, default=10, metavar="S",
-                   help="seconds to wait for the next piece of a request body (default: 10; "
-                   "then 408)")  # fmt: skip
 
 
 def is_loopback(host: str) -> bool:
@@ -89,19 +69,8 @@ def main(args: argparse.Namespace) -> int:
             f"binding {args.host} exposes the server to the network without authentication",
             f"pass --api-key KEY (or set {API_KEY_ENV}); clients send 'Authorization: Bearer KEY'",
         )
-    for name in ("parallel", "queue"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"invalid --{name} {getattr(args, name)}: must be at least 1")
-    if args.ctx is not None and args.ctx < 16:
-        raise UsageError(f"invalid --ctx {args.ctx}: must be at least 16")
-    if args.cache_ram < 0:
-        raise UsageError(f"invalid --cache-ram {args.cache_ram}: must be 0 (off) or more MiB")
-    for name in ("header_timeout", "body_timeout"):
-        if not getattr(args, name) > 0:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"invalid {flag} {getattr(args, name)}: must be more than 0 seconds")
-    if args.max_body < 1:
-        raise UsageError(f"invalid --max-body {args.max_body}: must be at least 1 (MiB)")
+    serve = validate(ServeParams, collect(args, ServeParams))
+    load = validate(LoadParams, collect(args, LoadParams))
     if not 0 < args.port < 65536:
         raise UsageError(f"invalid --port {args.port}: must be 1-65535")
     check_port(args.host, args.port)
@@ -115,12 +84,7 @@ def main(args: argparse.Namespace) -> int:
     from pocketlm.services.serving import ModelPool, ServeConfig
     from pocketlm.store.pull import looks_like_path
 
-    cfg = ServeConfig(
-        n_seq=args.parallel, ctx=args.ctx, threads=args.threads, max_queue=args.queue,
-        keep_alive_s=args.keep_alive, flash_attn=args.flash_attn == "on",
-        cache_ram_bytes=args.cache_ram * (1 << 20),
-        memory_budget_bytes=int(args.memory_budget * 1e9) if args.memory_budget else None,
-    )  # fmt: skip
+    cfg = ServeConfig(load=load, serve=serve)
     pool = ModelPool(cfg=cfg)
     if args.preload:
         name = pool.add_file(args.preload) if looks_like_path(args.preload) else args.preload
@@ -129,12 +93,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"serving {args.preload} as '{name}'", file=sys.stderr)
     app = create_app(pool, api_key=api_key, hosts=HostCheck(args.host, args.allowed_host),
                      origins=args.allowed_origin,
-                     limits=Limits(max_body_bytes=args.max_body << 20,
-                                   body_idle_s=args.body_timeout))  # fmt: skip
+                     limits=Limits(max_body_bytes=serve.max_body << 20,
+                                   body_idle_s=serve.body_timeout))  # fmt: skip
     print(f"pocketlm {args.host}:{args.port}: OpenAI API at /v1, Ollama API at /api, "
           f"chat page at http://{args.host}:{args.port}/", file=sys.stderr)  # fmt: skip
     uvicorn.run(
         app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5,
-        http=guarded_protocol(args.header_timeout),
+        http=guarded_protocol(serve.header_timeout),
     )  # fmt: skip
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 
 from pocketlm import config
 from pocketlm.errors import ContextOverflowError, UsageError
-from pocketlm.params import DEFAULT_CTX_CAP, GenerationParams, LoadParams, validate
+from pocketlm.params import GenerationParams, LoadParams, context_size, validate
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services import chat_template
 from pocketlm.services.machine import default_threads
@@ -127,7 +127,7 @@ class LoadedModel:
         init_backend()
         extra = probe.extra_bufts_safe(str(path))
         self._model = Model(str(path), use_extra_bufts=extra)
-        n_ctx = self.params.ctx or min(self._model.n_ctx_train or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+        n_ctx = context_size(self.params.ctx, self._model.n_ctx_train)
         self._ctx = Context(
             self._model,
             n_ctx=n_ctx,

@@ -17,7 +17,7 @@ from pocketlm import config
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
 from pocketlm.engine.llama import Grammar
 from pocketlm.errors import ContextOverflowError, ModelNotFoundError, PocketError, UsageError
-from pocketlm.params import DEFAULT_CTX_CAP, GenerationParams
+from pocketlm.params import GenerationParams, LoadParams, ServeParams, context_size
 from pocketlm.services import chat_template, fit, machine
 from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import inspect_gguf
@@ -88,20 +88,34 @@ def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
     return box
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeConfig:
-    n_seq: int = 8  # parallel sequences per model
-    ctx: int | None = None  # context per sequence (default: the model's, at most 4096)
-    threads: int | None = None
-    batch: int = 512
-    # llama.cpp's flash-attention kernel. Off: on the CPU it made 8 short sequences decode
-    # ~6% faster, but a prompt that continues a long cached one (a chat's next turn) 3x slower
-    flash_attn: bool = False
-    max_queue: int = 16  # requests waiting for a sequence; more get 503
-    # host memory per model for the KV of evicted sequences (the prefix cache's RAM tier)
-    cache_ram_bytes: int = 1 << 30
-    keep_alive_s: float = 300.0
-    memory_budget_bytes: int | None = None  # default: 90% of the RAM available at start
+    """A server's settings, as typed once in pocketlm.params: how each model loads (its
+    context per sequence, threads, batch, attention) and how it is served."""
+
+    load: LoadParams = field(default_factory=LoadParams)
+    serve: ServeParams = field(default_factory=ServeParams)
+
+    @property
+    def n_seq(self) -> int:
+        return self.serve.parallel
+
+    @property
+    def max_queue(self) -> int:
+        return self.serve.queue
+
+    @property
+    def cache_ram_bytes(self) -> int:
+        return self.serve.cache_ram << 20
+
+    @property
+    def keep_alive_s(self) -> float:
+        return self.serve.keep_alive if self.serve.keep_alive >= 0 else float("inf")
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        budget = self.serve.memory_budget
+        return int(budget * 1e9) if budget is not None else None
 
 
 @dataclass
@@ -195,8 +209,8 @@ class ServedModel:
         self.n_ctx_seq = ctx_per_seq(self.info, cfg)
         self.engine = BatchEngine(
             self.model, n_seq=cfg.n_seq, n_ctx_seq=self.n_ctx_seq,
-            n_threads=cfg.threads or machine.default_threads(), n_batch=cfg.batch,
-            max_queue=cfg.max_queue, flash_attn=cfg.flash_attn, after_step=self._flush,
+            n_threads=cfg.load.threads or machine.default_threads(), n_batch=cfg.load.batch,
+            max_queue=cfg.max_queue, flash_attn=cfg.load.flash_attn, after_step=self._flush,
             cache_ram_bytes=cfg.cache_ram_bytes,
         )  # fmt: skip
         self._unflushed: set[_Mailbox] = set()  # the engine's thread only
@@ -399,8 +413,8 @@ def estimate_bytes(info, n_ctx_total: int) -> int:
 
 
 def ctx_per_seq(info, cfg: ServeConfig) -> int:
-    """Context per sequence: ``cfg.ctx``, else the model's, at most DEFAULT_CTX_CAP."""
-    return cfg.ctx or min(info.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+    """Context per sequence (params.context_size)."""
+    return context_size(cfg.load.ctx, info.context_length)
 
 
 def resident_bytes(info, cfg: ServeConfig) -> int:
@@ -427,8 +441,7 @@ class ModelPool:
         self.files: dict[str, Path] = {}  # served by path, registered by the operator
         self._retiring: list[ServedModel] = []  # unloaded once their sequences finish
         self._locks: dict[str, asyncio.Lock] = {}
-        if self.cfg.memory_budget_bytes is None:
-            self.cfg.memory_budget_bytes = int(machine.ram()[1] * 0.9)
+        self.memory_budget_bytes = self.cfg.memory_budget_bytes or int(machine.ram()[1] * 0.9)
 
     def add_file(self, path: str | Path) -> str:
         """Serve a GGUF file under its file name, without the extension (``tiny.gguf``:
@@ -484,10 +497,10 @@ class ModelPool:
         info = inspect_gguf(path)
         need = budget_bytes(info, self.cfg)
         used = sum(m.budget_bytes for m in [*self.models.values(), *self._retiring])
-        if used + need > self.cfg.memory_budget_bytes:
+        if used + need > self.memory_budget_bytes:
             raise InsufficientMemory(
                 f"loading '{name}' needs about {need / 1e9:.2f} GB; {used / 1e9:.2f} GB of the "
-                f"{self.cfg.memory_budget_bytes / 1e9:.2f} GB memory budget is in use",
+                f"{self.memory_budget_bytes / 1e9:.2f} GB memory budget is in use",
                 "unload a model (keep_alive 0), or start the server with a smaller --ctx, "
                 "--parallel or --cache-ram",
             )  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pocketlm.params import GenerationParams
+from pocketlm.params import GenerationParams, LoadParams, ServeParams
 from pocketlm.services.serving import ServeConfig, ServedModel
 from tests.conftest import scheduler_held
 
@@ -12,7 +12,12 @@ from tests.conftest import scheduler_held
 def test_a_step_of_several_streams_wakes_the_event_loop_once(tiny_gguf):
     """4 streams of 16 tokens: one wakeup per engine step (not one per token), plus the
     ends of the streams."""
-    served = ServedModel("tiny", tiny_gguf, None, ServeConfig(n_seq=4, ctx=256, threads=1))
+    served = ServedModel(
+        "tiny",
+        tiny_gguf,
+        None,
+        ServeConfig(LoadParams(ctx=256, threads=1), ServeParams(parallel=4)),
+    )
 
     async def run() -> tuple[int, list[int]]:
         loop = asyncio.get_running_loop()
@@ -27,7 +32,7 @@ def test_a_step_of_several_streams_wakes_the_event_loop_once(tiny_gguf):
         loop.call_soon_threadsafe = counting
         with scheduler_held(served.engine):  # admitted together: every step carries all four
             gens = [served.stream(served.model.tokenize(f"the cat {i}"),
-                                  GenerationParams(temperature=0.0), max_tokens=16)
+                                  GenerationParams(temperature=0.0, max_tokens=16))
                     for i in range(4)]  # fmt: skip
 
         async def count(gen) -> int:
