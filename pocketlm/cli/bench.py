@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pocketlm.services.evaluate.bench import BenchParams, bench, draw_chart
+    from pocketlm.services.charts import bench_chart
+    from pocketlm.services.evaluate.bench import BenchParams, bench
 
     values = {k: getattr(args, k) for k in BenchParams.model_fields if getattr(args, k) is not None}
     params = validate(BenchParams, values, flag_names=True)
@@ -64,10 +65,7 @@ def main(args: argparse.Namespace) -> int:
     if out:
         _write(out, json.dumps(data, indent=2) + "\n")
     if chart:
-        try:
-            draw_chart(report, chart)
-        except OSError as e:
-            raise PocketError(f"cannot write {chart}: {e.strerror or e}") from None
+        bench_chart(report, chart)
     if args.json:
         print(json.dumps(data))
     else:

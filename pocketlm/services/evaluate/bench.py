@@ -1,29 +1,20 @@
 """Speed benchmark: load time, time to first token, prefill and decode tok/s, peak RSS.
 
-Each run measures one model in a fresh child process (``python -m
-pocketlm.services.evaluate.bench``), so a run's peak RSS is that model's alone
-and every load starts from nothing in memory. The OS page cache is not
-flushed (that needs root), so load times are warm-cache, not cold-disk.
+Each run measures one model in a fresh child process (``speed``: what a run does), so a
+run's peak RSS is that model's alone and every load starts from nothing in memory. The OS
+page cache is not flushed (that needs root), so load times are warm-cache, not cold-disk.
+Figures over the runs are given as min, median and max; each model's summary is recorded
+in the results database, and ``charts.bench_chart`` draws a report.
 
-A run: load (weights + context); a short warm-up evaluation (it faults in the
-memory-mapped weights and sizes the compute buffers); for each prompt length,
-a prefill from an empty cache followed by one greedy token (time to first
-token); then greedy decoding of a fixed number of tokens, straight through any
-end-of-generation token so that every run decodes the same count. Figures over
-the runs are given as min, median and max.
-
-Plain decoding reads every weight once per token, plus the KV cache filled so
-far, so memory bandwidth / bytes per token bounds single-stream decode speed;
-the report gives that bound and the share of it the measured decode reaches.
+Plain decoding reads every weight once per token, plus the KV cache filled so far, so
+memory bandwidth / bytes per token bounds single-stream decode speed; the report gives that
+bound and the share of it the measured decode reaches.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +23,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pocketlm.errors import EngineError, PocketError
-from pocketlm.params import DEFAULT_CTX_CAP, LoadParams, validate
+from pocketlm.params import LoadParams, context_size, validate
 from pocketlm.progress import NullProgress, Progress
+from pocketlm.services import results
 from pocketlm.services.child import json_child
-from pocketlm.services.runtime import peak_rss_bytes
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
 
 if TYPE_CHECKING:
+    from pocketlm.store.manifest import Manifest
     from pocketlm.store.store import Store
 
-DECODE_PROMPT_TOKENS = 16  # decoding starts after this many prompt tokens
-WARMUP_TOKENS = 32
 WARM_CACHE_NOTE = (
     "each run loads the model afresh in a new process, but the file stays in the OS page "
     "cache: load times are warm-cache, not cold-disk"
@@ -79,7 +69,7 @@ class BenchParams(BaseModel):
         return tuple(sorted(set(v)))
 
 
-# -- results ------------------------------------------------------------------------
+# -- the report -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -197,9 +187,16 @@ class _Target:
     name: str
     path: Path
     info: GGUFInfo
-    sha256: str | None
-    quantization: str
+    manifest: Manifest | None  # None for a bare GGUF path
     job: dict[str, Any]  # what the child process is asked to measure
+
+    @property
+    def sha256(self) -> str | None:  # known for store models; not computed for a bare path
+        return self.manifest.sha256 if self.manifest else None
+
+    @property
+    def quantization(self) -> str:
+        return self.manifest.quantization if self.manifest else self.info.file_type
 
     @property
     def steps(self) -> int:  # progress steps per run: load, warm-up, each prefill, decode
@@ -220,7 +217,6 @@ def bench(
     Every model is resolved and checked before the first run, so a bad name fails at once.
     Each model's summary is recorded in the results database unless ``record`` is False."""
     from pocketlm.services import machine
-    from pocketlm.services.results import machine_info
     from pocketlm.store.store import Store
 
     p = params if isinstance(params, BenchParams) else validate(BenchParams, params or {})
@@ -231,7 +227,8 @@ def bench(
     store = store or Store()
     targets = [_prepare(ref, store, progress, p, lp) for ref in refs]
     bandwidth = machine.memory_bandwidth()
-    report = BenchReport(p, lp, machine=machine_info() | {"bandwidth_bytes_per_s": bandwidth})
+    machine_info = results.machine_info() | {"bandwidth_bytes_per_s": bandwidth}
+    report = BenchReport(p, lp, machine=machine_info)
     task = progress.task("benchmark", total=sum(t.steps for t in targets) * p.repeat, unit="steps")
     for i, t in enumerate(targets, 1):
         progress.note(f"[{i}/{len(targets)}] {t.name}: {p.repeat} runs")
@@ -250,7 +247,7 @@ def _prepare(ref: str, store: Store, progress: Progress, p: BenchParams, lp: Loa
 
     path, manifest = resolve(ref, store, progress)
     info = inspect_gguf(path)  # a file that is not GGUF fails here, before llama.cpp sees it
-    n_ctx = lp.ctx or min(info.context_length or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+    n_ctx = context_size(lp.ctx, info.context_length)
     job = {
         "path": str(path),
         "extra_bufts": probe.extra_bufts_safe(str(path)),
@@ -265,15 +262,14 @@ def _prepare(ref: str, store: Store, progress: Progress, p: BenchParams, lp: Loa
         name=manifest.name if manifest else path.name,
         path=path,
         info=info,
-        sha256=manifest.sha256 if manifest else None,
-        quantization=manifest.quantization if manifest else info.file_type,
+        manifest=manifest,
         job=job,
     )
 
 
 def _run_child(job: dict[str, Any], on_step: Callable[[int], None]) -> dict[str, Any]:
-    """One run in a fresh ``python -m pocketlm.services.evaluate.bench``; its result dict."""
-    cmd = [sys.executable, "-m", "pocketlm.services.evaluate.bench"]
+    """One run in a fresh ``python -m pocketlm.services.evaluate.speed``; its result dict."""
+    cmd = [sys.executable, "-m", "pocketlm.services.evaluate.speed"]
     result, error = None, None
     with json_child(cmd, job) as child:
         for msg in child.messages():
@@ -328,200 +324,9 @@ def _figure(runs: list[dict[str, Any]], *keys: str) -> Figure:
     return Figure(tuple(values))
 
 
-def _record(t: _Target, m: ModelBench, p: BenchParams, lp: LoadParams) -> int | None:
-    from pocketlm.services.results import Result, ResultsDB
-
+def _record(t: _Target, m: ModelBench, p: BenchParams, lp: LoadParams) -> int:
     settings = {**m.settings(), "repeat": p.repeat, "batch": lp.batch,
                 "flash_attn": lp.flash_attn, "requested_prompt_lengths": list(p.prompt_lengths),
                 "requested_decode_tokens": p.decode_tokens}  # fmt: skip
-    row = Result(kind="bench", task="speed", model=m.name, metrics=m.metrics(),
-                 settings=settings, model_sha256=t.sha256, quantization=t.quantization)  # fmt: skip
-    return ResultsDB().add(row).id
-
-
-# -- one run (in the child process) -------------------------------------------------------
-
-_PASSAGE = (
-    "The keeper of the lighthouse wrote in the log every evening: the direction of the wind, "
-    "the height of the waves, the ships that passed the point and the lamps that needed oil. "
-    "On quiet nights he added a line about the birds, the fishing boats and the weather."
-)
-
-
-def prompt_tokens(model, n: int) -> list[int]:
-    """Exactly ``n`` tokens of deterministic English text (numbered log entries)."""
-    entries = n // 40 + 1
-    while True:
-        text = " ".join(f"Entry {i}. {_PASSAGE}" for i in range(entries))
-        tokens = model.tokenize(text, add_special=True)
-        if len(tokens) >= n or entries > 4 * n:
-            break
-        entries *= 2
-    if not tokens:
-        raise EngineError(f"the model's tokenizer made no tokens of the prompt ({model.path})")
-    return (tokens * (n // len(tokens) + 1))[:n]  # the repeat only for a degenerate tokenizer
-
-
-def measure_run(job: dict[str, Any], on_step: Callable[[], None]) -> dict[str, Any]:
-    """Load the model, measure prefill at each length and greedy decode; free it all."""
-    from pocketlm.engine.llama import Context, Model, Sampler, init_backend
-
-    init_backend()
-    base_rss = _current_rss()
-    started = time.perf_counter()
-    model = Model(job["path"], use_extra_bufts=job["extra_bufts"])
-    ctx = Context(model, n_ctx=job["n_ctx"], n_threads=job["n_threads"],
-                  n_batch=job["n_batch"], flash_attn=job["flash_attn"])  # fmt: skip
-    load_s = time.perf_counter() - started
-    on_step()
-    sampler = Sampler.greedy(model.n_vocab)
-    try:
-        out = {"load_s": load_s, "base_rss_bytes": base_rss}
-        out |= _measure_tokens(model, ctx, sampler, job, on_step)
-    finally:
-        sampler.close()
-        ctx.close()
-        model.close()
-    return out | {"peak_rss_bytes": peak_rss_bytes()}
-
-
-def _measure_tokens(model, ctx, sampler, job: dict[str, Any], on_step) -> dict[str, Any]:
-    n_ctx = min(job["n_ctx"], ctx.n_ctx)  # llama.cpp may round it up
-    lengths = [min(n, n_ctx) for n in job["prompt_lengths"]]
-    tokens = prompt_tokens(model, max(lengths + [DECODE_PROMPT_TOKENS, WARMUP_TOKENS]))
-    warmup_s = _timed(lambda: _warm_up(ctx, sampler, tokens[: min(WARMUP_TOKENS, n_ctx - 1)]))
-    on_step()
-    prefill = {}
-    for n in lengths:
-        ctx.reset()
-        started = time.perf_counter()
-        ctx.prefill(tokens[:n])
-        prefilled = time.perf_counter()
-        sampler.sample(ctx)
-        prefill[str(n)] = {"tok_per_s": n / (prefilled - started),
-                           "ttft_s": time.perf_counter() - started}  # fmt: skip
-        on_step()
-    prompt_n = min(DECODE_PROMPT_TOKENS, n_ctx // 2)
-    decoded = min(job["decode_tokens"], n_ctx - prompt_n)
-    ctx.reset()
-    ctx.prefill(tokens[:prompt_n])
-    decode_s = _timed(lambda: _decode(ctx, sampler, decoded))
-    on_step()
-    return {"n_ctx": n_ctx, "warmup_s": warmup_s, "prefill": prefill,
-            "decode_prompt_tokens": prompt_n, "decode_tokens": decoded,
-            "decode_tok_per_s": decoded / decode_s}  # fmt: skip
-
-
-def _warm_up(ctx, sampler, tokens: list[int]) -> None:
-    """A short prefill and one decode step: the first evaluations in a process page in the
-    weights and size the compute buffers, which the measured ones should not pay for."""
-    ctx.prefill(tokens)
-    ctx.step(sampler.sample(ctx))
-
-
-def _decode(ctx, sampler, n: int) -> None:
-    """``n`` greedy steps, end-of-generation tokens included: the same work every run."""
-    for _ in range(n):
-        ctx.step(sampler.sample(ctx))
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return max(time.perf_counter() - started, 1e-9)
-
-
-def _current_rss() -> int:
-    import psutil
-
-    return psutil.Process(os.getpid()).memory_info().rss
-
-
-# -- charts -----------------------------------------------------------------------------
-
-
-def draw_chart(report: BenchReport, path: str | os.PathLike) -> Path:
-    """A PNG comparing the models: prefill tok/s per prompt length, and decode tok/s against
-    the memory-bandwidth bound; bars are medians, error bars span min to max."""
-    from matplotlib.figure import Figure as PlotFigure  # no pyplot: no global state, no display
-
-    fig = PlotFigure(figsize=(11, 4.8), dpi=110, layout="constrained")
-    ratios = [len(_all_lengths(report)), 1 + 0.5 * len(report.models)]
-    left, right = fig.subplots(1, 2, width_ratios=ratios)
-    _prefill_axes(left, report)
-    _decode_axes(right, report)
-    m = report.machine
-    threads = report.models[0].threads
-    fig.suptitle(f"pocketlm bench: {m.get('cpu', '?')}, {threads} thread{'s' * (threads > 1)}, "
-                 f"median of {report.params.repeat} runs (bars: min-max)", fontsize=10)  # fmt: skip
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
-
-
-def _all_lengths(report: BenchReport) -> list[int]:
-    return sorted({n for m in report.models for n in m.prompt_lengths})
-
-
-def _bar_group(ax, x: list[float], figs: list[Figure], width: float, label: str, color) -> None:
-    """Bars at the medians, error bars from min to max; the median written at the foot."""
-    heights = [f.median for f in figs]
-    err = [[f.median - f.min for f in figs], [f.max - f.median for f in figs]]
-    ax.bar(x, heights, width, yerr=err, capsize=3, label=label, color=color)
-    for xi, f in zip(x, figs):
-        ax.annotate(f"{f.median:.0f}", (xi, 0), textcoords="offset points", xytext=(0, 4),
-                    ha="center", fontsize=7, color="white", weight="bold")  # fmt: skip
-
-
-def _prefill_axes(ax, report: BenchReport) -> None:
-    lengths = _all_lengths(report)
-    width = 0.8 / len(report.models)
-    for i, m in enumerate(report.models):
-        have = [n for n in lengths if n in m.prefill_tps]
-        x = [lengths.index(n) + (i - (len(report.models) - 1) / 2) * width for n in have]
-        _bar_group(ax, x, [m.prefill_tps[n] for n in have], width, m.name, f"C{i}")
-    ax.set_xticks(range(len(lengths)), [f"{n} tokens" for n in lengths])
-    ax.set_title("prefill", fontsize=10)
-    ax.set_ylabel("tokens / s")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-
-
-def _decode_axes(ax, report: BenchReport) -> None:
-    for i, m in enumerate(report.models):
-        _bar_group(ax, [i], [m.decode_tps], 0.6, m.name, f"C{i}")
-        bound = m.decode_bound_tps
-        ax.hlines(bound, i - 0.4, i + 0.4, colors="black", linestyles="dashed")
-        ax.annotate(f"bound {bound:.0f}\n({m.share_of_bound.median:.0%} reached)", (i, bound),
-                    textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize=7,
-                    bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})  # fmt: skip
-    ax.set_xticks(range(len(report.models)), [m.name for m in report.models], fontsize=7)
-    ax.set_title(f"decode, {report.params.decode_tokens} tokens\n(dashed: bandwidth bound)",
-                 fontsize=10)  # fmt: skip
-    ax.set_ylabel("tokens / s")
-    top = max(max(m.decode_tps.max, m.decode_bound_tps) for m in report.models)
-    ax.set_ylim(0, top * 1.25)
-    ax.grid(axis="y", alpha=0.3)
-
-
-# -- child entry point ------------------------------------------------------------------
-
-
-def _child_main() -> int:
-    """Read a job (JSON) on stdin; write one JSON line per step, then the result or error."""
-
-    def emit(**msg: Any) -> None:
-        sys.stdout.write(json.dumps(msg) + "\n")
-        sys.stdout.flush()
-
-    try:
-        result = measure_run(json.loads(sys.stdin.read()), lambda: emit(step=1))
-    except PocketError as e:
-        emit(error=str(e))
-        return 1
-    emit(result=result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main())
+    return results.record("bench", "speed", m.name, m.metrics(), settings, manifest=t.manifest,
+                          file_type=t.info.file_type)  # fmt: skip

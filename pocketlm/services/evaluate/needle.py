@@ -28,7 +28,8 @@ from typing import Any
 
 from pocketlm.errors import UsageError
 from pocketlm.progress import NullProgress, Progress
-from pocketlm.services.results import Result, ResultsDB
+from pocketlm.services import results
+from pocketlm.services.results import ResultsDB
 from pocketlm.services.runtime import LoadedModel
 
 DEFAULT_DEPTHS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 1.0)
@@ -391,7 +392,8 @@ def run_needle(
     ``depths`` to DEFAULT_DEPTHS. ``quick`` picks smaller defaults (QUICK_DEPTHS, lengths up
     to QUICK_MAX_LENGTH). ``haystack``: a text file to take filler sentences from (default:
     generated prose). Greedy decoding: the same seed gives the same report. ``record``
-    adds the report to the results database (``db``, default the store's).
+    adds the report to the results database (``db``, default the store's); the samples
+    stay out of it. ``charts.needle_heatmap`` draws a report.
     """
     started = time.perf_counter()
     prompter = _Prompter(model)
@@ -435,7 +437,7 @@ def run_needle(
         samples=samples,
     )  # fmt: skip
     if record:
-        report.result_id = (db or ResultsDB()).add(to_result(report, model)).id
+        report.result_id = _record(report, model, db)
     return report
 
 
@@ -444,61 +446,15 @@ _METRICS = ("recall", "edges_recall", "middle_recall", "start_recall", "end_reca
             "mean_recall", "seconds", "prompt_tokens", "evaluated_tokens")  # fmt: skip
 
 
-def to_result(report: NeedleReport, model: LoadedModel) -> Result:
+def _record(report: NeedleReport, model: LoadedModel, db: ResultsDB | None) -> int:
     """The report as a results-database row (kind "needle"); samples stay out of it."""
-    manifest = model.manifest
     d = report.to_dict()
-    return Result(
-        kind="needle",
-        task="needle" if report.haystack == "generated" else f"needle:{Path(report.haystack).name}",
-        model=report.model,
-        model_sha256=manifest.sha256 if manifest else None,
-        quantization=manifest.quantization if manifest else model.info.file_type,
-        settings={k: d[k] for k in _SETTINGS} | {"max_answer_tokens": MAX_ANSWER_TOKENS},
-        metrics={k: d[k] for k in _METRICS},
-    )
+    settings = {k: d[k] for k in _SETTINGS} | {"max_answer_tokens": MAX_ANSWER_TOKENS}
+    return results.record("needle", task_name(report), report.model, {k: d[k] for k in _METRICS},
+                          settings, manifest=model.manifest, file_type=model.info.file_type,
+                          db=db)  # fmt: skip
 
 
-# -- the heatmap ----------------------------------------------------------------------------
-
-
-def heatmap_png(report: NeedleReport, path: str | Path) -> Path:
-    """Draw recall as a depth x length grid (green: found, red: missed) into a PNG file."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    # rows: depths (start at the top), columns: lengths; depths are uneven, so rows are labels
-    grid = [[report.recall[j][i] for j in range(len(report.lengths))]
-            for i in range(len(report.depths))]  # fmt: skip
-    fig = Figure(
-        figsize=(max(4.8, 1.8 + 0.9 * len(report.lengths)), 1.6 + 0.38 * len(report.depths))
-    )
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(report.lengths)), [_tokens_label(n) for n in report.lengths])
-    ax.set_yticks(range(len(report.depths)), [f"{d * 100:g}%" for d in report.depths])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth")
-    for i, row in enumerate(grid):
-        for j, r in enumerate(row):
-            ax.text(j, i, f"{r:.2g}", ha="center", va="center", fontsize=8)
-    name = report.model if len(report.model) <= 40 else report.model[:39] + "…"
-    ax.set_title(f"{name}: needle recall, {report.trials} trial(s)\n"
-                 f"edges {_num(report.edges_recall)} (start {_num(report.start_recall)}, end "
-                 f"{_num(report.end_recall)}), middle {_num(report.middle_recall)}",
-                 fontsize=9)  # fmt: skip
-    fig.colorbar(image, ax=ax, fraction=0.05, label="recall")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    return path
-
-
-def _tokens_label(n: int) -> str:
-    return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else str(n)
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+def task_name(report: NeedleReport) -> str:
+    """The task a run is recorded under: "needle", or "needle:FILE" for a haystack file."""
+    return "needle" if report.haystack == "generated" else f"needle:{Path(report.haystack).name}"

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 NEAR_MISSES = 1  # the smallest type(s) over the budget, measured too (never chosen) ...
 NEAR_MISS_LIMIT = 1.25  # ... if at most 25% over it
 BAND = 0.75  # types under 75% of the largest that fits are not tried: fewer bits, more loss
-KLD_FLOOR = 1e-6  # where a (near-)lossless type sits on the chart's log scale
 
 Best = tuple["Candidate", GGUFInfo]  # the best candidate so far and its file's header
 Plan = tuple[list[tuple[QuantType, int]], dict[str, str]]  # types to try, types skipped
@@ -167,7 +166,9 @@ def choose(
     if record:
         _record(store, choice, params, threads)
     if chart is not None:
-        choice.chart = draw_chart(choice, chart)
+        from pocketlm.services.charts import budget_chart
+
+        choice.chart = budget_chart(choice, chart)
     return choice
 
 
@@ -304,67 +305,24 @@ def _brief(c: Candidate) -> dict[str, Any]:
 
 
 def _record(store: Store, choice: BudgetChoice, params: QualityParams, threads: int) -> None:
-    from pocketlm.services.results import Result, ResultsDB
+    """A row for every type measured: the winner's (kept) and the others' (not kept)."""
+    from pocketlm.services.results import ResultsDB, record
 
     w = choice.winner
     settings = {"budget_bytes": choice.budget_bytes}
     w.result_id = record_result(store, w, params, threads, **settings, kept=True)
-    db = ResultsDB(store.root / "results.db")
+    db = ResultsDB.of(store)
     for c in choice.candidates:
         if c.quality is None:
             continue
         if c.type == w.quality.type:
             c.result_id = w.result_id
             continue
-        row = Result(kind="quantize", task=c.quality.eval_text,
-                     model=f"{choice.parent}-{c.type.lower()}",
-                     metrics=c.quality.to_dict() | {"requantized": w.requantized},
-                     settings={"type": c.type, "parent": choice.parent,
-                               "reference": choice.reference, "calibration": w.calibration,
-                               "threads": threads, **params.model_dump(), **settings,
-                               "kept": False},
-                     quantization=c.type)  # fmt: skip
-        c.result_id = db.add(row).id
-
-
-# -- the chart --------------------------------------------------------------------------
-
-
-def draw_chart(choice: BudgetChoice, path: str | Path) -> Path:
-    """A PNG of file size against mean KL divergence (log scale) for every type measured,
-    with the budget as a vertical line and the winner ringed."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display
-    from matplotlib.ticker import FuncFormatter
-
-    fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
-    ax = fig.subplots()
-    measured = [c for c in choice.candidates if c.quality is not None]
-    points = [(c.size_bytes / 1e6, max(c.quality.kld_mean, KLD_FLOOR)) for c in measured]
-    for i, (c, (x, y)) in enumerate(zip(measured, points)):
-        ax.scatter([x], [y], color="C0" if c.fits else "C7", zorder=3)
-        ax.annotate(c.type, (x, y), textcoords="offset points", xytext=(10, 8 - 16 * (i % 2)),
-                    fontsize=8)  # fmt: skip
-        if c.type == choice.winner.quality.type:
-            ax.scatter([x], [y], s=220, facecolors="none", edgecolors="C3", linewidths=2,
-                       zorder=4, label=f"chosen: {c.type}")  # fmt: skip
-    budget_mb = choice.budget_bytes / 1e6
-    ax.axvline(budget_mb, color="C3", linestyle="--", label=f"budget {budget_mb:.1f} MB")
-    xs, ys = [x for x, _ in points] + [budget_mb], [y for _, y in points]
-    ax.set_xlim(min(xs) * 0.95, max(xs) * 1.05)
-    ax.set_yscale("log")
-    ax.set_ylim(min(ys) / 3, max(ys) * 3)  # at least a decade, so the log axis has ticks
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("file size (MB)")
-    ax.set_ylabel(f"mean KL divergence vs {choice.reference} (log)")
-    q = choice.winner.quality
-    ax.set_title(f"{choice.parent}: file size against KL divergence, budget {budget_mb:g} MB\n"
-                 f"({q.tokens} tokens of {q.eval_text}; grey: over the budget)",
-                 fontsize=10)  # fmt: skip
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    path = Path(path)
-    try:
-        fig.savefig(path, format="png")
-    except OSError as e:
-        raise PocketError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
+        c.result_id = record(
+            "quantize", c.quality.eval_text, f"{choice.parent}-{c.type.lower()}",
+            metrics=c.quality.to_dict() | {"requantized": w.requantized},
+            settings={"type": c.type, "parent": choice.parent, "reference": choice.reference,
+                      "calibration": w.calibration, "threads": threads, **params.model_dump(),
+                      **settings, "kept": False},
+            file_type=c.type, db=db,
+        )  # fmt: skip

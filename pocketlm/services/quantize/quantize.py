@@ -301,16 +301,15 @@ def keep(store: Store, source: Source, qt: QuantType, file: Path, info: GGUFInfo
 
 def record_result(store: Store, done: Quantized, params: QualityParams, threads: int,
                   **settings: Any) -> int:  # fmt: skip
-    from pocketlm.services.results import Result, ResultsDB
+    from pocketlm.services.results import ResultsDB, record
 
     q = done.quality
     metrics = q.to_dict() | {"requantized": done.requantized, "seconds": done.seconds}
-    row = Result(kind="quantize", task=q.eval_text, model=done.manifest.name, metrics=metrics,
-                 settings={"type": q.type, "parent": done.parent, "reference": q.reference,
-                           "calibration": done.calibration, "threads": threads,
-                           **params.model_dump(), **settings},
-                 model_sha256=done.manifest.sha256, quantization=q.type)  # fmt: skip
-    return ResultsDB(store.root / "results.db").add(row).id
+    settings = {"type": q.type, "parent": done.parent, "reference": q.reference,
+                "calibration": done.calibration, "threads": threads, **params.model_dump(),
+                **settings}  # fmt: skip
+    return record("quantize", q.eval_text, done.manifest.name, metrics, settings,
+                  manifest=done.manifest, db=ResultsDB.of(store))  # fmt: skip
 
 
 # -- sizes before quantizing ------------------------------------------------------------

@@ -10,6 +10,7 @@ import struct
 import pytest
 
 from pocketlm.errors import UsageError
+from pocketlm.services import charts
 from pocketlm.services.evaluate import needle as nd
 from pocketlm.services.results import ResultsDB
 from pocketlm.services.runtime import LoadedModel
@@ -156,7 +157,7 @@ def test_answer_found_in_output():
 
 def test_heatmap_is_a_png(model, tmp_path):
     report = nd.run_needle(model, **SMALL)
-    path = nd.heatmap_png(report, tmp_path / "out" / "needle.png")
+    path = charts.needle_heatmap(report, tmp_path / "out" / "needle.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])

@@ -6,7 +6,9 @@ import pytest
 
 from pocketlm.errors import EngineError, InvalidModelError, ModelNotFoundError, UsageError
 from pocketlm.params import validate
+from pocketlm.services import charts
 from pocketlm.services.evaluate import bench as b
+from pocketlm.services.evaluate import speed
 from pocketlm.services.results import ResultsDB
 from tests.tinymodel import write_tiny_gguf
 
@@ -63,7 +65,7 @@ def test_bound_is_bandwidth_over_bytes_per_token(report):
 def test_chart_compares_two_models_in_a_png(report, tmp_path):
     from PIL import Image
 
-    path = b.draw_chart(report, tmp_path / "chart.png")
+    path = charts.bench_chart(report, tmp_path / "chart.png")
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
     assert len(data) > 20_000
@@ -78,7 +80,7 @@ def test_small_context_caps_decode_and_prompts(tiny_gguf):
     m = r.models[0]
     assert m.n_ctx == 64
     assert m.prompt_lengths == (8, 64)
-    assert m.decode_tokens == 64 - b.DECODE_PROMPT_TOKENS
+    assert m.decode_tokens == 64 - speed.DECODE_PROMPT_TOKENS
 
 
 def test_results_db_row_for_a_store_model(tiny_gguf):
@@ -97,19 +99,6 @@ def test_results_db_row_for_a_store_model(tiny_gguf):
     assert row.settings["prompt_lengths"] == [16]
     assert row.metrics["decode"]["tok_per_s"]["median"] > 0
     assert "cpu" in row.machine
-
-
-def test_prompt_tokens_have_the_exact_count_and_are_deterministic(tiny_gguf):
-    from pocketlm.engine.llama import Model
-
-    model = Model(str(tiny_gguf))
-    try:
-        for n in (1, 7, 300, 2000):
-            tokens = b.prompt_tokens(model, n)
-            assert len(tokens) == n
-            assert tokens == b.prompt_tokens(model, n)
-    finally:
-        model.close()
 
 
 @pytest.mark.parametrize(
