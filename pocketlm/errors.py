@@ -15,9 +15,10 @@ class PocketError(Exception):
     exit_code = 1
     http_status = 400
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, param: str | None = None):
         self.message = message
         self.hint = hint
+        self.param = param  # the request field at fault, where there is one (HTTP errors)
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
@@ -51,7 +52,8 @@ class PullError(PocketError):
 class ContextOverflowError(PocketError):
     """Prompt plus requested tokens do not fit in the context window."""
 
-    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int, hint: str | None = None):
+    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int, hint: str | None = None,
+                 *, param: str | None = None):  # fmt: skip
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.n_ctx = n_ctx
@@ -60,6 +62,7 @@ class ContextOverflowError(PocketError):
             f"prompt ({prompt_tokens} tokens) + max tokens ({max_tokens}) = {need} "
             f"exceeds the context window ({n_ctx} tokens)",
             hint,
+            param=param,
         )
 
 

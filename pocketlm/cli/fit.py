@@ -19,17 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from pocketlm.services.fit import fit
     from pocketlm.store.gguf_check import inspect_gguf
-    from pocketlm.store.pull import looks_like_path, user_path
-    from pocketlm.store.store import Store
+    from pocketlm.store.refs import resolve
 
-    if looks_like_path(args.model):
-        path, name = user_path(args.model), args.model
-    else:
-        path, name = Path(Store().get(args.model).path), args.model
+    path, name = resolve(args.model).path, args.model
     load = validate(LoadParams, collect(args, LoadParams))
     r = fit(name, inspect_gguf(path), load.ctx)
     if args.json:

@@ -42,7 +42,8 @@ def add_flags(
         if only is not None and name not in only:
             continue
         flag = "--" + name.replace("_", "-")
-        default = "" if f.default in (None, (), False) else f" (default: {f.default})"
+        unset = f.default is None or f.default is False or f.default == ()
+        default = "" if unset else f" (default: {f.default})"
         help_text = ((f.description or "") + default).replace("%", "%%")  # argparse formats it
         kind = _base_type(f.annotation)
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}

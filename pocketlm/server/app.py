@@ -334,8 +334,12 @@ def create_app(
         kind = kinds.get(e.http_status, "invalid_request_error")
         if e.http_status >= 500:
             kind = "server_error"
-        param = "messages" if "context window" in e.message else None
-        return _error(request, e.http_status, str(e), param=param, kind=kind)
+        return _error(request, e.http_status, str(e), param=e.param, kind=kind)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        # a bug: still an answer in the API's shape (the traceback goes to the server's log)
+        return _error(request, 500, f"internal error ({type(e).__name__})", kind="server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):

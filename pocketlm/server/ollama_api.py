@@ -108,7 +108,7 @@ def _params(body, served: ServedModel):
         raise UsageError(f"invalid value for 'options.num_ctx': {o.num_ctx} is more than the "
                          f"{served.n_ctx_seq} tokens each sequence of this server holds",
                          "leave it out, or start the server with --ctx "
-                         f"{o.num_ctx}")  # fmt: skip
+                         f"{o.num_ctx}", param="options.num_ctx")  # fmt: skip
     stop = (o.stop,) if isinstance(o.stop, str) else o.stop
     limit = o.num_predict if o.num_predict and o.num_predict > 0 else None
     return generation_params(o, stop=stop, max_tokens=limit)

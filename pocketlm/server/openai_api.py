@@ -114,7 +114,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     max_tokens = body.max_completion_tokens or body.max_tokens  # None: until the context ends
     params = generation_params(body, stop=_stops(body.stop), max_tokens=max_tokens)
     n_lp = (body.top_logprobs or 0) if body.logprobs else None
-    served.check_fits(len(tokens), params.max_tokens)  # before a grammar is built
+    served.check_fits(len(tokens), params.max_tokens, "messages")  # before a grammar is built
     grammar = await asyncio.to_thread(
         response_grammar, body.response_format, served, "response_format"
     )

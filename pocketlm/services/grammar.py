@@ -96,7 +96,7 @@ class _Refused(Exception):
         self.reason, self.hint, self.final = reason, hint, final
 
     def error(self, field: str) -> UsageError:
-        return UsageError(f"invalid value for '{field}': {self.reason}", self.hint)
+        return UsageError(f"invalid value for '{field}': {self.reason}", self.hint, param=field)
 
 
 def _over(what: str, limit: int, hint: str) -> _Refused:

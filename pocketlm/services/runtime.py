@@ -14,19 +14,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pocketlm import config
 from pocketlm.errors import ContextOverflowError, UsageError
 from pocketlm.params import GenerationParams, LoadParams, context_size, validate
-from pocketlm.progress import NullProgress, Progress
+from pocketlm.progress import Progress
 from pocketlm.services import chat_template
 from pocketlm.services.machine import default_threads
 from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
-from pocketlm.store.manifest import Manifest
-from pocketlm.store.pull import looks_like_path, pull
+from pocketlm.store.refs import resolve
 from pocketlm.store.store import Store
 
 
@@ -74,33 +72,16 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def resolve(ref: str, store: Store, progress: Progress) -> tuple[Path, Manifest | None]:
-    """A model reference (store name, catalog name, or GGUF path) -> file, manifest. A
-    reference that is neither a name nor a usable path is a one-line PocketError."""
-    from pocketlm.store.pull import user_path
-
-    if looks_like_path(ref):
-        return user_path(ref), None
-    manifest = store.find(ref)
-    if manifest is None:
-        from pocketlm.store import catalog
-
-        if ref not in catalog.CATALOG:
-            store.get(ref)  # raises "unknown model" with close names
-        manifest = pull(ref, store=store, progress=progress).manifest
-    return Path(manifest.path), manifest
-
-
 def open_engine_model(ref: str, store: Store | None = None, progress: Progress | None = None):
     """(name, path, manifest, engine Model) for a reference, checked and CPU-probed first."""
     from pocketlm.engine import probe
     from pocketlm.engine.llama import Model, init_backend
 
-    path, manifest = resolve(ref, store or Store(), progress or NullProgress())
-    inspect_gguf(path)
+    m = resolve(ref, store, pull_missing=True, progress=progress)
+    inspect_gguf(m.path)
     init_backend()
-    model = Model(str(path), use_extra_bufts=probe.extra_bufts_safe(str(path)))
-    return (manifest.name if manifest else path.name), path, manifest, model
+    model = Model(str(m.path), use_extra_bufts=probe.extra_bufts_safe(str(m.path)))
+    return m.name, m.path, m.manifest, model
 
 
 class LoadedModel:
@@ -121,9 +102,9 @@ class LoadedModel:
         started = time.perf_counter()
         store = store or Store()
         self.ref = ref or config.default_model()
-        path, self.manifest = resolve(self.ref, store, progress or NullProgress())
+        m = resolve(self.ref, store, pull_missing=True, progress=progress)
+        path, self.manifest, self.name = m.path, m.manifest, m.name
         self.info: GGUFInfo = inspect_gguf(path)  # before llama.cpp sees a byte of it
-        self.name = self.manifest.name if self.manifest else path.name
         init_backend()
         extra = probe.extra_bufts_safe(str(path))
         self._model = Model(str(path), use_extra_bufts=extra)

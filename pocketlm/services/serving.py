@@ -22,8 +22,9 @@ from pocketlm.services import chat_template, fit, machine
 from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import inspect_gguf
 from pocketlm.store.manifest import Manifest
-from pocketlm.store.names import NAME_RULES, shown, valid_name
-from pocketlm.store.pull import looks_like_path, user_path
+from pocketlm.store.names import shown, valid_name
+from pocketlm.store.pull import user_path
+from pocketlm.store.refs import resolve
 from pocketlm.store.store import Store
 
 
@@ -262,12 +263,13 @@ class ServedModel:
     def token_text(self, token: int) -> str:
         return self.model.piece(token).decode("utf-8", "replace")
 
-    def check_fits(self, prompt_tokens: int, max_tokens: int | None) -> None:
+    def check_fits(self, prompt_tokens: int, max_tokens: int | None, param: str = "prompt"):
+        """A prompt (the request field ``param``) and max_tokens fit a sequence's context."""
         if prompt_tokens + max(max_tokens or 1, 1) > self.n_ctx_seq:
             raise ContextOverflowError(
                 prompt_tokens, max_tokens or 0, self.n_ctx_seq,
                 "shorten the prompt or lower max_tokens (or start the server with a larger "
-                "--ctx)",
+                "--ctx)", param=param,
             )  # fmt: skip
 
     # -- generation ----------------------------------------------------------------------
@@ -290,9 +292,11 @@ class ServedModel:
         plan = [(tokens, _seeded(params, i)) for tokens in prompts for i in range(n)]
         capacity = self.engine.capacity
         if len(plan) > capacity:  # a 503 would never turn into an answer: say why
-            raise UsageError(f"invalid value for 'n': this request asks for {len(plan)} "
-                             f"sequences (prompts x n) and the server holds at most {capacity} "
-                             "at once (--parallel + --queue); ask for fewer")  # fmt: skip
+            raise UsageError(
+                f"invalid value for 'n': this request asks for {len(plan)} sequences (prompts "
+                f"x n) and the server holds at most {capacity} at once (--parallel + --queue)",
+                "ask for fewer", param="n",
+            )  # fmt: skip
         for tokens in prompts:
             self.check_fits(len(tokens), 0 if score_only else params.max_tokens)
         streams: list[Generation] = []
@@ -376,8 +380,8 @@ class ServedModel:
         batch = [self.model.tokenize(text, add_special=True) for text in texts]
         for i, tokens in enumerate(batch):
             if not tokens:  # no BOS to stand in: llama.cpp would read a NULL batch
-                raise UsageError(f"invalid value for 'input': text {i} is empty")
-            self.check_fits(len(tokens), 0)
+                raise UsageError(f"invalid value for 'input': text {i} is empty", param="input")
+            self.check_fits(len(tokens), 0, param="input")
         return batch
 
     def _embed(self, tokens: list[int]) -> list[float]:
@@ -459,22 +463,16 @@ class ModelPool:
         return name
 
     def resolve(self, name: str) -> tuple[Path, Manifest | None]:
+        """A requested model: a file the operator served by path, else a store name."""
         if name in self.files:
             return self.files[name], None
-        if not valid_name(name):
-            hint = ("import the file on the server's machine (pocketlm import PATH --name "
-                    "NAME) and ask for NAME" if looks_like_path(name) else NAME_RULES)  # fmt: skip
-            raise ModelNotFoundError(f"unknown model '{shown(name)}': requests name models "
-                                     "by their store name", hint)  # fmt: skip
-        manifest = self.store.find(name)
-        if manifest is None:
-            try:
-                self.store.get(name)  # raises: unknown (close names) or not pulled (the command)
-            except ModelNotFoundError as e:
-                if self.models and e.message.startswith("unknown"):
-                    e.hint = f"{e.hint}; loaded now: {', '.join(self.models)}"
-                raise
-        return Path(manifest.path), manifest
+        try:
+            m = resolve(name, self.store, paths=False)
+        except ModelNotFoundError as e:
+            if self.models and e.message.startswith("unknown"):
+                e.hint = f"{e.hint}; loaded now: {', '.join(self.models)}"
+            raise
+        return m.path, m.manifest
 
     async def acquire(self, name: str | None, keep_alive_s: float | None = None) -> ServedModel:
         name = name or config.default_model()

@@ -8,6 +8,7 @@ that carry a GGUF file and the member(s) to concatenate, in order.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from pocketlm.errors import ModelNotFoundError
@@ -27,7 +28,7 @@ class CatalogEntry:
     chat: bool  # instruction-tuned: has a chat template meant for conversations
 
     def __post_init__(self) -> None:
-        if len(self.sha256) != 64:
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise ValueError(f"catalog entry {self.name}: sha256 must be 64 hex digits")
 
 

@@ -298,7 +298,7 @@ ODD_PATHS = {
 
 @pytest.mark.parametrize("path, error, words", ODD_PATHS.values(), ids=ODD_PATHS.keys())
 def test_odd_paths_are_one_line_errors(path, error, words):
-    from pocketlm.services.runtime import resolve
+    from pocketlm.store.refs import resolve
 
     for call in (import_file, pull):
         with pytest.raises(error) as e:
@@ -306,16 +306,17 @@ def test_odd_paths_are_one_line_errors(path, error, words):
         assert words in one_line(e)
     if error is UsageError:  # resolve leaves a file it cannot open to the engine's checks
         with pytest.raises(error) as e:
-            resolve(path, Store(), NullProgress())
+            resolve(path, Store(), progress=NullProgress())
         assert words in one_line(e)
 
 
 @pytest.mark.parametrize("name", [LONG, "a\0b", "a\ud800b"], ids=["300 bytes", "NUL", "surrogate"])
 def test_odd_names_to_run_are_one_line_errors(name):
-    from pocketlm.services.runtime import LoadedModel, open_engine_model, resolve
+    from pocketlm.services.runtime import LoadedModel, open_engine_model
+    from pocketlm.store.refs import resolve
 
     Store().put(a_manifest("real"))  # a manifests/ directory to look in
-    for call in (lambda: resolve(name, Store(), NullProgress()), lambda: open_engine_model(name),
+    for call in (lambda: resolve(name, Store()), lambda: open_engine_model(name),
                  lambda: LoadedModel(name)):  # fmt: skip
         with pytest.raises(ModelNotFoundError) as e:
             call()

@@ -243,9 +243,10 @@ def bench(
 def _prepare(ref: str, store: Store, progress: Progress, p: BenchParams, lp: LoadParams) -> _Target:
     from pocketlm.engine import probe
     from pocketlm.services.machine import default_threads
-    from pocketlm.services.runtime import resolve
+    from pocketlm.store.refs import resolve
 
-    path, manifest = resolve(ref, store, progress)
+    m = resolve(ref, store, pull_missing=True, progress=progress)
+    path, manifest = m.path, m.manifest
     info = inspect_gguf(path)  # a file that is not GGUF fails here, before llama.cpp sees it
     n_ctx = context_size(lp.ctx, info.context_length)
     job = {

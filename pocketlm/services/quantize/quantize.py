@@ -155,24 +155,24 @@ def quantize(
 
 def open_source(ref: str, store: Store, progress: Progress) -> Source:
     """Resolve and check the model to quantize (a catalog name not yet pulled is pulled)."""
-    from pocketlm.services.runtime import resolve
     from pocketlm.store.pull import default_name as file_stem
+    from pocketlm.store.refs import resolve
 
-    path, manifest = resolve(ref, store, progress)
-    info = inspect_gguf(path)
-    return Source(manifest.name if manifest else file_stem(path), path, manifest, info)
+    m = resolve(ref, store, pull_missing=True, progress=progress)
+    info = inspect_gguf(m.path)
+    return Source(m.manifest.name if m.manifest else file_stem(m.path), m.path, m.manifest, info)
 
 
 def resolve_reference(ref: str | None, source: Source, store: Store,
                       progress: Progress) -> tuple[str, Path]:  # fmt: skip
     """(name, file) of the model to measure against: ``ref``, or the parent."""
-    from pocketlm.services.runtime import resolve
+    from pocketlm.store.refs import resolve
 
     if ref is None:
         return source.name, source.path
-    path, manifest = resolve(ref, store, progress)
-    inspect_gguf(path)
-    return (manifest.name if manifest else path.name), path
+    m = resolve(ref, store, pull_missing=True, progress=progress)
+    inspect_gguf(m.path)
+    return m.name, m.path
 
 
 @contextlib.contextmanager
