@@ -13,21 +13,29 @@ __version__ = "0.1.0"
 __all__ = ["load", "pull", "GenerationParams", "LoadParams", "PocketError", "__version__"]
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from pocketlm.params import LoadOverrides, LoadParams
     from pocketlm.services.runtime import LoadedModel
     from pocketlm.store.manifest import Manifest
 
 
-def load(model: str | None = None, **load_params: Any) -> LoadedModel:
+def load(
+    model: str | None = None,
+    params: LoadParams | None = None,
+    **overrides: Unpack[LoadOverrides],
+) -> LoadedModel:
     """Load a model by store name, catalog name (pulled on first use) or GGUF path.
 
-    ``load_params`` are ``pocketlm.LoadParams`` fields: ``ctx``, ``threads``, ``batch``.
+    ``params`` (``pocketlm.LoadParams``), with ``overrides`` of its fields on top: ``ctx``,
+    ``threads``, ``batch``, ``flash_attn``.
     """
     from pocketlm.progress import RichProgress
     from pocketlm.services.runtime import LoadedModel
 
     progress = RichProgress()
     try:
-        return LoadedModel(model, progress=progress, **load_params)
+        return LoadedModel(model, params, progress=progress, **overrides)
     finally:
         progress.close()
 

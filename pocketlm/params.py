@@ -8,11 +8,14 @@ drift apart. Each field's ``description`` is its help text; ``cli`` in
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pocketlm.errors import UsageError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class GenerationParams(BaseModel):
@@ -121,6 +124,37 @@ class ServeParams(BaseModel):
         10, gt=0, description="seconds to wait for the next piece of a request body "
         "(then 408)", json_schema_extra={"metavar": "S"},
     )
+
+
+class GenerationOverrides(TypedDict, total=False):
+    """GenerationParams' fields as keyword arguments (``generate(prompt, temperature=0)``),
+    for editors and type checkers; tests/test_params.py checks it matches the model."""
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    seed: int | None
+    stop: str | Sequence[str]
+    truncate: bool
+
+
+class LoadOverrides(TypedDict, total=False):
+    """LoadParams' fields as keyword arguments (``load(model, ctx=4096)``)."""
+
+    ctx: int | None
+    threads: int | None
+    batch: int
+    flash_attn: bool
+
+
+def with_overrides(model: type[M], base: M | None, overrides: Mapping[str, Any]) -> M:
+    """``base`` (or the defaults) with ``overrides`` applied, validated (one-line errors)."""
+    values = base.model_dump(exclude_unset=True) if base is not None else {}
+    return validate(model, {**values, **overrides})
 
 
 DEFAULT_CTX_CAP = 4096

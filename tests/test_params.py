@@ -8,11 +8,14 @@ from pydantic import ValidationError
 from pocketlm.errors import UsageError
 from pocketlm.params import (
     DEFAULT_CTX_CAP,
+    GenerationOverrides,
     GenerationParams,
+    LoadOverrides,
     LoadParams,
     ServeParams,
     context_size,
     validate,
+    with_overrides,
 )
 
 # (model, field, the values at its bounds (accepted), the values just past them (refused))
@@ -141,3 +144,21 @@ def test_unknown_keyword_is_refused_by_the_model_itself():
 def test_context_size(ctx, trained, size):
     assert context_size(ctx, trained) == size
     assert DEFAULT_CTX_CAP == 4096
+
+
+@pytest.mark.parametrize(
+    "typed,model", [(GenerationOverrides, GenerationParams), (LoadOverrides, LoadParams)]
+)
+def test_keyword_overrides_name_every_field(typed, model):
+    """The TypedDicts editors complete `generate(prompt, **overrides)` from cannot drift from
+    the models they stand for."""
+    assert set(typed.__annotations__) == set(model.model_fields)
+
+
+def test_overrides_apply_on_top_of_params_and_are_validated():
+    base = GenerationParams(temperature=0.2, seed=3)
+    p = with_overrides(GenerationParams, base, {"max_tokens": 5})
+    assert (p.temperature, p.seed, p.max_tokens) == (0.2, 3, 5)
+    assert with_overrides(GenerationParams, None, {}) == GenerationParams()
+    with pytest.raises(UsageError, match="top_k"):
+        with_overrides(GenerationParams, base, {"top_k": -1})

@@ -16,9 +16,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from typing_extensions import Unpack
+
 from pocketlm import config
 from pocketlm.errors import ContextOverflowError, UsageError
-from pocketlm.params import GenerationParams, LoadParams, context_size, validate
+from pocketlm.params import (
+    GenerationOverrides,
+    GenerationParams,
+    LoadOverrides,
+    LoadParams,
+    context_size,
+    with_overrides,
+)
 from pocketlm.progress import Progress
 from pocketlm.services import chat_template
 from pocketlm.services.machine import default_threads
@@ -90,15 +99,16 @@ class LoadedModel:
     def __init__(
         self,
         ref: str | None = None,
+        params: LoadParams | None = None,
         *,
         store: Store | None = None,
         progress: Progress | None = None,
-        **load_params: Any,
+        **overrides: Unpack[LoadOverrides],
     ):
         from pocketlm.engine import probe
         from pocketlm.engine.llama import Context, Model, init_backend
 
-        self.params: LoadParams = validate(LoadParams, load_params)
+        self.params: LoadParams = with_overrides(LoadParams, params, overrides)
         started = time.perf_counter()
         store = store or Store()
         self.ref = ref or config.default_model()
@@ -158,26 +168,35 @@ class LoadedModel:
     def generate(
         self,
         prompt: str,
+        params: GenerationParams | None = None,
         *,
         system: str | None = None,
         raw: bool = False,
         stream: bool = False,
-        **params: Any,
+        **overrides: Unpack[GenerationOverrides],
     ) -> Completion | Stream:
         """Complete ``prompt``: formatted with the model's chat template unless ``raw`` (or the
-        model has none). ``stream=True`` returns an iterator of text pieces."""
+        model has none). Sampling: ``params``, with ``overrides`` (its field names) on top.
+        ``stream=True`` returns an iterator of text pieces."""
         if not prompt.strip():
             raise UsageError("the prompt is empty", 'give a prompt, e.g. pocketlm run "Hello"')
         if raw or not self.template:
             if system:
                 prompt = f"{system}\n\n{prompt}"
-            return self._start(self._raw_prompt(prompt), params, stream)
+            return self._start(self._raw_prompt(prompt), params, overrides, stream)
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        return self.chat(messages, stream=stream, **params)
+        return self.chat(messages, params, stream=stream, **overrides)
 
-    def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = False, **params: Any):
+    def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        params: GenerationParams | None = None,
+        *,
+        stream: bool = False,
+        **overrides: Unpack[GenerationOverrides],
+    ) -> Completion | Stream:
         """Answer the last message of a conversation, formatted with the model's template."""
         checked = chat_template.check_messages(messages)
         if not self.template:
@@ -185,7 +204,7 @@ class LoadedModel:
                 f"model '{self.name}' is not a chat model (no chat template)",
                 "complete text with generate(..., raw=True)",
             )
-        return self._start(_ChatPrompt(self, checked), params, stream)
+        return self._start(_ChatPrompt(self, checked), params, overrides, stream)
 
     def render(self, messages: Sequence[dict[str, str]]) -> str:
         m = self._model
@@ -196,8 +215,8 @@ class LoadedModel:
     def _raw_prompt(self, text: str) -> _RawPrompt:
         return _RawPrompt(self.tokenize(text, add_special=True, parse_special=True))
 
-    def _start(self, prompt: _Prompt, params: dict[str, Any], stream: bool):
-        gen = validate(GenerationParams, params)
+    def _start(self, prompt: _Prompt, params, overrides, stream: bool):
+        gen = with_overrides(GenerationParams, params, overrides)
         s = Stream(self, prompt, gen)
         if stream:
             return s
