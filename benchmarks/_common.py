@@ -96,13 +96,16 @@ def rss_bytes(pid: int) -> int:
 
 class Server:
     """A server process for a benchmark: started, waited for until ``ready_path`` answers 200,
-    stopped (SIGTERM, then SIGKILL) on exit. Its output goes to ``log`` (a file path)."""
+    stopped (SIGTERM, then SIGKILL) on exit. Its output goes to ``log`` (a file path).
+    ``memory_limit`` (bytes of address space, the soft RLIMIT_AS) makes a runaway allocation
+    a MemoryError in the server instead of a machine that swaps or an OOM kill elsewhere."""
 
     def __init__(self, argv: list[str], port: int, *, env: dict | None = None,
                  log: str | os.PathLike = os.devnull, ready_path: str = "/v1/models",
-                 start_timeout: float = 120.0):  # fmt: skip
+                 start_timeout: float = 120.0, memory_limit: int | None = None):  # fmt: skip
         self.argv, self.port, self.env, self.log = argv, port, env, log
         self.ready_path, self.start_timeout = ready_path, start_timeout
+        self.memory_limit = memory_limit
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
@@ -117,7 +120,9 @@ class Server:
 
         out = open(self.log, "ab")  # the child keeps its own copy of the descriptor
         self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.env)  # fmt: skip
+                                     stdin=subprocess.DEVNULL, env=self.env,
+                                     preexec_fn=self._limit_memory if self.memory_limit
+                                     else None)  # fmt: skip
         out.close()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -132,6 +137,14 @@ class Server:
             time.sleep(0.2)
         self.__exit__(None, None, None)
         raise RuntimeError(f"server not ready after {self.start_timeout:.0f} s: see {self.log}")
+
+    def _limit_memory(self) -> None:
+        """In the child, before exec: the soft limit only, so that the server may still set
+        lower ones for its own children."""
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, hard))
 
     def __exit__(self, *exc) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -8,6 +8,36 @@ the server maps ``http_status``).
 
 from __future__ import annotations
 
+import re
+
+# An option named in a message: each interface spells it its own way (``render``)
+_OPEN, _SEP, _CLOSE = "\ue000", "\ue001", "\ue002"
+_OPTION = re.compile(f"{_OPEN}([a-z_]+)(?:{_SEP}([^{_CLOSE}]*))?{_CLOSE}")
+INTERFACES = ("python", "cli", "http")
+
+
+def option(name: str, value: object = None) -> str:
+    """``name`` (a parameter, e.g. ``ctx``), with ``value``, as it goes in a message. The CLI
+    shows ``--ctx 4096``, the Python API ``ctx=4096``, the HTTP API ``'ctx': 4096``: a
+    service says which setting fixes a problem without knowing who asked."""
+    return f"{_OPEN}{name}{_SEP}{value}{_CLOSE}" if value is not None else f"{_OPEN}{name}{_CLOSE}"
+
+
+def render(text: str, interface: str = "python") -> str:
+    """``text`` with its options spelled for ``interface`` (one of INTERFACES)."""
+
+    def spell(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if interface == "cli":  # a switch (True) is the flag alone
+            flag = "--" + name.replace("_", "-")
+            return flag if value in (None, "True") else f"{flag} {value}"
+        if interface == "http":
+            value = "true" if value == "True" else value
+            return f"'{name}'" if value is None else f"'{name}': {value}"
+        return f"{name}=..." if value is None else f"{name}={value}"
+
+    return _OPTION.sub(spell, text)
+
 
 class PocketError(Exception):
     """Base class: a one-line message for the user."""
@@ -22,7 +52,12 @@ class PocketError(Exception):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        return f"{self.message}; {self.hint}" if self.hint else self.message
+        return self.render("python")
+
+    def render(self, interface: str) -> str:
+        """The message and hint, with the options they name spelled for ``interface``."""
+        text = f"{self.message}; {self.hint}" if self.hint else self.message
+        return render(text, interface)
 
 
 class UsageError(PocketError):

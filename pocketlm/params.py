@@ -33,14 +33,16 @@ class GenerationParams(BaseModel):
         0.8, ge=0.0, le=5.0, description="sampling temperature; 0 picks the likeliest token"
     )
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling: keep this mass")
-    top_k: int = Field(40, ge=0, description="keep the k likeliest tokens (0: all)")
+    top_k: int = Field(40, ge=0, le=1 << 20, description="keep the k likeliest tokens (0: all)")
     min_p: float = Field(
         0.05, ge=0.0, le=1.0, description="drop tokens below this fraction of the top one"
     )
     repeat_penalty: float = Field(
         1.1, gt=0.0, le=10.0, description="penalise recently seen tokens (1: off)"
     )
-    repeat_last_n: int = Field(64, ge=0, description="how many recent tokens the penalty sees")
+    repeat_last_n: int = Field(
+        64, ge=0, le=1 << 20, description="how many recent tokens the penalty sees"
+    )
     seed: int | None = Field(
         None, ge=0, le=2**32 - 2, description="random seed (same seed, same output)"
     )

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args._main(args) or 0
     except PocketError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.render('cli')}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -61,7 +61,7 @@ def chat_loop(model, *, system: str | None, params: dict, verbose: bool) -> int:
         try:
             check_text(text, "message")
         except PocketError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {e.render('cli')}", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
         messages = ([{"role": "system", "content": system}] if system else []) + history
@@ -97,7 +97,7 @@ def _answer(model, messages, params: dict, verbose: bool):
         else:
             stream = model.generate(messages[-1]["content"], raw=True, stream=True, **params)
     except PocketError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.render('cli')}", file=sys.stderr)
         return None
     except KeyboardInterrupt:
         print("\n(stopped)", file=sys.stderr)

@@ -325,9 +325,9 @@ class BatchEngine:
         slot.carry = None
         try:
             slot.sampler = Sampler.for_params(req.params, self.model, grammar=req.grammar)
-        except PocketError as e:
+        except Exception as e:  # this sequence fails; the scheduler thread must live on
             slot.sampler = None
-            self._finish(slot, "error", error=str(e))
+            self._fail(slot, e)
             return
         # The penalty's window starts with the prompt; with a grammar, with the answer only
         # (as when llama.cpp's own penalties sampler, which a grammar chain could not be fed

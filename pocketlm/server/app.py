@@ -334,7 +334,7 @@ def create_app(
         kind = kinds.get(e.http_status, "invalid_request_error")
         if e.http_status >= 500:
             kind = "server_error"
-        return _error(request, e.http_status, str(e), param=e.param, kind=kind)
+        return _error(request, e.http_status, e.render("http"), param=e.param, kind=kind)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):

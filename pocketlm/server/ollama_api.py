@@ -271,7 +271,7 @@ async def pull(body: OllamaModelRequest, request: Request):
             await asyncio.to_thread(do_pull, name, store, progress)
             await queue.put({"status": "success"})
         except PocketError as e:
-            await queue.put({"error": str(e), "_http": e.http_status})
+            await queue.put({"error": e.render("http"), "_http": e.http_status})
         except Exception as e:
             await queue.put({"error": str(e), "_http": 500})
         await queue.put(None)

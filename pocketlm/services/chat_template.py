@@ -36,7 +36,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
-from pocketlm.errors import PocketError, UsageError
+from pocketlm.errors import PocketError, UsageError, option
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -45,7 +45,7 @@ OUTPUT_ALLOWANCE = 1 << 20  # characters of markup a template may add to the mes
 OUTPUT_PER_INPUT = 4  # ...plus this many times the messages' own characters
 MAX_INT_BITS = 1 << 16  # numbers a template may compute (printing one stops at 4300 digits)
 
-_HINT = "run with --raw to send the prompt without a template"
+_HINT = f"send the prompt without a template: {option('raw', True)}"
 
 
 class TemplateError(PocketError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pocketlm.errors import UsageError
+from pocketlm.errors import UsageError, option
 from pocketlm.params import context_size
 from pocketlm.services import machine
 from pocketlm.store.gguf_check import GGUFInfo
@@ -54,7 +54,7 @@ def compute_bytes(info: GGUFInfo, n_batch: int = 512) -> int:
 
 def fit(name: str, info: GGUFInfo, ctx: int | None = None) -> FitReport:
     if ctx is not None and ctx < 16:
-        raise UsageError(f"invalid --ctx {ctx}: must be at least 16")
+        raise UsageError(f"invalid {option('ctx', ctx)}: must be at least 16")
     n_ctx = context_size(ctx, info.context_length)
     weights = info.tensor_data_bytes
     kv = kv_bytes_per_token(info) * n_ctx

@@ -19,7 +19,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from pocketlm import config
-from pocketlm.errors import ContextOverflowError, UsageError
+from pocketlm.errors import ContextOverflowError, UsageError, option
 from pocketlm.params import (
     GenerationOverrides,
     GenerationParams,
@@ -290,7 +290,8 @@ class Stream:
                     len(prompt.tokens),
                     want,
                     n_ctx,
-                    "even the last message alone does not fit: raise --ctx or shorten it",
+                    f"even the last message alone does not fit: raise {option('ctx')} or "
+                    "shorten it",
                 )
         self.tokens = prompt.tokens
         stats.prompt_tokens = len(self.tokens)
@@ -361,9 +362,9 @@ def _overflow_hint(model: LoadedModel, prompt_tokens: int, want: int) -> str:
     need = prompt_tokens + max(want, 1)
     train = model._model.n_ctx_train
     if need <= train:
-        fix = f"raise the context with --ctx {need} (the model supports up to {train})"
+        fix = f"raise the context with {option('ctx', need)} (the model supports up to {train})"
     else:
         fix = f"the model supports at most {train} tokens: shorten the prompt"
     if want:
-        fix += ", lower --max-tokens"
-    return fix + ", or pass --truncate to drop the oldest part of the prompt"
+        fix += f", lower {option('max_tokens')}"
+    return fix + f", or pass {option('truncate', True)} to drop the oldest part of the prompt"

@@ -370,9 +370,13 @@ class ServedModel:
         """Mean-pooled, L2-normalised embeddings (a separate context); returns them and the
         number of tokens read. Each text is computed on the engine's scheduler thread between
         two generation steps (see BatchEngine.call), so streams keep flowing meanwhile."""
-        batch = await asyncio.to_thread(self._embed_tokens, texts)
-        out = [await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t)))
-               for tokens in batch]  # fmt: skip
+        self.active += 1  # busy: keep_alive 0 or the reaper unloads it after, not during
+        try:
+            batch = await asyncio.to_thread(self._embed_tokens, texts)
+            out = [await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t)))
+                   for tokens in batch]  # fmt: skip
+        finally:
+            self._release()
         return out, sum(len(t) for t in batch)
 
     def _embed_tokens(self, texts: Sequence[str]) -> list[list[int]]:

@@ -284,3 +284,21 @@ def test_a_restore_that_llama_cpp_refuses_falls_back_to_evaluating(model, monkey
     )
     assert restored == 0 and done.cached_tokens == 0  # the failed copy emptied the slot
     assert out == first  # evaluated again, from an empty sequence: the same tokens
+
+
+def test_a_sampler_that_cannot_be_built_fails_its_request_only(model):
+    """A request whose sampler chain raises (here: a window too large for a deque, past
+    validation) fails alone; the scheduler thread serves the next request."""
+    engine = BatchEngine(model, n_seq=2, n_ctx_seq=256, n_threads=1)
+    try:
+        bad = GenerationParams.model_construct(**{**GenerationParams().model_dump(),
+                                                  "repeat_last_n": 2**63})  # fmt: skip
+        done: list[Finished] = []
+        ended = threading.Event()
+        engine.submit(Request(prompt(model, "the cat"), bad,
+                              on_done=lambda f: (done.append(f), ended.set())))  # fmt: skip
+        assert ended.wait(30) and done[0].reason == "error"
+        tokens, finished = generate(engine, prompt(model, "the cat"), max_tokens=3)
+        assert finished.reason == "length" and len(tokens) == 3
+    finally:
+        engine.close()

@@ -416,3 +416,26 @@ def test_special_token_text_in_a_message_cannot_forge_a_turn(tiny_server, tiny_g
         vocab.close()
     assert as_text > as_special  # the test can tell the two apart
     assert prompt_tokens(forged) - prompt_tokens("hi") == as_text - hi
+
+
+def test_huge_sampling_integers_are_400_not_a_dead_scheduler(tiny_server):
+    """Fuzzer finding: repeat_last_n 2**63 raised OverflowError in the scheduler thread, and
+    every stream of the model hung until a restart."""
+    url, model = tiny_server
+    for field in ("repeat_last_n", "top_k"):
+        r = httpx.post(f"{url}/v1/completions", timeout=30, json={
+            "model": model, "prompt": "hi", "max_tokens": 2, field: 2**63})  # fmt: skip
+        assert r.status_code == 400 and field in r.json()["error"]["message"], r.text
+    r = httpx.post(f"{url}/v1/completions", timeout=30,
+                   json={"model": model, "prompt": "hi", "max_tokens": 2})  # fmt: skip
+    assert r.status_code == 200
+
+
+def test_keep_alive_0_on_embed_unloads_after_not_during(store_with_tiny):
+    """Fuzzer finding: keep_alive 0 on /api/embed unloaded the model while it embedded (500)."""
+    with serve("--ctx", "512", "--threads", "1") as url:
+        texts = [f"the cat number {i} sat on the mat " * 12 for i in range(256)]
+        for _ in range(3):
+            r = httpx.post(f"{url}/api/embed", timeout=60,
+                           json={"model": "tiny", "input": texts, "keep_alive": 0})  # fmt: skip
+            assert r.status_code == 200 and len(r.json()["embeddings"]) == 256, r.text

@@ -66,8 +66,9 @@ def test_context_overflow_is_an_error_with_counts(model):
     assert n > model.n_ctx
     with pytest.raises(ContextOverflowError) as e:
         model.generate(prompt, raw=True, max_tokens=10)
-    msg = str(e.value)
-    assert f"{n} tokens" in msg and "256" in msg and "--ctx" in msg and "--truncate" in msg
+    msg, cli = str(e.value), e.value.render("cli")  # the Python API's spelling, the CLI's
+    assert f"{n} tokens" in msg and "256" in msg and "--ctx" in cli and "--truncate" in cli
+    assert "ctx=" in msg and "truncate=True" in msg and "--" not in msg
     # max_tokens alone can overflow too
     with pytest.raises(ContextOverflowError, match="max tokens \\(300\\)"):
         model.generate("hello", raw=True, max_tokens=300)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketlm.errors import UsageError
+from pocketlm.errors import UsageError, option
 
 FORMATS = ("jsonl", "piqa", "hellaswag", "arc", "mmlu")
 
@@ -52,7 +52,7 @@ def detect_format(path: Path) -> str:
     if "choices" in first:
         return "jsonl"
     raise UsageError(f"cannot tell the layout of {path.name} (fields: {', '.join(first)})",
-                     f"pass --format, one of {', '.join(FORMATS)}")  # fmt: skip
+                     f"pass {option('format')}, one of {', '.join(FORMATS)}")  # fmt: skip
 
 
 def load(
@@ -141,7 +141,8 @@ def _piqa(path: Path, labels: str | Path | None) -> Iterator[MCItem]:
         label_list = [int(x) for x in lines]
     records = list(_records(path))
     if label_list is None and not all("label" in r for _, r in records):
-        raise UsageError(f"{path.name} has no labels", "pass the labels file: --labels FILE")
+        raise UsageError(f"{path.name} has no labels",
+                         f"pass the labels file: {option('labels', 'FILE')}")  # fmt: skip
     if label_list is not None and len(label_list) != len(records):
         raise UsageError(f"{len(label_list)} labels for {len(records)} PIQA items",
                          "give the labels file that belongs to this split")  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from pocketlm.engine.llama import Model
-from pocketlm.errors import UsageError
+from pocketlm.errors import UsageError, option
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services.evaluate.datasets import MCItem
 from pocketlm.services.evaluate.scoring import Scorer
@@ -44,9 +44,9 @@ def prompt_for(item: MCItem, examples: Sequence[MCItem]) -> str:
 
 def choose_examples(items: Sequence[MCItem], shots: int, seed: int) -> list[MCItem]:
     if shots < 0:
-        raise UsageError(f"invalid --shots {shots}: must be 0 or more")
+        raise UsageError(f"invalid {option('shots', shots)}: must be 0 or more")
     if shots >= len(items):
-        raise UsageError(f"--shots {shots} needs more items than the file's {len(items)}")
+        raise UsageError(f"{option('shots', shots)} needs more items than the file's {len(items)}")
     # one more than asked: an item drawn as an example is skipped when it is itself asked
     return random.Random(seed).sample(list(items), min(shots + 1, len(items)))
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketlm.errors import UsageError
+from pocketlm.errors import UsageError, option
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services import results
 from pocketlm.services.results import ResultsDB
@@ -235,7 +235,8 @@ def check_grid(
             raise UsageError(
                 f"context length {n} does not fit: the context holds {n_max} prompt tokens "
                 f"with room for a {MAX_ANSWER_TOKENS}-token answer",
-                f"load the model with --ctx {n + MAX_ANSWER_TOKENS + 8} or give shorter lengths",
+                f"load the model with {option('ctx', n + MAX_ANSWER_TOKENS + 8)} or give shorter "
+                "lengths",
             )
         if n < n_min:
             raise UsageError(
