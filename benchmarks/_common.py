@@ -11,8 +11,11 @@ from pathlib import Path
 
 def default_model_path() -> Path:
     """The default model's GGUF, pulled into the store first if needed (with a progress bar)."""
-    subprocess.run([sys.executable, "-m", "pocketlm", "pull", "smollm2-135m-instruct"],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pocketlm", "pull", "smollm2-135m-instruct"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     from pocketlm.store.store import Store
 
     return Path(Store().get("smollm2-135m-instruct").path)
@@ -100,9 +103,17 @@ class Server:
     ``memory_limit`` (bytes of address space, the soft RLIMIT_AS) makes a runaway allocation
     a MemoryError in the server instead of a machine that swaps or an OOM kill elsewhere."""
 
-    def __init__(self, argv: list[str], port: int, *, env: dict | None = None,
-                 log: str | os.PathLike = os.devnull, ready_path: str = "/v1/models",
-                 start_timeout: float = 120.0, memory_limit: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        *,
+        env: dict | None = None,
+        log: str | os.PathLike = os.devnull,
+        ready_path: str = "/v1/models",
+        start_timeout: float = 120.0,
+        memory_limit: int | None = None,
+    ):
         self.argv, self.port, self.env, self.log = argv, port, env, log
         self.ready_path, self.start_timeout = ready_path, start_timeout
         self.memory_limit = memory_limit
@@ -119,16 +130,22 @@ class Server:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
         out = open(self.log, "ab")  # the child keeps its own copy of the descriptor
-        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.env,
-                                     preexec_fn=self._limit_memory if self.memory_limit
-                                     else None)  # fmt: skip
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            preexec_fn=self._limit_memory if self.memory_limit else None,
+        )
         out.close()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}): see {self.log}\n"
-                                   f"  {' '.join(self.argv)}")  # fmt: skip
+                raise RuntimeError(
+                    f"server exited ({self.proc.returncode}): see {self.log}\n"
+                    f"  {' '.join(self.argv)}"
+                )
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return self
@@ -163,8 +180,17 @@ class Server:
 
 def pocketlm_serve(model: str, port: int, *extra: str) -> list[str]:
     """argv of `pocketlm serve` preloading ``model`` (a store name or a GGUF path)."""
-    return [sys.executable, "-m", "pocketlm", "serve", "--port", str(port), "--preload", model,
-            *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pocketlm",
+        "serve",
+        "--port",
+        str(port),
+        "--preload",
+        model,
+        *extra,
+    ]
 
 
 def sse_data(line: str) -> str | None:

@@ -84,8 +84,11 @@ print(json.dumps(out))
 
 
 def measure(python: str, path: Path, n_seq: int) -> dict:
-    r = subprocess.run([python, "-c", CHILD, str(path), str(threads()), json.dumps([n_seq])],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [python, "-c", CHILD, str(path), str(threads()), json.dumps([n_seq])],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         sys.exit(f"error: the engine run failed ({python}): {r.stderr.strip()[-400:]}")
     return json.loads(r.stdout)
@@ -116,8 +119,11 @@ def main() -> int:
                     runs[name]["prefill"].append(got["prefill"])
         for name in engines:
             row = runs[name]
-            print(f"  round {r + 1} {name:9s}: prefill {row['prefill'][-1]:.0f} tok/s; decode "
-                  + ", ".join(f"x{s} {row[str(s)][-1]:.0f}" for s in SEQS), flush=True)  # fmt: skip
+            print(
+                f"  round {r + 1} {name:9s}: prefill {row['prefill'][-1]:.0f} tok/s; decode "
+                + ", ".join(f"x{s} {row[str(s)][-1]:.0f}" for s in SEQS),
+                flush=True,
+            )
     med = {e: {k: median(v) for k, v in rows.items()} for e, rows in runs.items()}
     print("\ntok/s, median of the rounds (min-max):")
     print("| engine | prefill (256 tokens) | " + " | ".join(f"{s} seq" for s in SEQS) + " |")
@@ -127,15 +133,22 @@ def main() -> int:
         print(f"| {name} | " + " | ".join(cells) + " |")
     for name, rows in runs.items():
         per_round = [a / b for a, b in zip(rows["8"], rows["1"])]
-        print(f"{name}: 8 sequences / 1 = x{med[name]['8'] / med[name]['1']:.2f} "
-              f"(median per round x{median(per_round):.2f}), "
-              f"16 / 1 = x{med[name]['16'] / med[name]['1']:.2f}")  # fmt: skip
+        print(
+            f"{name}: 8 sequences / 1 = x{med[name]['8'] / med[name]['1']:.2f} "
+            f"(median per round x{median(per_round):.2f}), "
+            f"16 / 1 = x{med[name]['16'] / med[name]['1']:.2f}"
+        )
     if "baseline" in runs:
-        ratios = {k: median([a / b for a, b in zip(runs["installed"][k], runs["baseline"][k])])
-                  for k in keys}  # fmt: skip
-        print("installed / baseline (median of paired ratios): "
-              + ", ".join(f"{k if k == 'prefill' else k + ' seq'} x{v:.2f}"
-                          for k, v in ratios.items()))  # fmt: skip
+        ratios = {
+            k: median([a / b for a, b in zip(runs["installed"][k], runs["baseline"][k])])
+            for k in keys
+        }
+        print(
+            "installed / baseline (median of paired ratios): "
+            + ", ".join(
+                f"{k if k == 'prefill' else k + ' seq'} x{v:.2f}" for k, v in ratios.items()
+            )
+        )
         plot(med, Path(args.plot))
         print(f"plot: {args.plot}")
     return 0

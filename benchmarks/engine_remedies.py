@@ -62,8 +62,11 @@ print(json.dumps({"prefill": prefill, "decode": decode, "prompt": n}))
 
 
 def measure(python: str, path: Path, extra: bool) -> dict | None:
-    proc = subprocess.run([python, "-c", CHILD, str(path), str(int(extra)), str(threads())],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [python, "-c", CHILD, str(path), str(int(extra)), str(threads())],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode < 0:
         return None  # killed by a signal: this configuration crashes here
     proc.check_returncode()

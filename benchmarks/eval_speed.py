@@ -46,13 +46,17 @@ def main() -> int:
     ctx_tokens = sum(len(g.context) for g in groups) / len(groups)
     cont_tokens = sum(len(k) for g in groups for k in g.continuations) / (2 * len(groups))
     probe.close()
-    print(f"model {path.name}, {n_threads} threads; PIQA items: {ctx_tokens:.1f} context and "
-          f"{cont_tokens:.1f} continuation tokens on average")
+    print(
+        f"model {path.name}, {n_threads} threads; PIQA items: {ctx_tokens:.1f} context and "
+        f"{cont_tokens:.1f} continuation tokens on average"
+    )
 
     report = run_multiple_choice(model, sample, threads=n_threads)
     shared = report.seconds / len(sample) * 1000
-    print(f"pocketlm scorer: {len(sample)} items in {report.seconds:.1f} s -> {shared:.0f} s per "
-          f"1,000 items (acc {report.acc:.3f}, acc_norm {report.acc_norm:.3f}); target <= 250")
+    print(
+        f"pocketlm scorer: {len(sample)} items in {report.seconds:.1f} s -> {shared:.0f} s per "
+        f"1,000 items (acc {report.acc:.3f}, acc_norm {report.acc_norm:.3f}); target <= 250"
+    )
 
     naive_ctx = Context(model, n_ctx=512, n_threads=n_threads, n_batch=512)
     tokenize = lambda s: model.tokenize(s, add_special=True)  # noqa: E731
@@ -62,8 +66,10 @@ def main() -> int:
             c, k = encode_pair(tokenize, item.context, choice)
             naive_ctx.prefill_all(c + k)  # all logits, nothing shared or cached
     naive = (time.perf_counter() - t) / args.naive_items * 1000
-    print(f"each choice from scratch: {naive:.0f} s per 1,000 items "
-          f"({args.naive_items} items); pocketlm is x{naive / shared:.2f} faster")
+    print(
+        f"each choice from scratch: {naive:.0f} s per 1,000 items "
+        f"({args.naive_items} items); pocketlm is x{naive / shared:.2f} faster"
+    )
 
     tokens = report.tokens_scored
     flat = (model.tokenize("the quick brown fox jumps over the lazy dog " * 60) * 4)[:512]
@@ -72,9 +78,11 @@ def main() -> int:
         naive_ctx.prefill_all(flat)
         done += len(flat)
     floor = (time.perf_counter() - t) * tokens / done / len(sample) * 1000
-    print(f"plain prefill of as many tokens ({tokens}) in 512-token batches with all logits: "
-          f"{floor:.0f} s per 1,000 items; the scorer runs at x{floor / shared:.2f} that speed "
-          "(it shares the choices' common tokens and skips unneeded logits)")
+    print(
+        f"plain prefill of as many tokens ({tokens}) in 512-token batches with all logits: "
+        f"{floor:.0f} s per 1,000 items; the scorer runs at x{floor / shared:.2f} that speed "
+        "(it shares the choices' common tokens and skips unneeded logits)"
+    )
     naive_ctx.close()
     model.close()
     return 0

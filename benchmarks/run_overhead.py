@@ -74,20 +74,47 @@ print(json.dumps({"tokens": n, "decode_tps": (n - 1) / (times[-1] - times[0]) if
 
 def pocketlm_decode(n_tokens: int) -> tuple[float, int]:
     out = subprocess.run(
-        [sys.executable, "-m", "pocketlm", "run", PROMPT, "--json", "--temperature", "0",
-         "--repeat-penalty", "1", "--max-tokens", str(n_tokens), "--threads", str(threads())],
-        capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pocketlm",
+            "run",
+            PROMPT,
+            "--json",
+            "--temperature",
+            "0",
+            "--repeat-penalty",
+            "1",
+            "--max-tokens",
+            str(n_tokens),
+            "--threads",
+            str(threads()),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
     stats = json.loads(out.stdout)["stats"]
     return stats["decode_tps"], stats["completion_tokens"]
 
 
 def bare_decode(path, prompt_tokens, n_tokens: int, mode: str) -> tuple[float, int]:
     out = subprocess.run(
-        [sys.executable, "-c", BARE, str(path), json.dumps(prompt_tokens), str(n_tokens),
-         str(threads()), mode],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            BARE,
+            str(path),
+            json.dumps(prompt_tokens),
+            str(n_tokens),
+            str(threads()),
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     r = json.loads(out.stdout)
     return r["decode_tps"], r["tokens"]
 
@@ -96,8 +123,10 @@ def time_to_first_byte() -> float:
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pocketlm", "run", "Say hello.", "--max-tokens", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     proc.stdout.read(1)
     first = time.perf_counter() - start
     proc.communicate()
@@ -122,15 +151,18 @@ def main() -> int:
         f"model {path.name}, prompt {len(tokens)} tokens, greedy, up to {args.tokens} tokens, "
         f"{threads()} threads, {args.rounds} rounds (alternating)"
     )
-    results: dict[str, list[float]] = {"pocketlm run": [], "bare Llama.generate": [],
-                                       "bare C-API loop": []}  # fmt: skip
+    results: dict[str, list[float]] = {
+        "pocketlm run": [],
+        "bare Llama.generate": [],
+        "bare C-API loop": [],
+    }
     counts = {}
     for r in range(args.rounds):
-        for name, fn in (("pocketlm run", lambda: pocketlm_decode(args.tokens)),
-                         ("bare Llama.generate", lambda: bare_decode(path, tokens, args.tokens,
-                                                                      "high")),
-                         ("bare C-API loop", lambda: bare_decode(path, tokens, args.tokens,
-                                                                  "low"))):  # fmt: skip
+        for name, fn in (
+            ("pocketlm run", lambda: pocketlm_decode(args.tokens)),
+            ("bare Llama.generate", lambda: bare_decode(path, tokens, args.tokens, "high")),
+            ("bare C-API loop", lambda: bare_decode(path, tokens, args.tokens, "low")),
+        ):
             tps, n = fn()
             results[name].append(tps)
             counts[name] = n

@@ -49,9 +49,16 @@ from _common import (  # noqa: E402
 )
 
 MODEL = "smollm2-135m-instruct"
-QUESTIONS = ["Tell me about the sea.", "What is a lighthouse?", "Write a haiku about snow.",
-             "Name three colours.", "Why is the sky blue?", "Describe a busy market.",
-             "Give me a recipe for bread.", "What do cats like?"]  # fmt: skip
+QUESTIONS = [
+    "Tell me about the sea.",
+    "What is a lighthouse?",
+    "Write a haiku about snow.",
+    "Name three colours.",
+    "Why is the sky blue?",
+    "Describe a busy market.",
+    "Give me a recipe for bread.",
+    "What do cats like?",
+]
 # kind: (weight, route, streaming, hang up after a few chunks)
 KINDS = {
     "chat stream": (25, "/v1/chat/completions", True, False),
@@ -89,20 +96,39 @@ def body_for(kind: str, rng: random.Random) -> dict:
     q = rng.choice(QUESTIONS)
     n = rng.randint(4, 24)
     if route == "/v1/chat/completions":
-        return {"model": MODEL, "messages": [{"role": "user", "content": q}], "max_tokens": n,
-                "stream": stream, "seed": rng.randrange(2**31)}  # fmt: skip
+        return {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": q}],
+            "max_tokens": n,
+            "stream": stream,
+            "seed": rng.randrange(2**31),
+        }
     if route == "/v1/completions":
-        return {"model": MODEL, "prompt": f"Question: {q}\nAnswer:", "max_tokens": n,
-                "stream": stream, "seed": rng.randrange(2**31)}  # fmt: skip
+        return {
+            "model": MODEL,
+            "prompt": f"Question: {q}\nAnswer:",
+            "max_tokens": n,
+            "stream": stream,
+            "seed": rng.randrange(2**31),
+        }
     if route == "/api/chat":
-        return {"model": MODEL, "messages": [{"role": "user", "content": q}], "stream": stream,
-                "options": {"num_predict": n, "seed": rng.randrange(2**31)}}  # fmt: skip
-    return {"model": MODEL, "prompt": q, "stream": stream,
-            "options": {"num_predict": n, "seed": rng.randrange(2**31)}}  # fmt: skip
+        return {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": q}],
+            "stream": stream,
+            "options": {"num_predict": n, "seed": rng.randrange(2**31)},
+        }
+    return {
+        "model": MODEL,
+        "prompt": q,
+        "stream": stream,
+        "options": {"num_predict": n, "seed": rng.randrange(2**31)},
+    }
 
 
-async def one_request(client: httpx.AsyncClient, url: str, kind: str, rng: random.Random,
-                      t: Tally) -> float:  # fmt: skip
+async def one_request(
+    client: httpx.AsyncClient, url: str, kind: str, rng: random.Random, t: Tally
+) -> float:
     """Send one request of ``kind``; returns seconds to wait before the next (503)."""
     _, route, stream, hang_up = KINDS[kind]
     body = body_for(kind, rng)
@@ -124,8 +150,9 @@ async def one_request(client: httpx.AsyncClient, url: str, kind: str, rng: rando
                 return 0.0
             if not stream:
                 obj = json.loads(await r.aread())
-                t.tokens += (obj.get("usage") or {}).get("completion_tokens") or \
-                    obj.get("eval_count") or 0  # fmt: skip
+                t.tokens += (
+                    (obj.get("usage") or {}).get("completion_tokens") or obj.get("eval_count") or 0
+                )
                 t.latency.append(time.perf_counter() - start)
                 return 0.0
             chunks, pieces, finished, stop_after = 0, 0, False, rng.randint(1, 4)
@@ -167,8 +194,9 @@ async def one_request(client: httpx.AsyncClient, url: str, kind: str, rng: rando
     return 0.0
 
 
-async def client_loop(i: int, url: str, deadline: float, tallies: dict[str, Tally],
-                      timeout: float) -> None:  # fmt: skip
+async def client_loop(
+    i: int, url: str, deadline: float, tallies: dict[str, Tally], timeout: float
+) -> None:
     rng = random.Random(i)
     kinds, weights = list(KINDS), [k[0] for k in KINDS.values()]
     async with httpx.AsyncClient(timeout=timeout) as client:
@@ -217,25 +245,37 @@ def counts_agree(server: collections.Counter, clients: collections.Counter, unse
 
 
 def table(tallies: dict[str, Tally]) -> None:
-    head = (f"{'kind':32s} {'sent':>5s} {'200':>5s} {'503':>5s} {'4xx':>4s} {'5xx':>4s} "
-            f"{'t/o':>4s} {'conn':>4s} {'hung':>5s} {'trunc':>5s} {'err':>4s} {'tokens':>6s} "
-            f"{'p50 s':>6s} {'p95 s':>6s}")  # fmt: skip
+    head = (
+        f"{'kind':32s} {'sent':>5s} {'200':>5s} {'503':>5s} {'4xx':>4s} {'5xx':>4s} "
+        f"{'t/o':>4s} {'conn':>4s} {'hung':>5s} {'trunc':>5s} {'err':>4s} {'tokens':>6s} "
+        f"{'p50 s':>6s} {'p95 s':>6s}"
+    )
     print(head)
     print("-" * len(head))
     total = Tally()
     for kind, t in [*tallies.items(), ("total", total)]:
         if kind != "total":
             total.status.update(t.status)
-            for f in ("sent", "timeouts", "conn_errors", "hung_up", "truncated", "stream_errors",
-                      "tokens", "no_retry_after"):  # fmt: skip
+            for f in (
+                "sent",
+                "timeouts",
+                "conn_errors",
+                "hung_up",
+                "truncated",
+                "stream_errors",
+                "tokens",
+                "no_retry_after",
+            ):
                 setattr(total, f, getattr(total, f) + getattr(t, f))
             total.latency += t.latency
         s4 = sum(v for k, v in t.status.items() if 400 <= k < 500)
         s5 = sum(v for k, v in t.status.items() if k >= 500 and k != 503)
-        print(f"{kind:32s} {t.sent:5d} {t.status[200]:5d} {t.status[503]:5d} {s4:4d} {s5:4d} "
-              f"{t.timeouts:4d} {t.conn_errors:4d} {t.hung_up:5d} {t.truncated:5d} "
-              f"{t.stream_errors:4d} {t.tokens:6d} {percentile(t.latency, 50):6.2f} "
-              f"{percentile(t.latency, 95):6.2f}")  # fmt: skip
+        print(
+            f"{kind:32s} {t.sent:5d} {t.status[200]:5d} {t.status[503]:5d} {s4:4d} {s5:4d} "
+            f"{t.timeouts:4d} {t.conn_errors:4d} {t.hung_up:5d} {t.truncated:5d} "
+            f"{t.stream_errors:4d} {t.tokens:6d} {percentile(t.latency, 50):6.2f} "
+            f"{percentile(t.latency, 95):6.2f}"
+        )
     tallies["total"] = total
 
 
@@ -251,12 +291,22 @@ def main() -> int:
     default_model_path()  # pulled, if it is not
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="serve_load-")) / "pocketlm.log"
-    argv = pocketlm_serve(MODEL, port, "--parallel", str(args.parallel), "--queue",
-                          str(args.queue), "--threads", str(threads()))  # fmt: skip
-    print(f"{' '.join(argv[1:])}\n{args.clients} clients, {args.warmup:.0f} s warm-up, then "
-          f"{args.seconds:.0f} s; client timeout {args.timeout:.0f} s; server log {log}; "
-          f"{machine_load()}",
-          flush=True)  # fmt: skip
+    argv = pocketlm_serve(
+        MODEL,
+        port,
+        "--parallel",
+        str(args.parallel),
+        "--queue",
+        str(args.queue),
+        "--threads",
+        str(threads()),
+    )
+    print(
+        f"{' '.join(argv[1:])}\n{args.clients} clients, {args.warmup:.0f} s warm-up, then "
+        f"{args.seconds:.0f} s; client timeout {args.timeout:.0f} s; server log {log}; "
+        f"{machine_load()}",
+        flush=True,
+    )
     with Server(argv, port, log=log) as server:
         asyncio.run(run_load(server.url, args.clients, args.warmup, args.timeout))
         idle_warm = wait_idle(server.url)
@@ -267,9 +317,19 @@ def main() -> int:
         idle = wait_idle(server.url)
         rss1, m1 = rss_bytes(server.pid), scrape(server.url)
         alive = server.proc.poll() is None
-        after = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
-            "model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
-            "max_tokens": 4}).status_code if alive else None  # fmt: skip
+        after = (
+            httpx.post(
+                server.url + "/v1/chat/completions",
+                timeout=60,
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "Hi"}],
+                    "max_tokens": 4,
+                },
+            ).status_code
+            if alive
+            else None
+        )
     print(
         f"\nrun took {wall:.1f} s (the last requests finish after the deadline); {machine_load()}\n"
     )
@@ -283,31 +343,51 @@ def main() -> int:
     unseen = total.timeouts + total.conn_errors
     checks = [
         ("no 5xx other than 503", bad5 == 0, f"{bad5} such responses"),
-        ("every 503 carries Retry-After", total.no_retry_after == 0,
-         f"{total.status[503]} x 503, {total.no_retry_after} without it"),
+        (
+            "every 503 carries Retry-After",
+            total.no_retry_after == 0,
+            f"{total.status[503]} x 503, {total.no_retry_after} without it",
+        ),
         ("no hung connection (client timeout)", total.timeouts == 0, f"{total.timeouts} timeouts"),
         ("no connection error", total.conn_errors == 0, f"{total.conn_errors} errors"),
-        ("no stream cut short by the server", total.truncated == 0,
-         f"{total.truncated} streams without their final event"),
-        ("no error event inside a 200 stream", total.stream_errors == 0,
-         f"{total.stream_errors} error events"),
-        ("RSS less the RAM tier's entries within 5% (after warm-up -> after run)",
-         abs(growth) <= 0.05,
-         f"{(rss0 - cache0) / 2**20:.1f} -> {(rss1 - cache1) / 2**20:.1f} MiB "
-         f"({100 * growth:+.1f}%); RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB, RAM tier "
-         f"{cache0 / 2**20:.1f} -> {cache1 / 2**20:.1f} MiB"),
-        ("/metrics back to 0 active, 0 queued", idle is not None,
-         f"after {idle:.1f} s" if idle is not None else
-         f"active {m1.get('pocketlm_active_sequences')}, "
-         f"queue {m1.get('pocketlm_queue_depth')} after 30 s"),
-        ("server counted what the clients saw (requests that timed out or broke may count "
-         "on the server only)", counts_agree(counted, client_seen, unseen),
-         f"server {dict(sorted(counted.items()))}, clients {dict(sorted(client_seen.items()))}"),
+        (
+            "no stream cut short by the server",
+            total.truncated == 0,
+            f"{total.truncated} streams without their final event",
+        ),
+        (
+            "no error event inside a 200 stream",
+            total.stream_errors == 0,
+            f"{total.stream_errors} error events",
+        ),
+        (
+            "RSS less the RAM tier's entries within 5% (after warm-up -> after run)",
+            abs(growth) <= 0.05,
+            f"{(rss0 - cache0) / 2**20:.1f} -> {(rss1 - cache1) / 2**20:.1f} MiB "
+            f"({100 * growth:+.1f}%); RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB, RAM tier "
+            f"{cache0 / 2**20:.1f} -> {cache1 / 2**20:.1f} MiB",
+        ),
+        (
+            "/metrics back to 0 active, 0 queued",
+            idle is not None,
+            f"after {idle:.1f} s"
+            if idle is not None
+            else f"active {m1.get('pocketlm_active_sequences')}, "
+            f"queue {m1.get('pocketlm_queue_depth')} after 30 s",
+        ),
+        (
+            "server counted what the clients saw (requests that timed out or broke may count "
+            "on the server only)",
+            counts_agree(counted, client_seen, unseen),
+            f"server {dict(sorted(counted.items()))}, clients {dict(sorted(client_seen.items()))}",
+        ),
         ("server alive and answering after the run", after == 200, f"status {after}"),
-    ]  # fmt: skip
-    print(f"\nwarm-up load went idle after {idle_warm} s; tokens generated during the run: "
-          f"{m1.get('pocketlm_generated_tokens_total', 0) - m0.get('pocketlm_generated_tokens_total', 0):.0f} "  # noqa: E501
-          f"({total.tokens} seen by clients that read to the end)\n")  # fmt: skip
+    ]
+    print(
+        f"\nwarm-up load went idle after {idle_warm} s; tokens generated during the run: "
+        f"{m1.get('pocketlm_generated_tokens_total', 0) - m0.get('pocketlm_generated_tokens_total', 0):.0f} "  # noqa: E501
+        f"({total.tokens} seen by clients that read to the end)\n"
+    )
     for name, ok, detail in checks:
         print(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}")
     examples = [e for t in tallies.values() for e in t.examples]

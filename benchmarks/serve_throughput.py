@@ -61,10 +61,16 @@ from _common import (  # noqa: E402
 )
 
 MODEL = "smollm2-135m-instruct"
-TOPICS = ["a lighthouse keeper and a storm", "a dragon who collects clocks",
-          "two rival bakers in Paris", "a robot learning to paint", "a ship lost in the ice",
-          "a detective in a floating city", "a garden that grows at night",
-          "a musician who hears colours"]  # fmt: skip
+TOPICS = [
+    "a lighthouse keeper and a storm",
+    "a dragon who collects clocks",
+    "two rival bakers in Paris",
+    "a robot learning to paint",
+    "a ship lost in the ice",
+    "a detective in a floating city",
+    "a garden that grows at night",
+    "a musician who hears colours",
+]
 SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.1}
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -118,20 +124,35 @@ print(json.dumps({"tps": n_seq * steps / decode_s, "tokens": n_seq * steps}))
 """
 
 
-def chat_body(model: str, question: str, seed: int, max_tokens: int, system: str | None = None,
-              usage: bool = True) -> dict:  # fmt: skip
+def chat_body(
+    model: str,
+    question: str,
+    seed: int,
+    max_tokens: int,
+    system: str | None = None,
+    usage: bool = True,
+) -> dict:
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": question}]  # fmt: skip
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
-            "seed": seed, **SAMPLING}  # fmt: skip
+        {"role": "user", "content": question}
+    ]
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "seed": seed,
+        **SAMPLING,
+    }
     if usage:
         body["stream_options"] = {"include_usage": True}
     return body
 
 
 def story(i: int) -> str:
-    return f"Write a long, detailed story about {TOPICS[i % len(TOPICS)]}. Describe every " \
-        "character and every place, and do not stop early."  # fmt: skip
+    return (
+        f"Write a long, detailed story about {TOPICS[i % len(TOPICS)]}. Describe every "
+        "character and every place, and do not stop early."
+    )
 
 
 async def stream_chat(client: aiohttp.ClientSession, url: str, body: dict) -> dict:
@@ -155,45 +176,61 @@ async def stream_chat(client: aiohttp.ClientSession, url: str, body: dict) -> di
                     if first is None:
                         first = time.perf_counter() - sent
     tokens = usage["completion_tokens"] if usage else chunks
-    return {"tokens": tokens, "chunks": chunks, "ttft": first, "sent": sent,
-            "end": time.perf_counter(), "usage": usage, "text": text}  # fmt: skip
+    return {
+        "tokens": tokens,
+        "chunks": chunks,
+        "ttft": first,
+        "sent": sent,
+        "end": time.perf_counter(),
+        "usage": usage,
+        "text": text,
+    }
 
 
 def session(n: int = 4) -> aiohttp.ClientSession:
     """The load generator's HTTP client. It runs on the cores the servers use, so it should
     cost little: aiohttp (C parser) took 0.09 CPU-s for 8 x 128 streamed tokens where httpx
     took 0.25."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=n + 4),
-                                 timeout=aiohttp.ClientTimeout(total=600))  # fmt: skip
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=n + 4), timeout=aiohttp.ClientTimeout(total=600)
+    )
 
 
-async def concurrent_load(url: str, model: str, n: int, max_tokens: int, seed0: int,
-                          usage: bool) -> dict:  # fmt: skip
+async def concurrent_load(
+    url: str, model: str, n: int, max_tokens: int, seed0: int, usage: bool
+) -> dict:
     async with session(n) as client:
-        bodies = [chat_body(model, story(i), seed0 + i, max_tokens, usage=usage)
-                  for i in range(n)]  # fmt: skip
+        bodies = [chat_body(model, story(i), seed0 + i, max_tokens, usage=usage) for i in range(n)]
         start = time.perf_counter()
         results = await asyncio.gather(*(stream_chat(client, url, b) for b in bodies))
         wall = time.perf_counter() - start
     tokens = [r["tokens"] for r in results]
-    return {"tps": sum(tokens) / wall, "wall": wall, "tokens": tokens,
-            "ttft": [r["ttft"] for r in results if r["ttft"] is not None]}  # fmt: skip
+    return {
+        "tps": sum(tokens) / wall,
+        "wall": wall,
+        "tokens": tokens,
+        "ttft": [r["ttft"] for r in results if r["ttft"] is not None],
+    }
 
 
 def filler(model_path: Path, target: int) -> str:
     """Deterministic prose of about ``target`` tokens (checked with the model's tokenizer)."""
     rng = random.Random(1500)
-    nouns = ("river mountain harbour engine lantern archive orchard market bridge council "
-             "tower garden library compass winter signal valley forest").split()  # fmt: skip
+    nouns = (
+        "river mountain harbour engine lantern archive orchard market bridge council "
+        "tower garden library compass winter signal valley forest"
+    ).split()
     verbs = "guards records crosses repairs watches measures follows describes".split()
     adjs = "old quiet northern busy careful distant narrow bright".split()
     sentences: list[str] = []
     text = ""
     while count_tokens(model_path, text) < target:
         for _ in range(10):
-            sentences.append(f"The {rng.choice(adjs)} {rng.choice(nouns)} "
-                             f"{rng.choice(verbs)} the {rng.choice(adjs)} {rng.choice(nouns)} "
-                             f"near the {rng.choice(nouns)}.")  # fmt: skip
+            sentences.append(
+                f"The {rng.choice(adjs)} {rng.choice(nouns)} "
+                f"{rng.choice(verbs)} the {rng.choice(adjs)} {rng.choice(nouns)} "
+                f"near the {rng.choice(nouns)}."
+            )
         text = "Background notes for this conversation. " + " ".join(sentences)
     while count_tokens(model_path, text) > target + 10 and sentences:
         sentences.pop()
@@ -206,33 +243,62 @@ async def prefix_pair(url: str, model: str, notes: str) -> dict:
     that shares it (a different question)."""
     system = f"Session {secrets.token_hex(8)}. Use these notes when you answer.\n{notes}"
     async with session() as client:
-        a = await stream_chat(client, url, chat_body(model, "What does the old river guard?",
-                                                     1, 8, system))  # fmt: skip
-        b = await stream_chat(client, url, chat_body(model, "Name one thing near the tower.",
-                                                     2, 8, system))  # fmt: skip
-    return {"first": a["ttft"], "second": b["ttft"],
-            "prompt_tokens": (a["usage"] or {}).get("prompt_tokens")}  # fmt: skip
+        a = await stream_chat(
+            client, url, chat_body(model, "What does the old river guard?", 1, 8, system)
+        )
+        b = await stream_chat(
+            client, url, chat_body(model, "Name one thing near the tower.", 2, 8, system)
+        )
+    return {
+        "first": a["ttft"],
+        "second": b["ttft"],
+        "prompt_tokens": (a["usage"] or {}).get("prompt_tokens"),
+    }
 
 
-async def cached_prefixes_cost(url: str, model: str, notes: str, n_fill: int,
-                               tokens: int) -> tuple[float, float]:  # fmt: skip
+async def cached_prefixes_cost(
+    url: str, model: str, notes: str, n_fill: int, tokens: int
+) -> tuple[float, float]:
     """1-client tok/s on a fresh server, then again once ``n_fill`` other sequences have
     finished ~1,500-token prompts (their KV stays cached for prefix reuse)."""
     before = (await concurrent_load(url, model, 1, tokens, 7, True))["tps"]
     async with session() as client:
-        await asyncio.gather(*(stream_chat(client, url, chat_body(
-            model, "Hello.", i, 1, f"Session {secrets.token_hex(8)}.\n{notes}"))
-            for i in range(n_fill)))  # fmt: skip
+        await asyncio.gather(
+            *(
+                stream_chat(
+                    client,
+                    url,
+                    chat_body(model, "Hello.", i, 1, f"Session {secrets.token_hex(8)}.\n{notes}"),
+                )
+                for i in range(n_fill)
+            )
+        )
     after = (await concurrent_load(url, model, 1, tokens, 7, True))["tps"]
     return before, after
 
 
 def ceiling(path: Path, n_seq: int, steps: int, n_ctx_seq: int, flash: str) -> float:
-    prompts = [f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{story(i)}"
-               "<|im_end|>\n<|im_start|>assistant\n" for i in range(n_seq)]  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", CEILING, str(path), json.dumps(prompts),
-                          str(threads()), str(steps), str(n_ctx_seq), flash],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    prompts = [
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{story(i)}"
+        "<|im_end|>\n<|im_start|>assistant\n"
+        for i in range(n_seq)
+    ]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CEILING,
+            str(path),
+            json.dumps(prompts),
+            str(threads()),
+            str(steps),
+            str(n_ctx_seq),
+            flash,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)["tps"]
 
 
@@ -242,11 +308,19 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128, help="max_tokens of each client")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (and --parallel)")
     ap.add_argument("--prefix-tokens", type=int, default=1500)
-    ap.add_argument("--flash-attn", choices=("on", "off"), default="off",
-                    help="the server's --flash-attn (the ceiling uses the same)")  # fmt: skip
-    ap.add_argument("--max-wait", type=float, default=600,
-                    help="before each measurement, wait up to this many seconds for other "
-                    "processes to leave the CPUs idle (0: do not wait)")  # fmt: skip
+    ap.add_argument(
+        "--flash-attn",
+        choices=("on", "off"),
+        default="off",
+        help="the server's --flash-attn (the ceiling uses the same)",
+    )
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=600,
+        help="before each measurement, wait up to this many seconds for other "
+        "processes to leave the CPUs idle (0: do not wait)",
+    )
     args = ap.parse_args()
     path = default_model_path()
     n, th = args.clients, threads()
@@ -254,14 +328,40 @@ def main() -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="serve_throughput-"))
     p_port, l_port = free_port(), free_port()
     fa = ["--flash-attn"] if args.flash_attn == "on" else []
-    pocket = Server(pocketlm_serve(MODEL, p_port, "--parallel", str(n), "--queue", "16",
-                                   "--threads", str(th), *fa), p_port,
-                    log=log_dir / "pocketlm.log")  # fmt: skip
-    llama = Server([sys.executable, "-m", "llama_cpp.server", "--model", str(path),
-                    "--model_alias", MODEL, "--n_ctx", "4096", "--n_threads", str(th),
-                    "--n_threads_batch", str(th), "--port", str(l_port), "--host", "127.0.0.1",
-                    "--interrupt_requests", "False", "--verbose", "False"], l_port,
-                   log=log_dir / "llama_cpp_server.log")  # fmt: skip
+    pocket = Server(
+        pocketlm_serve(
+            MODEL, p_port, "--parallel", str(n), "--queue", "16", "--threads", str(th), *fa
+        ),
+        p_port,
+        log=log_dir / "pocketlm.log",
+    )
+    llama = Server(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(path),
+            "--model_alias",
+            MODEL,
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            str(th),
+            "--n_threads_batch",
+            str(th),
+            "--port",
+            str(l_port),
+            "--host",
+            "127.0.0.1",
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "False",
+        ],
+        l_port,
+        log=log_dir / "llama_cpp_server.log",
+    )
     print(
         f"model {path.name}, {th} threads, {n} clients x up to {args.tokens} tokens, "
         f"{args.rounds} rounds, flash attention {args.flash_attn}; server logs in {log_dir}",
@@ -272,27 +372,35 @@ def main() -> int:
         "(+ a nonce line)",
         flush=True,
     )
-    res: dict[str, list] = {k: [] for k in ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8",
-                                            "ceiling", "prefix")}  # fmt: skip
+    res: dict[str, list] = {
+        k: [] for k in ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8", "ceiling", "prefix")
+    }
     with pocket, llama:
         asyncio.run(concurrent_load(pocket.url, MODEL, 2, 8, 0, True))  # warm-up
         asyncio.run(concurrent_load(llama.url, MODEL, 1, 8, 0, False))
         wait_quiet(args.max_wait)
-        clean, cached = asyncio.run(cached_prefixes_cost(pocket.url, MODEL, notes, n - 1,
-                                                         args.tokens))  # fmt: skip
-        print(f"  1 client on a fresh server {clean:.1f} tok/s; after {n - 1} other sequences "
-              f"finished {args.prefix_tokens}-token prompts (kept for prefix reuse) "
-              f"{cached:.1f} tok/s (x{cached / clean:.2f})", flush=True)  # fmt: skip
+        clean, cached = asyncio.run(
+            cached_prefixes_cost(pocket.url, MODEL, notes, n - 1, args.tokens)
+        )
+        print(
+            f"  1 client on a fresh server {clean:.1f} tok/s; after {n - 1} other sequences "
+            f"finished {args.prefix_tokens}-token prompts (kept for prefix reuse) "
+            f"{cached:.1f} tok/s (x{cached / clean:.2f})",
+            flush=True,
+        )
         runs = {
-            "pocketlm x8": lambda r: asyncio.run(concurrent_load(pocket.url, MODEL, n,
-                                                                 args.tokens, 100 * r, True)),
-            "pocketlm x1": lambda r: asyncio.run(concurrent_load(pocket.url, MODEL, 1,
-                                                                 args.tokens, 100 * r, True)),
-            "llama_cpp.server x8": lambda r: asyncio.run(concurrent_load(
-                llama.url, MODEL, n, args.tokens, 100 * r, False)),
+            "pocketlm x8": lambda r: asyncio.run(
+                concurrent_load(pocket.url, MODEL, n, args.tokens, 100 * r, True)
+            ),
+            "pocketlm x1": lambda r: asyncio.run(
+                concurrent_load(pocket.url, MODEL, 1, args.tokens, 100 * r, True)
+            ),
+            "llama_cpp.server x8": lambda r: asyncio.run(
+                concurrent_load(llama.url, MODEL, n, args.tokens, 100 * r, False)
+            ),
             "ceiling": lambda r: ceiling(path, n, args.tokens, 4096, args.flash_attn),
             "prefix": lambda r: asyncio.run(prefix_pair(pocket.url, MODEL, notes)),
-        }  # fmt: skip
+        }
         paired, rest = ["pocketlm x8", "pocketlm x1", "ceiling"], ["llama_cpp.server x8", "prefix"]
         waited = 0.0
         tps_keys = ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8")
@@ -313,8 +421,10 @@ def main() -> int:
             )
             for k in ("pocketlm x8", "llama_cpp.server x8"):
                 ttft = res[k][-1]["ttft"]
-                print(f"      {k} tokens per client: {res[k][-1]['tokens']}, TTFT median "
-                      f"{median(ttft):.3f} s, max {max(ttft):.3f} s")  # fmt: skip
+                print(
+                    f"      {k} tokens per client: {res[k][-1]['tokens']}, TTFT median "
+                    f"{median(ttft):.3f} s, max {max(ttft):.3f} s"
+                )
     print(f"\nat the end: {machine_load()}; waited {waited:.0f} s in all for idle CPUs")
     report(res, args)
     print(
@@ -325,8 +435,9 @@ def main() -> int:
 
 
 def report(res: dict, args) -> None:
-    tps = {k: [x["tps"] for x in res[k]] for k in ("pocketlm x8", "pocketlm x1",
-                                                   "llama_cpp.server x8")}  # fmt: skip
+    tps = {
+        k: [x["tps"] for x in res[k]] for k in ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8")
+    }
     tps["ceiling (bare 8-token batches)"] = res["ceiling"]
     print("\naggregate tok/s (median, min, max):")
     for k, xs in tps.items():
@@ -337,21 +448,26 @@ def report(res: dict, args) -> None:
 
     x8 = tps["pocketlm x8"]
     print("\nratios: median of the per-round ratios [ratio of the medians] (per round)")
-    for label, other, target in (("pocketlm x8 / pocketlm x1", tps["pocketlm x1"], 2.0),
-                                 ("pocketlm x8 / llama_cpp.server x8",
-                                  tps["llama_cpp.server x8"], 2.0),
-                                 ("pocketlm x8 / ceiling", res["ceiling"], 0.85)):  # fmt: skip
+    for label, other, target in (
+        ("pocketlm x8 / pocketlm x1", tps["pocketlm x1"], 2.0),
+        ("pocketlm x8 / llama_cpp.server x8", tps["llama_cpp.server x8"], 2.0),
+        ("pocketlm x8 / ceiling", res["ceiling"], 0.85),
+    ):
         per_round = [a / b for a, b in zip(x8, other)]
         ratio = median(per_round)
         rounds = ", ".join(f"{x:.2f}" for x in per_round)
-        print(f"  {label:34s} {ratio:5.2f} [{median(x8) / median(other):.2f}] "
-              f"(target >= {target}: {verdict(ratio >= target)}) ({rounds})")  # fmt: skip
+        print(
+            f"  {label:34s} {ratio:5.2f} [{median(x8) / median(other):.2f}] "
+            f"(target >= {target}: {verdict(ratio >= target)}) ({rounds})"
+        )
     for k in ("pocketlm x8", "pocketlm x1", "llama_cpp.server x8"):
         ttft = [t for x in res[k] for t in x["ttft"]]
         toks = [t for x in res[k] for t in x["tokens"]]
-        print(f"{k:20s} TTFT p50 {percentile(ttft, 50):.3f} s, p95 {percentile(ttft, 95):.3f} s "
-              f"(n={len(ttft)}); tokens per client: median {median(toks):.0f}, "
-              f"min {min(toks)}, max {max(toks)}")  # fmt: skip
+        print(
+            f"{k:20s} TTFT p50 {percentile(ttft, 50):.3f} s, p95 {percentile(ttft, 95):.3f} s "
+            f"(n={len(ttft)}); tokens per client: median {median(toks):.0f}, "
+            f"min {min(toks)}, max {max(toks)}"
+        )
     first = [x["first"] for x in res["prefix"]]
     second = [x["second"] for x in res["prefix"]]
     ratio = median(second) / median(first)

@@ -87,8 +87,15 @@ class PullError(PocketError):
 class ContextOverflowError(PocketError):
     """Prompt plus requested tokens do not fit in the context window."""
 
-    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int, hint: str | None = None,
-                 *, param: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        n_ctx: int,
+        hint: str | None = None,
+        *,
+        param: str | None = None,
+    ):
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.n_ctx = n_ctx

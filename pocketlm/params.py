@@ -115,16 +115,23 @@ class ServeParams(BaseModel):
         None, gt=0, description="GB the loaded models may use (default: 90% of available RAM)"
     )
     max_body: int = Field(
-        8, ge=1, le=1024, description="largest request body in MiB (more: 413)",
+        8,
+        ge=1,
+        le=1024,
+        description="largest request body in MiB (more: 413)",
         json_schema_extra={"metavar": "MIB"},
     )
     header_timeout: float = Field(
-        10, gt=0, description="seconds a connection may take to send a request's headers "
-        "(then it is closed)", json_schema_extra={"metavar": "S"},
+        10,
+        gt=0,
+        description="seconds a connection may take to send a request's headers (then it is closed)",
+        json_schema_extra={"metavar": "S"},
     )
     body_timeout: float = Field(
-        10, gt=0, description="seconds to wait for the next piece of a request body "
-        "(then 408)", json_schema_extra={"metavar": "S"},
+        10,
+        gt=0,
+        description="seconds to wait for the next piece of a request body (then 408)",
+        json_schema_extra={"metavar": "S"},
     )
 
 

@@ -108,8 +108,18 @@ def build_wheel(out: Path, flags: list[str], log: Path) -> Path:
         except PatchError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             sys.exit(f"error: engine patch {patch.name} does not apply to {ENGINE} {VERSION}: {e}")
-    cmd = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-cache-dir", "-w",
-           str(tmp / "dist"), str(source)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-v",
+        "--no-deps",
+        "--no-cache-dir",
+        "-w",
+        str(tmp / "dist"),
+        str(source),
+    ]
     print(
         f"building llama.cpp ({ENGINE} {VERSION}) for this CPU, flags: "
         f"{' '.join(flags) or '(native)'}; this takes a few minutes (log: {log})",
@@ -151,15 +161,29 @@ def build_wheel(out: Path, flags: list[str], log: Path) -> Path:
 def fetch_source(tmp: Path) -> Path:
     """Download the engine's source archive from the package index and unpack it."""
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         "-d", str(tmp), f"{ENGINE}=={VERSION}"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+            str(tmp),
+            f"{ENGINE}=={VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     archives = sorted(tmp.glob("*.tar.gz"))
     if r.returncode != 0 or not archives:
         shutil.rmtree(tmp, ignore_errors=True)
-        sys.exit(f"error: could not download the {ENGINE} {VERSION} source from the package "
-                 f"index: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")  # fmt: skip
+        sys.exit(
+            f"error: could not download the {ENGINE} {VERSION} source from the package "
+            f"index: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
+        )
     with tarfile.open(archives[0]) as tar:
         tar.extractall(tmp / "src", filter="data")
     return next(p for p in (tmp / "src").iterdir() if p.is_dir())

@@ -68,25 +68,32 @@ def default_model() -> Path:
     env = dict(os.environ, POCKETLM_HOME=str(root))
     proc = subprocess.run(
         [sys.executable, "-m", "pocketlm", "pull", "smollm2-135m-instruct"],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     from pocketlm.store.store import Store
 
     return Path(Store(root).get("smollm2-135m-instruct").path)
 
 
-def run_cli(*args: str, input: bytes | str | None = None, env: dict | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:  # fmt: skip
+def run_cli(
+    *args: str, input: bytes | str | None = None, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run `python -m pocketlm ARGS` as a user would (stdin from `input`, not a terminal)."""
     if isinstance(input, str):
         input = input.encode()
     full_env = dict(os.environ, **(env or {}))
     proc = subprocess.run(
         [sys.executable, "-m", "pocketlm", *args],
-        input=input if input is not None else b"", capture_output=True, env=full_env,
-        timeout=timeout, cwd=REPO,
-    )  # fmt: skip
+        input=input if input is not None else b"",
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+    )
     proc.stdout_text = proc.stdout.decode("utf-8", "replace")
     proc.stderr_text = proc.stderr.decode("utf-8", "replace")
     return proc

@@ -45,7 +45,12 @@ def test_generation_defaults():
     p = GenerationParams()
     assert (p.max_tokens, p.temperature, p.top_p, p.top_k, p.min_p) == (None, 0.8, 0.95, 40, 0.05)
     assert (p.repeat_penalty, p.repeat_last_n, p.seed, p.stop, p.truncate) == (
-        1.1, 64, None, (), False)  # fmt: skip
+        1.1,
+        64,
+        None,
+        (),
+        False,
+    )
 
 
 def test_load_and_serve_defaults():
@@ -101,8 +106,9 @@ def test_validate_returns_the_model():
     assert isinstance(p, GenerationParams) and (p.temperature, p.seed) == (0, 7)
 
 
-@pytest.mark.parametrize("given, kept", [("END", ("END",)), (["a", "b"], ("a", "b")),
-                                         (("x",), ("x",)), ([], ())])  # fmt: skip
+@pytest.mark.parametrize(
+    "given, kept", [("END", ("END",)), (["a", "b"], ("a", "b")), (("x",), ("x",)), ([], ())]
+)
 def test_stop_takes_a_string_or_a_list(given, kept):
     assert GenerationParams(stop=given).stop == kept
 
@@ -134,13 +140,16 @@ def test_unknown_keyword_is_refused_by_the_model_itself():
         GenerationParams(temprature=1)
 
 
-@pytest.mark.parametrize("ctx, trained, size", [
-    (None, None, DEFAULT_CTX_CAP),  # nothing known: the cap
-    (None, 2048, 2048),  # trained for less than the cap
-    (None, 131072, DEFAULT_CTX_CAP),  # a long-context model is capped
-    (8192, 131072, 8192),  # asked for: taken as is, even over the cap
-    (100, None, 100),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "ctx, trained, size",
+    [
+        (None, None, DEFAULT_CTX_CAP),  # nothing known: the cap
+        (None, 2048, 2048),  # trained for less than the cap
+        (None, 131072, DEFAULT_CTX_CAP),  # a long-context model is capped
+        (8192, 131072, 8192),  # asked for: taken as is, even over the cap
+        (100, None, 100),
+    ],
+)
 def test_context_size(ctx, trained, size):
     assert context_size(ctx, trained) == size
     assert DEFAULT_CTX_CAP == 4096

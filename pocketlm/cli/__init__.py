@@ -32,9 +32,13 @@ def _top_help() -> str:
     from pocketlm import __version__
 
     width = max(map(len, VERBS))
-    lines = [f"pocketlm {__version__}: run small language models on your own machine, offline.",
-             "", "usage: pocketlm COMMAND [options]   (pocketlm COMMAND --help for details)", "",
-             "commands:"]  # fmt: skip
+    lines = [
+        f"pocketlm {__version__}: run small language models on your own machine, offline.",
+        "",
+        "usage: pocketlm COMMAND [options]   (pocketlm COMMAND --help for details)",
+        "",
+        "commands:",
+    ]
     for verb, module_name in VERBS.items():
         module = importlib.import_module(f"pocketlm.cli.{module_name}")
         lines.append(f"  {verb.ljust(width)}  {module.HELP}")
@@ -62,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pocketlm {__version__}")
         return 0
     if argv[0] not in VERBS:
-        print(f"pocketlm: error: unknown command '{argv[0]}' (commands: {', '.join(VERBS)})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"pocketlm: error: unknown command '{argv[0]}' (commands: {', '.join(VERBS)})",
+            file=sys.stderr,
+        )
         return 2
     # Intermixed: options may come before, between or after the words of a prompt.
     args = build_parser(argv[0]).parse_intermixed_args(argv[1:])

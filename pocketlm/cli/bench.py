@@ -19,25 +19,42 @@ HELP = "measure models' speed: load, first token, prefill and decode tok/s, peak
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from pocketlm.services.evaluate.bench import BenchParams
 
-    p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="model names or GGUF paths, compared side by side (default: "
-                   f"$POCKETLM_MODEL or {config.DEFAULT_MODEL})")  # fmt: skip
+    p.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="model names or GGUF paths, compared side by side (default: "
+        f"$POCKETLM_MODEL or {config.DEFAULT_MODEL})",
+    )
     group = p.add_argument_group(BenchParams.__doc__.strip().rstrip(".").lower())
     fields = BenchParams.model_fields
-    for name, kind, metavar in (("prompt_lengths", str, "N,N,..."), ("decode_tokens", int, "N"),
-                                ("repeat", int, "N")):  # fmt: skip
+    for name, kind, metavar in (
+        ("prompt_lengths", str, "N,N,..."),
+        ("decode_tokens", int, "N"),
+        ("repeat", int, "N"),
+    ):
         default = fields[name].default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=metavar,
-                           help=f"{fields[name].description} (default: {shown})")  # fmt: skip
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            metavar=metavar,
+            help=f"{fields[name].description} (default: {shown})",
+        )
     add_flags(p, LoadParams)
     out = p.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print one JSON object instead of "
-                     "the table")  # fmt: skip
+    out.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table"
+    )
     out.add_argument("--out", metavar="FILE.json", help="also write the JSON object to FILE")
-    out.add_argument("--chart", metavar="FILE.png", help="also draw a PNG chart comparing "
-                     "the models: prefill and decode tok/s, the bandwidth bound (drawn only "
-                     "when asked)")  # fmt: skip
+    out.add_argument(
+        "--chart",
+        metavar="FILE.png",
+        help="also draw a PNG chart comparing "
+        "the models: prefill and decode tok/s, the bandwidth bound (drawn only "
+        "when asked)",
+    )
     p.epilog = (
         "Each run loads the model in a fresh process (peak RSS is that model's own); the OS "
         "page cache is not flushed, so load times are warm-cache. Every model's summary is "
@@ -103,9 +120,11 @@ def _write(path: Path, text: str) -> None:
 def format_report(report) -> str:
     """Metrics as rows, models as columns; each cell is 'median (min-max)'."""
     ms, budget = report.models, report.params.decode_tokens
-    rows = [["quantization, file", *(f"{m.quantization}, {human_bytes(m.size_bytes)}" for m in ms)],
-            ["context, threads", *(f"{m.n_ctx}, {m.threads}" for m in ms)],
-            ["load ms", *(_cell(m.load_s, 1000) for m in ms)]]  # fmt: skip
+    rows = [
+        ["quantization, file", *(f"{m.quantization}, {human_bytes(m.size_bytes)}" for m in ms)],
+        ["context, threads", *(f"{m.n_ctx}, {m.threads}" for m in ms)],
+        ["load ms", *(_cell(m.load_s, 1000) for m in ms)],
+    ]
     for n in sorted({n for m in ms for n in m.prompt_lengths}):
         rows.append([f"prefill tok/s @{n}", *(_maybe(m.prefill_tps.get(n)) for m in ms)])
         rows.append([f"first token ms @{n}", *(_maybe(m.ttft_s.get(n), 1000) for m in ms)])

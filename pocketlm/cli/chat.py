@@ -29,8 +29,10 @@ def chat_loop(model, *, system: str | None, params: dict, verbose: bool) -> int:
     history: list[dict[str, str]] = []
     last = None
     if not model.template:
-        print(f"note: '{model.name}' has no chat template; each message is completed as raw "
-              "text", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: '{model.name}' has no chat template; each message is completed as raw text",
+            file=sys.stderr,
+        )
     print(f"chatting with {model.name} (/help for commands, /bye to leave)", file=sys.stderr)
     while True:
         text = _read_message()
@@ -49,8 +51,12 @@ def chat_loop(model, *, system: str | None, params: dict, verbose: bool) -> int:
             elif cmd == "/system" or (cmd == "/set" and arg.startswith("system")):
                 system = (arg[len("system") :] if cmd == "/set" else arg).strip() or None
                 history.clear()
-                print("(system prompt set; conversation cleared)" if system
-                      else "(system prompt cleared)", file=sys.stderr)  # fmt: skip
+                print(
+                    "(system prompt set; conversation cleared)"
+                    if system
+                    else "(system prompt cleared)",
+                    file=sys.stderr,
+                )
             elif cmd == "/stats":
                 print(format_stats(last.stats) if last else "(no answer yet)", file=sys.stderr)
             elif cmd in ("/help", "/?"):

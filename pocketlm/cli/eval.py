@@ -40,13 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mc = p.add_argument_group("multiple choice")
     mc.add_argument("--format", choices=FORMATS)
     mc.add_argument("--labels", help="labels file (PIQA)")
-    mc.add_argument("--shots", type=int, default=D.shots,
-                    help=f"few-shot examples (default {D.shots})")  # fmt: skip
+    mc.add_argument(
+        "--shots", type=int, default=D.shots, help=f"few-shot examples (default {D.shots})"
+    )
     mc.add_argument("--limit", type=int, help="only the first N items")
     mc.add_argument("--seed", type=int, default=D.seed, help=f"few-shot draw (default {D.seed})")
     ppl = p.add_argument_group("perplexity")
-    ppl.add_argument("--window", type=int, default=D.window,
-                     help=f"tokens per window (default {D.window})")  # fmt: skip
+    ppl.add_argument(
+        "--window", type=int, default=D.window, help=f"tokens per window (default {D.window})"
+    )
     ppl.add_argument("--stride", type=int, help="tokens between windows (default: window)")
     ppl.add_argument("--reference", help="model to compare against (KL divergence, top-1)")
     ppl.add_argument("--max-tokens", type=int, help="only the first N tokens of the text")
@@ -87,8 +89,15 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"invalid --{name.replace('_', '-')} {value}: must be at least 1")
-    mode = "needle" if args.needle else "perplexity" if args.perplexity else \
-        "generate" if args.generate else None  # fmt: skip
+    mode = (
+        "needle"
+        if args.needle
+        else "perplexity"
+        if args.perplexity
+        else "generate"
+        if args.generate
+        else None
+    )
     if mode != "needle" and not args.file:
         raise UsageError("name the file to evaluate on", "see pocketlm eval --help")
     options = _options(args)
@@ -145,23 +154,33 @@ def _numbers(text: str | None, kind, flag: str):
 def summary(kind: str, r: dict) -> str:
     head = f"{r['model']} on {r['task']}"
     if kind == "mc":
-        return (f"{head}: n={r['n']}  acc={r['acc']:.4f} ±{r['acc_stderr']:.4f}  "
-                f"acc_norm={r['acc_norm']:.4f} ±{r['acc_norm_stderr']:.4f}  "
-                f"(chance {r['chance']:.3f}; {r['shots']}-shot; {r['seconds']:.1f} s, "
-                f"{r['items_per_s']:.2f} items/s)  [result {r['result_id']}]")  # fmt: skip
+        return (
+            f"{head}: n={r['n']}  acc={r['acc']:.4f} ±{r['acc_stderr']:.4f}  "
+            f"acc_norm={r['acc_norm']:.4f} ±{r['acc_norm_stderr']:.4f}  "
+            f"(chance {r['chance']:.3f}; {r['shots']}-shot; {r['seconds']:.1f} s, "
+            f"{r['items_per_s']:.2f} items/s)  [result {r['result_id']}]"
+        )
     if kind == "perplexity":
-        text = (f"{head}: perplexity {r['ppl']:.4f} over {r['tokens']} tokens "
-                f"(window {r['window']}, stride {r['stride']}; {r['seconds']:.1f} s)")  # fmt: skip
+        text = (
+            f"{head}: perplexity {r['ppl']:.4f} over {r['tokens']} tokens "
+            f"(window {r['window']}, stride {r['stride']}; {r['seconds']:.1f} s)"
+        )
         if r.get("kld_mean") is not None:
-            text += (f"\nreference perplexity {r['ppl_ref']:.4f}; mean KL divergence "
-                     f"{r['kld_mean']:.6f} (p99 {r['kld_p99']:.4f}); top-1 agreement "
-                     f"{100 * r['top1_agreement']:.2f}%")  # fmt: skip
+            text += (
+                f"\nreference perplexity {r['ppl_ref']:.4f}; mean KL divergence "
+                f"{r['kld_mean']:.6f} (p99 {r['kld_p99']:.4f}); top-1 agreement "
+                f"{100 * r['top1_agreement']:.2f}%"
+            )
         return text + f"  [result {r['result_id']}]"
     if kind == "generate":
-        return (f"{head}: accuracy {r['accuracy']:.4f} over {r['n']} tasks "
-                f"{r['by_scorer']} ({r['seconds']:.1f} s)  [result {r['result_id']}]")  # fmt: skip
-    return (f"{head}: mean recall {r['mean_recall']:.3f}; edges {r['edges_recall']} vs middle "
-            f"{r['middle_recall']} ({r['seconds']:.1f} s)  [result {r['result_id']}]")  # fmt: skip
+        return (
+            f"{head}: accuracy {r['accuracy']:.4f} over {r['n']} tasks "
+            f"{r['by_scorer']} ({r['seconds']:.1f} s)  [result {r['result_id']}]"
+        )
+    return (
+        f"{head}: mean recall {r['mean_recall']:.3f}; edges {r['edges_recall']} vs middle "
+        f"{r['middle_recall']} ({r['seconds']:.1f} s)  [result {r['result_id']}]"
+    )
 
 
 def show_results(args) -> int:
@@ -177,11 +196,29 @@ def show_results(args) -> int:
     if not rows:
         print("no results yet: run pocketlm eval MODEL FILE")
         return 0
-    keys = ["acc", "acc_norm", "ppl", "kld_mean", "top1_agreement", "accuracy", "mean_recall",
-            "decode_tps_median"]  # fmt: skip
+    keys = [
+        "acc",
+        "acc_norm",
+        "ppl",
+        "kld_mean",
+        "top1_agreement",
+        "accuracy",
+        "mean_recall",
+        "decode_tps_median",
+    ]
     keys = [k for k in keys if any(k in r.metrics for r in rows)]
-    body = [[str(r.id), r.created_at[:16].replace("T", " "), r.model, r.quantization or "-",
-             r.kind, r.task] + [_fmt(r.metrics.get(k)) for k in keys] for r in rows]  # fmt: skip
+    body = [
+        [
+            str(r.id),
+            r.created_at[:16].replace("T", " "),
+            r.model,
+            r.quantization or "-",
+            r.kind,
+            r.task,
+        ]
+        + [_fmt(r.metrics.get(k)) for k in keys]
+        for r in rows
+    ]
     print(table(body, ["ID", "WHEN", "MODEL", "QUANT", "KIND", "TASK", *map(str.upper, keys)]))
     return 0
 

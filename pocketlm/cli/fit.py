@@ -36,11 +36,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"  KV cache       {human_bytes(r.kv_bytes):>10}   (f16, {r.ctx} tokens)")
     print(f"  compute        {human_bytes(r.compute_bytes):>10}   (estimate)")
     print(f"  total          {human_bytes(r.total_bytes):>10}")
-    print(f"  RAM available  {human_bytes(r.ram_available_bytes):>10}   of "
-          f"{human_bytes(r.ram_total_bytes)}")  # fmt: skip
-    print(f"decode speed bound from memory bandwidth ({r.bandwidth_bytes_per_s / 1e9:.1f} GB/s): "
-          f"~{r.decode_tps_empty:.0f} tok/s at an empty context, ~{r.decode_tps_full:.0f} tok/s "
-          "with the context full")  # fmt: skip
+    print(
+        f"  RAM available  {human_bytes(r.ram_available_bytes):>10}   of "
+        f"{human_bytes(r.ram_total_bytes)}"
+    )
+    print(
+        f"decode speed bound from memory bandwidth ({r.bandwidth_bytes_per_s / 1e9:.1f} GB/s): "
+        f"~{r.decode_tps_empty:.0f} tok/s at an empty context, ~{r.decode_tps_full:.0f} tok/s "
+        "with the context full"
+    )
     if not r.fits:
         print("to fit: use a smaller --ctx, or a smaller quantization of the model")
     return 0 if r.fits else 1

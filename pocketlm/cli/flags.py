@@ -48,8 +48,9 @@ def add_flags(
         kind = _base_type(f.annotation)
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
         if kind is bool:  # --flash-attn / --no-flash-attn
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)  # fmt: skip
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif get_origin(kind) is tuple:
             group.add_argument(flag, dest=name, action="append", metavar="TEXT", help=help_text)
         else:

@@ -24,11 +24,20 @@ def main(args: argparse.Namespace) -> int:
         pulled = set(store.names())
         entries = list(catalog.CATALOG.values())
         if args.json:
-            print(json.dumps([{**e.__dict__, "pulled": e.name in pulled} for e in entries],
-                             indent=2))  # fmt: skip
+            print(
+                json.dumps([{**e.__dict__, "pulled": e.name in pulled} for e in entries], indent=2)
+            )
             return 0
-        rows = [[e.name, human_bytes(e.size_bytes), "yes" if e.name in pulled else "",
-                 e.license, e.description] for e in entries]  # fmt: skip
+        rows = [
+            [
+                e.name,
+                human_bytes(e.size_bytes),
+                "yes" if e.name in pulled else "",
+                e.license,
+                e.description,
+            ]
+            for e in entries
+        ]
         print(table(rows, ["NAME", "SIZE", "PULLED", "LICENSE", "DESCRIPTION"]))
         return 0
     manifests = store.list()
@@ -36,13 +45,21 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps([m.summary() for m in manifests], indent=2))
         return 0
     if not manifests:
-        print("no models yet: pull one with `pocketlm pull smollm2-135m-instruct` "
-              "(`pocketlm list --catalog` shows what can be pulled)")  # fmt: skip
+        print(
+            "no models yet: pull one with `pocketlm pull smollm2-135m-instruct` "
+            "(`pocketlm list --catalog` shows what can be pulled)"
+        )
         return 0
     rows = [
-        [m.name, human_bytes(m.size_bytes), m.quantization, human_count(m.parameter_count),
-         m.architecture, "imported" if m.imported else "pulled"]
+        [
+            m.name,
+            human_bytes(m.size_bytes),
+            m.quantization,
+            human_count(m.parameter_count),
+            m.architecture,
+            "imported" if m.imported else "pulled",
+        ]
         for m in manifests
-    ]  # fmt: skip
+    ]
     print(table(rows, ["NAME", "SIZE", "QUANT", "PARAMS", "ARCH", "SOURCE"]))
     return 0

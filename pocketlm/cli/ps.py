@@ -32,16 +32,26 @@ def main(args: argparse.Namespace) -> int:
             data = json.load(r)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise PocketError(f"no pocketlm server at {args.host}:{args.port} ({reason})",
-                          "start one with: pocketlm serve") from None  # fmt: skip
+        raise PocketError(
+            f"no pocketlm server at {args.host}:{args.port} ({reason})",
+            "start one with: pocketlm serve",
+        ) from None
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
     rows = []
     for m in data["models"]:
         until = datetime.fromisoformat(m["expires_at"]).astimezone().strftime("%H:%M:%S")
-        rows.append([m["name"], human_bytes(m["size"]), str(m.get("context_length", "")),
-                     str(m.get("active", 0)), until])  # fmt: skip
-    print(table(rows, ["NAME", "SIZE", "CONTEXT", "ACTIVE", "UNTIL"]) if rows else
-          "no models loaded")  # fmt: skip
+        rows.append(
+            [
+                m["name"],
+                human_bytes(m["size"]),
+                str(m.get("context_length", "")),
+                str(m.get("active", 0)),
+                until,
+            ]
+        )
+    print(
+        table(rows, ["NAME", "SIZE", "CONTEXT", "ACTIVE", "UNTIL"]) if rows else "no models loaded"
+    )
     return 0

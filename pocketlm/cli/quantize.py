@@ -11,8 +11,10 @@ from pathlib import Path
 from pocketlm.cli.fmt import human_bytes, table
 from pocketlm.errors import UsageError
 
-HELP = "quantize a model to any llama.cpp type, with a measured quality report; or find the " \
-       "best type for a size budget"  # fmt: skip
+HELP = (
+    "quantize a model to any llama.cpp type, with a measured quality report; or find the "
+    "best type for a size budget"
+)
 
 EXAMPLES = """examples:
   pocketlm quantize --list                              # every type, nominal bits per weight
@@ -49,28 +51,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name or GGUF path to quantize")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--type", metavar="TYPE", help="quantization type, e.g. Q4_K_M (see --list)")
-    what.add_argument("--budget", metavar="SIZE", help="pick the best type whose file fits SIZE, "
-                      "e.g. 80MB, 2GB, 500M (decimal units)")  # fmt: skip
-    what.add_argument("--list", action="store_true", help="list the types (with MODEL: the "
-                      "file size each would give it)")  # fmt: skip
+    what.add_argument(
+        "--budget",
+        metavar="SIZE",
+        help="pick the best type whose file fits SIZE, e.g. 80MB, 2GB, 500M (decimal units)",
+    )
+    what.add_argument(
+        "--list",
+        action="store_true",
+        help="list the types (with MODEL: the file size each would give it)",
+    )
     p.add_argument("--name", help="store name of the result (default: <model>-<type>)")
-    p.add_argument("--calibrate", nargs="?", const="", metavar="TEXT_FILE",
-                   help="importance-aware quantization from TEXT_FILE (default: the shipped "
-                   "calibration text)")  # fmt: skip
+    p.add_argument(
+        "--calibrate",
+        nargs="?",
+        const="",
+        metavar="TEXT_FILE",
+        help="importance-aware quantization from TEXT_FILE (default: the shipped calibration text)",
+    )
     q = p.add_argument_group("quality report")
-    q.add_argument("--reference", metavar="MODEL", help="model to measure against (default: "
-                   "the parent)")  # fmt: skip
-    q.add_argument("--eval-text", metavar="FILE", help="text to measure on (default: the "
-                   "shipped calibration text)")  # fmt: skip
+    q.add_argument(
+        "--reference", metavar="MODEL", help="model to measure against (default: the parent)"
+    )
+    q.add_argument(
+        "--eval-text",
+        metavar="FILE",
+        help="text to measure on (default: the shipped calibration text)",
+    )
     fields = QualityParams.model_fields
     for name, f in fields.items():
         flag = "--" + name.replace("_", "-")
-        q.add_argument(flag, dest=name, type=int, metavar="N",
-                       help=f"{f.description} (default: {f.default})")  # fmt: skip
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for quantizing and "
-                   "measuring (default: physical cores)")  # fmt: skip
-    p.add_argument("--chart", metavar="FILE.png", help="with --budget: where to draw the chart "
-                   "(default: quantize-budget-<model>.png here)")  # fmt: skip
+        q.add_argument(
+            flag, dest=name, type=int, metavar="N", help=f"{f.description} (default: {f.default})"
+        )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for quantizing and measuring (default: physical cores)",
+    )
+    p.add_argument(
+        "--chart",
+        metavar="FILE.png",
+        help="with --budget: where to draw the chart (default: quantize-budget-<model>.png here)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -91,14 +115,20 @@ def main(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"invalid --threads {args.threads}: must be at least 1")
     values = {k: getattr(args, k) for k in QualityParams.model_fields}
-    params = validate(QualityParams, {k: v for k, v in values.items() if v is not None},
-                      flag_names=True)  # fmt: skip
+    params = validate(
+        QualityParams, {k: v for k, v in values.items() if v is not None}, flag_names=True
+    )
     chart = _chart_path(args) if budget else None
     if args.chart and not budget:
         raise UsageError("--chart goes with --budget")
-    common = {"name": args.name, "reference": args.reference, "eval_text": args.eval_text,
-              "calibrate": _calibration(args.calibrate), "params": params,
-              "threads": args.threads}  # fmt: skip
+    common = {
+        "name": args.name,
+        "reference": args.reference,
+        "eval_text": args.eval_text,
+        "calibrate": _calibration(args.calibrate),
+        "params": params,
+        "threads": args.threads,
+    }
     from pocketlm.progress import RichProgress
 
     progress = RichProgress()
@@ -172,19 +202,31 @@ def list_types(model: str | None, as_json: bool) -> int:
         note = "needs --calibrate" if qt.needs_imatrix else qt.note
         if e is not None and e.error:
             note = f"cannot: {e.error}"
-        rows.append({"type": qt.name, "bpw": qt.bpw, "family": qt.family,
-                     "needs_imatrix": qt.needs_imatrix, "note": note,
-                     "size_bytes": e.size_bytes if e and not e.error else None})  # fmt: skip
+        rows.append(
+            {
+                "type": qt.name,
+                "bpw": qt.bpw,
+                "family": qt.family,
+                "needs_imatrix": qt.needs_imatrix,
+                "note": note,
+                "size_bytes": e.size_bytes if e and not e.error else None,
+            }
+        )
     if as_json:
         print(json.dumps(rows))
         return 0
     header = ["TYPE", "BPW", "FAMILY"] + ([f"SIZE ({source.name})"] if source else []) + ["NOTE"]
-    body = [[r["type"], f"{r['bpw']:.2f}", r["family"]]
-            + ([human_bytes(r["size_bytes"]) if r["size_bytes"] else "-"] if source else [])
-            + [r["note"]] for r in rows]  # fmt: skip
+    body = [
+        [r["type"], f"{r['bpw']:.2f}", r["family"]]
+        + ([human_bytes(r["size_bytes"]) if r["size_bytes"] else "-"] if source else [])
+        + [r["note"]]
+        for r in rows
+    ]
     print(table(body, header))
-    print("\nBPW: nominal bits per weight; a file's real figure depends on the model's shapes"
-          + (" (SIZE: llama.cpp's estimate for this model)" if source else ""))  # fmt: skip
+    print(
+        "\nBPW: nominal bits per weight; a file's real figure depends on the model's shapes"
+        + (" (SIZE: llama.cpp's estimate for this model)" if source else "")
+    )
     return 0
 
 
@@ -194,16 +236,19 @@ def format_quantized(done) -> str:
     if done.calibration:
         origin += f", calibrated on {done.calibration}"
     speed = f"{q.decode_tps:.1f} tok/s" if q.decode_tps is not None else "not measured"
-    return "\n".join([
-        f"{m.name}: {q.type}, {human_bytes(q.size_bytes)}, {q.bpw:.2f} bits per weight ({origin})",
-        f"against {q.reference} on {q.eval_text} ({q.tokens} tokens, window {q.window}):",
-        f"  mean KL divergence  {q.kld_mean:.5f} (p99 {q.kld_p99:.4f})",
-        f"  top-1 agreement     {100 * q.top1_agreement:.2f}%",
-        f"  perplexity          {_ppl(q.ppl)} (reference {_ppl(q.ppl_ref)}, "
-        f"{'+' if q.ppl_delta >= 0 else ''}{_ppl(q.ppl_delta)})",
-        f"  decode              {speed}",
-        f"quantized and measured in {done.seconds:.1f} s  [result {done.result_id}]",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"{m.name}: {q.type}, {human_bytes(q.size_bytes)}, "
+            f"{q.bpw:.2f} bits per weight ({origin})",
+            f"against {q.reference} on {q.eval_text} ({q.tokens} tokens, window {q.window}):",
+            f"  mean KL divergence  {q.kld_mean:.5f} (p99 {q.kld_p99:.4f})",
+            f"  top-1 agreement     {100 * q.top1_agreement:.2f}%",
+            f"  perplexity          {_ppl(q.ppl)} (reference {_ppl(q.ppl_ref)}, "
+            f"{'+' if q.ppl_delta >= 0 else ''}{_ppl(q.ppl_delta)})",
+            f"  decode              {speed}",
+            f"quantized and measured in {done.seconds:.1f} s  [result {done.result_id}]",
+        ]
+    )
 
 
 def format_budget(choice) -> str:
@@ -213,26 +258,42 @@ def format_budget(choice) -> str:
         if q is None:
             body.append([c.type, "-", "-", "-", "-", "-", f"failed: {c.error}"])
             continue
-        body.append([c.type, human_bytes(c.size_bytes), f"{q.bpw:.2f}", f"{q.kld_mean:.5f}",
-                     f"{100 * q.top1_agreement:.1f}%", _ppl(q.ppl),
-                     "yes" if c.fits else "no"])  # fmt: skip
+        body.append(
+            [
+                c.type,
+                human_bytes(c.size_bytes),
+                f"{q.bpw:.2f}",
+                f"{q.kld_mean:.5f}",
+                f"{100 * q.top1_agreement:.1f}%",
+                _ppl(q.ppl),
+                "yes" if c.fits else "no",
+            ]
+        )
     w = choice.winner
     q = w.quality
     skipped: dict[str, list[str]] = {}
     for name, why in choice.skipped.items():
         skipped.setdefault(why, []).append(name)
-    lines = [f"budget {human_bytes(choice.budget_bytes)} for {choice.parent}; KL divergence "
-             f"against {choice.reference} on {q.eval_text} ({q.tokens} tokens)", "",
-             table(body, ["TYPE", "SIZE", "BPW", "KLD", "TOP-1", "PPL", "FITS"]), "",
-             f"chosen: {q.type} -> {w.manifest.name} ({human_bytes(q.size_bytes)}, mean KL "
-             f"divergence {q.kld_mean:.5f}, top-1 {100 * q.top1_agreement:.1f}%)"]  # fmt: skip
+    lines = [
+        f"budget {human_bytes(choice.budget_bytes)} for {choice.parent}; KL divergence "
+        f"against {choice.reference} on {q.eval_text} ({q.tokens} tokens)",
+        "",
+        table(body, ["TYPE", "SIZE", "BPW", "KLD", "TOP-1", "PPL", "FITS"]),
+        "",
+        f"chosen: {q.type} -> {w.manifest.name} ({human_bytes(q.size_bytes)}, mean KL "
+        f"divergence {q.kld_mean:.5f}, top-1 {100 * q.top1_agreement:.1f}%)",
+    ]
     if q.top1_agreement < 0.5:
-        lines.append(f"warning: {q.type} picks another next token than {choice.reference} "
-                     f"{100 * (1 - q.top1_agreement):.0f}% of the time: hardly usable; see "
-                     "what a larger budget buys above")  # fmt: skip
+        lines.append(
+            f"warning: {q.type} picks another next token than {choice.reference} "
+            f"{100 * (1 - q.top1_agreement):.0f}% of the time: hardly usable; see "
+            "what a larger budget buys above"
+        )
     if skipped:
-        lines.append("not tried: " + "; ".join(f"{', '.join(names)} ({why})"
-                                               for why, names in skipped.items()))  # fmt: skip
+        lines.append(
+            "not tried: "
+            + "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items())
+        )
     lines.append(f"done in {choice.seconds:.1f} s  [result {w.result_id}]")
     return "\n".join(lines)
 

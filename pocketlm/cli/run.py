@@ -16,14 +16,21 @@ HELP = "answer a prompt with a model (streamed), or chat when no prompt is given
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("words", nargs="*", metavar="[MODEL] PROMPT",
-                   help="model name or GGUF path (default: $POCKETLM_MODEL or "
-                   f"{config.DEFAULT_MODEL}), then the prompt; piped stdin is "
-                   "appended")  # fmt: skip
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="[MODEL] PROMPT",
+        help="model name or GGUF path (default: $POCKETLM_MODEL or "
+        f"{config.DEFAULT_MODEL}), then the prompt; piped stdin is "
+        "appended",
+    )
     p.add_argument("-m", "--model", help="model name or GGUF path (instead of the first word)")
     p.add_argument("-s", "--system", help="system prompt")
-    p.add_argument("--raw", action="store_true", help="send the prompt as is, without the "
-                   "model's chat template")  # fmt: skip
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the prompt as is, without the model's chat template",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object: model, text, stats")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings after the answer")
     add_flags(p, GenerationParams)
@@ -123,9 +130,17 @@ def answer(model, prompt: str, args: argparse.Namespace, gen: dict) -> int:
             out.flush()
     done = stream.completion
     if args.json:
-        print(json.dumps({"model": model.name, "text": done.text,
-                          "finish_reason": done.finish_reason, "stats": done.stats.to_dict()},
-                         ensure_ascii=False))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": model.name,
+                    "text": done.text,
+                    "finish_reason": done.finish_reason,
+                    "stats": done.stats.to_dict(),
+                },
+                ensure_ascii=False,
+            )
+        )
     else:
         if done.text and not done.text.endswith("\n"):
             out.write("\n")
@@ -139,11 +154,17 @@ def report(done, model, *, verbose: bool) -> None:
     s = done.stats
     if s.truncated_tokens:
         what = f"{s.truncated_messages} earliest messages" if s.truncated_messages else "the start"
-        print(f"note: dropped {what} ({s.truncated_tokens} tokens) to fit the "
-              f"{model.n_ctx}-token context", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: dropped {what} ({s.truncated_tokens} tokens) to fit the "
+            f"{model.n_ctx}-token context",
+            file=sys.stderr,
+        )
     if done.finish_reason == "context":
-        print(f"note: stopped because the context window ({model.n_ctx} tokens) is full; "
-              "raise it with --ctx", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: stopped because the context window ({model.n_ctx} tokens) is full; "
+            "raise it with --ctx",
+            file=sys.stderr,
+        )
     if verbose:
         print(format_stats(s), file=sys.stderr)
 

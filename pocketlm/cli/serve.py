@@ -20,22 +20,39 @@ API_KEY_ENV = "POCKETLM_API_KEY"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port (default: {DEFAULT_PORT}, Ollama's)")  # fmt: skip
-    p.add_argument("--api-key", help=f"require this Bearer token (or set {API_KEY_ENV}); "
-                   "mandatory when binding a non-loopback address")  # fmt: skip
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}, Ollama's)"
+    )
+    p.add_argument(
+        "--api-key",
+        help=f"require this Bearer token (or set {API_KEY_ENV}); "
+        "mandatory when binding a non-loopback address",
+    )
     add_flags(p, ServeParams)
     add_flags(p, LoadParams)
-    p.add_argument("--preload", metavar="MODEL",
-                   help="load this model at start (a store name, or a GGUF file's path: "
-                   "served under its file name without .gguf)")  # fmt: skip
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a name this server may be reached by besides its address and "
-                   "localhost (repeatable; '*': any). Other Host headers are refused: a web "
-                   "page cannot rebind its own name to this server")  # fmt: skip
-    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
-                   help="a web origin (https://app.example) whose pages may call the API "
-                   "(repeatable; CORS). Pages of other origins are refused")  # fmt: skip
+    p.add_argument(
+        "--preload",
+        metavar="MODEL",
+        help="load this model at start (a store name, or a GGUF file's path: "
+        "served under its file name without .gguf)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name this server may be reached by besides its address and "
+        "localhost (repeatable; '*': any). Other Host headers are refused: a web "
+        "page cannot rebind its own name to this server",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://app.example) whose pages may call the API "
+        "(repeatable; CORS). Pages of other origins are refused",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -91,14 +108,24 @@ def main(args: argparse.Namespace) -> int:
         asyncio.run(pool.acquire(name, float("inf")))
         if name != args.preload:
             print(f"serving {args.preload} as '{name}'", file=sys.stderr)
-    app = create_app(pool, api_key=api_key, hosts=HostCheck(args.host, args.allowed_host),
-                     origins=args.allowed_origin,
-                     limits=Limits(max_body_bytes=serve.max_body << 20,
-                                   body_idle_s=serve.body_timeout))  # fmt: skip
-    print(f"pocketlm {args.host}:{args.port}: OpenAI API at /v1, Ollama API at /api, "
-          f"chat page at http://{args.host}:{args.port}/", file=sys.stderr)  # fmt: skip
+    app = create_app(
+        pool,
+        api_key=api_key,
+        hosts=HostCheck(args.host, args.allowed_host),
+        origins=args.allowed_origin,
+        limits=Limits(max_body_bytes=serve.max_body << 20, body_idle_s=serve.body_timeout),
+    )
+    print(
+        f"pocketlm {args.host}:{args.port}: OpenAI API at /v1, Ollama API at /api, "
+        f"chat page at http://{args.host}:{args.port}/",
+        file=sys.stderr,
+    )
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5,
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
         http=guarded_protocol(serve.header_timeout),
-    )  # fmt: skip
+    )
     return 0

@@ -151,8 +151,15 @@ class BatchEngine:
         self.n_ctx_seq = n_ctx_seq
         self.n_threads = n_threads
         self.max_queue = max_queue
-        self.ctx = Context(model, n_ctx=n_ctx_seq * n_seq, n_threads=n_threads, n_batch=n_batch,
-                           flash_attn=flash_attn, n_seq=n_seq, unified_kv=False)  # fmt: skip
+        self.ctx = Context(
+            model,
+            n_ctx=n_ctx_seq * n_seq,
+            n_threads=n_threads,
+            n_batch=n_batch,
+            flash_attn=flash_attn,
+            n_seq=n_seq,
+            unified_kv=False,
+        )
         self.n_batch = n_batch
         self._slots = [_Slot(i) for i in range(n_seq)]
         self._queue: collections.deque[Request] = collections.deque()
@@ -177,8 +184,9 @@ class BatchEngine:
             # submitted faster than the scheduler admits it must not be refused.
             waiting = len(self._queue) - sum(s.req is None for s in self._slots)
             if waiting >= self.max_queue:
-                raise Overloaded(f"the server is busy ({waiting} requests waiting)",
-                                 "retry shortly")  # fmt: skip
+                raise Overloaded(
+                    f"the server is busy ({waiting} requests waiting)", "retry shortly"
+                )
             self._queue.append(req)
             self._cv.notify()
 
@@ -238,8 +246,12 @@ class BatchEngine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while (self._running and not self._queue and not self._calls
-                       and not any(s.req for s in self._slots)):  # fmt: skip
+                while (
+                    self._running
+                    and not self._queue
+                    and not self._calls
+                    and not any(s.req for s in self._slots)
+                ):
                     self._cv.wait()
                 if not self._running:
                     return
@@ -297,8 +309,9 @@ class BatchEngine:
                 donor, donated = other, n
         mem = self.ctx._memory
         if len(slot.tokens) - reuse >= HOST_CACHE_MIN_TOKENS:  # a cache about to be lost
-            kept = max([reuse, *(_common(o.tokens, slot.tokens) for o in self._slots
-                                 if o is not slot)])  # fmt: skip
+            kept = max(
+                [reuse, *(_common(o.tokens, slot.tokens) for o in self._slots if o is not slot)]
+            )
             self._host.save(self.ctx._ptr, slot.seq, slot.tokens, kept)
         entry, hosted = self._host.best(prompt, limit)
         tried = hosted > donated  # a failed restore leaves the slot's sequence empty
@@ -465,12 +478,20 @@ class BatchEngine:
             slot.sampler.close()
         slot.sampler, slot.req, slot.next_token, slot.pending = None, None, None, []
         slot.last_used = time.perf_counter()
-        req.on_done(Finished(
-            reason=reason, prompt_tokens=len(req.tokens), cached_tokens=slot.cached,
-            completion_tokens=slot.n_out, t_queued=req.t_queued, t_started=slot.t_started,
-            t_first=slot.t_first, t_end=slot.last_used, prompt_logprobs=slot.prompt_lp,
-            error=error,
-        ))  # fmt: skip
+        req.on_done(
+            Finished(
+                reason=reason,
+                prompt_tokens=len(req.tokens),
+                cached_tokens=slot.cached,
+                completion_tokens=slot.n_out,
+                t_queued=req.t_queued,
+                t_started=slot.t_started,
+                t_first=slot.t_first,
+                t_end=slot.last_used,
+                prompt_logprobs=slot.prompt_lp,
+                error=error,
+            )
+        )
 
 
 class _HostCache:

@@ -62,8 +62,9 @@ def utf8(text: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:
         where = f"({text[e.start]!a}) at character {e.start}"
-        raise UsageError(f"the text has a lone surrogate {where}: it is not valid Unicode",
-                         "send UTF-8 text") from None  # fmt: skip
+        raise UsageError(
+            f"the text has a lone surrogate {where}: it is not valid Unicode", "send UTF-8 text"
+        ) from None
 
 
 class Model:
@@ -331,8 +332,10 @@ class Sampler:
             return ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
         if grammar.n_vocab != self._n_vocab:  # it would read pieces past its vocabulary's end
             self.close()
-            raise EngineError(f"the grammar was prepared for a vocabulary of {grammar.n_vocab} "
-                              f"tokens, not this model's {self._n_vocab}")  # fmt: skip
+            raise EngineError(
+                f"the grammar was prepared for a vocabulary of {grammar.n_vocab} "
+                f"tokens, not this model's {self._n_vocab}"
+            )
         return grammar.copy()
 
     @classmethod
@@ -340,17 +343,30 @@ class Sampler:
         """The chain ``params`` describe (a seed of None: a random one), for ``model``."""
         seed = params.seed if params.seed is not None else secrets.randbelow(2**32 - 1)
         return cls(
-            n_vocab=model.n_vocab, temperature=params.temperature, top_k=params.top_k,
-            top_p=params.top_p, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
-            repeat_last_n=params.repeat_last_n, seed=seed, grammar=grammar, vocab=model.vocab,
-        )  # fmt: skip
+            n_vocab=model.n_vocab,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            repeat_penalty=params.repeat_penalty,
+            repeat_last_n=params.repeat_last_n,
+            seed=seed,
+            grammar=grammar,
+            vocab=model.vocab,
+        )
 
     @classmethod
     def greedy(cls, n_vocab: int) -> Sampler:
         return cls(
-            n_vocab=n_vocab, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-            repeat_last_n=0, seed=0,
-        )  # fmt: skip
+            n_vocab=n_vocab,
+            temperature=0.0,
+            top_k=0,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            repeat_last_n=0,
+            seed=0,
+        )
 
     def sample(self, ctx: Context, index: int = -1) -> int:
         """Draw the next token from the logits at batch position ``index`` (and accept it).

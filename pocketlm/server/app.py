@@ -46,21 +46,29 @@ def _error(
 class Metrics:
     def __init__(self, pool: ModelPool):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("pocketlm_requests", "HTTP requests", ["path", "status"],
-                                registry=r)  # fmt: skip
-        self.prompt_tokens = Gauge("pocketlm_prompt_tokens_total", "prompt tokens evaluated",
-                                   registry=r)  # fmt: skip
+        self.requests = Counter(
+            "pocketlm_requests", "HTTP requests", ["path", "status"], registry=r
+        )
+        self.prompt_tokens = Gauge(
+            "pocketlm_prompt_tokens_total", "prompt tokens evaluated", registry=r
+        )
         self.generated = Gauge("pocketlm_generated_tokens_total", "tokens generated", registry=r)
-        self.restored = Gauge("pocketlm_prompt_tokens_restored_total",
-                              "prompt tokens copied back from the prefix cache's RAM tier "
-                              "instead of evaluated", registry=r)  # fmt: skip
-        self.cache_ram = Gauge("pocketlm_prompt_cache_ram_bytes",
-                               "bytes the prefix cache's RAM tier holds", registry=r)  # fmt: skip
+        self.restored = Gauge(
+            "pocketlm_prompt_tokens_restored_total",
+            "prompt tokens copied back from the prefix cache's RAM tier instead of evaluated",
+            registry=r,
+        )
+        self.cache_ram = Gauge(
+            "pocketlm_prompt_cache_ram_bytes", "bytes the prefix cache's RAM tier holds", registry=r
+        )
         self.queue = Gauge("pocketlm_queue_depth", "requests waiting for a sequence", registry=r)
         self.active = Gauge("pocketlm_active_sequences", "sequences being generated", registry=r)
         self.loaded = Gauge("pocketlm_loaded_models", "models in memory", registry=r)
-        self.tps = Gauge("pocketlm_generated_tokens_per_second",
-                         "generation rate over the last scrape interval", registry=r)  # fmt: skip
+        self.tps = Gauge(
+            "pocketlm_generated_tokens_per_second",
+            "generation rate over the last scrape interval",
+            registry=r,
+        )
         self.pool = pool
         self._last = (time.monotonic(), 0)
 
@@ -85,13 +93,15 @@ class Metrics:
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # The web page loads nothing from elsewhere and is never framed (clickjacking)
 PAGE_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-     b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -124,8 +134,16 @@ class Guard:
       frees its sequence;
     - the request counter, and restrictive headers on the web page."""
 
-    def __init__(self, app, *, api_key: str | None, metrics: Metrics, hosts: HostCheck,
-                 origins: Sequence[str] = (), limits: Limits | None = None):  # fmt: skip
+    def __init__(
+        self,
+        app,
+        *,
+        api_key: str | None,
+        metrics: Metrics,
+        hosts: HostCheck,
+        origins: Sequence[str] = (),
+        limits: Limits | None = None,
+    ):
         self.app, self.api_key, self.metrics = app, api_key, metrics
         self.hosts, self.origins = hosts, frozenset(o.rstrip("/") for o in origins)
         self.limits = limits or Limits()
@@ -154,33 +172,47 @@ class Guard:
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1")
         if not self.hosts.allows(host):
-            raise _Refused(403, f"refused: Host {host[:100]!r} is not this server's name "
-                           "(start it with --allowed-host NAME to serve it under that name)",
-                           "permission_error")  # fmt: skip
+            raise _Refused(
+                403,
+                f"refused: Host {host[:100]!r} is not this server's name "
+                "(start it with --allowed-host NAME to serve it under that name)",
+                "permission_error",
+            )
         origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/")
         if origin and scope["method"] in STATE_CHANGING and not self._same_origin(origin, host):
-            raise _Refused(403, f"refused: a web page of {origin[:100]!r} may not call this "
-                           "server (start it with --allowed-origin ORIGIN to allow one)",
-                           "permission_error")  # fmt: skip
+            raise _Refused(
+                403,
+                f"refused: a web page of {origin[:100]!r} may not call this "
+                "server (start it with --allowed-origin ORIGIN to allow one)",
+                "permission_error",
+            )
         path = scope["path"]
         protected = path.startswith(PROTECTED) and path != "/api/version"
         if self.api_key and (protected or path == "/openapi.json"):
             given = headers.get(b"authorization", b"")
             if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
-                raise _Refused(401, "missing or wrong API key: send it as "
-                               "'Authorization: Bearer KEY'", "authentication_error")  # fmt: skip
+                raise _Refused(
+                    401,
+                    "missing or wrong API key: send it as 'Authorization: Bearer KEY'",
+                    "authentication_error",
+                )
         size = headers.get(b"content-length", b"")
         if size.isdigit() and int(size) > self.limits.max_body_bytes:
             raise _Refused(413, _too_large(self.limits.max_body_bytes))
 
     def _same_origin(self, origin: str, host: str) -> bool:
-        return origin in self.origins or "*" in self.origins or origin in (
-            f"http://{host}", f"https://{host}")  # fmt: skip
+        return (
+            origin in self.origins
+            or "*" in self.origins
+            or origin in (f"http://{host}", f"https://{host}")
+        )
 
 
 def _too_large(limit: int) -> str:
-    return (f"the request body is larger than the server's limit of {limit >> 20} MiB "
-            "(start it with a larger --max-body)")  # fmt: skip
+    return (
+        f"the request body is larger than the server's limit of {limit >> 20} MiB "
+        "(start it with a larger --max-body)"
+    )
 
 
 class _Exchange:
@@ -223,7 +255,8 @@ class _Exchange:
             message = await asyncio.wait_for(self._receive(), max(wait, 0))
         except TimeoutError:
             raise StarletteHTTPException(
-                408, f"the request body did not arrive in time (at most {limits.body_idle_s:g} "
+                408,
+                f"the request body did not arrive in time (at most {limits.body_idle_s:g} "
                 f"s between its pieces, {limits.body_total_s:g} s in all)",
             ) from None
         if message["type"] == "http.request":
@@ -314,15 +347,23 @@ def create_app(
 
     # No /docs or /redoc: their pages load scripts from a CDN (never, offline); the OpenAPI
     # document itself is served (behind the key, when one is set)
-    app = FastAPI(title="pocketlm", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None)  # fmt: skip
+    app = FastAPI(
+        title="pocketlm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.pool = pool
     metrics = app.state.metrics = Metrics(pool)
     if origins:  # pages of these origins may call the API from a browser
-        app.add_middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["*"],
-                           allow_headers=["*"])  # fmt: skip
-    app.add_middleware(Guard, api_key=api_key, metrics=metrics, hosts=hosts or HostCheck(),
-                       origins=origins, limits=limits)  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(origins), allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(
+        Guard,
+        api_key=api_key,
+        metrics=metrics,
+        hosts=hosts or HostCheck(),
+        origins=origins,
+        limits=limits,
+    )
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, e: Overloaded):
@@ -350,12 +391,17 @@ def create_app(
     async def invalid(request: Request, e: RequestValidationError):
         err = e.errors()[0]
         if err.get("type") == "json_invalid":
-            return _error(request, 400, "the request body is not valid JSON "
-                          f"({err.get('ctx', {}).get('error', 'cannot parse it')})")  # fmt: skip
+            return _error(
+                request,
+                400,
+                "the request body is not valid JSON "
+                f"({err.get('ctx', {}).get('error', 'cannot parse it')})",
+            )
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         field = ".".join(loc) or "body"
-        return _error(request, 400, f"invalid value for '{field}': {err.get('msg', '')}",
-                      param=field)  # fmt: skip
+        return _error(
+            request, 400, f"invalid value for '{field}': {err.get('msg', '')}", param=field
+        )
 
     app.include_router(openai_api.router)
     app.include_router(ollama_api.router)
@@ -370,10 +416,17 @@ def create_app(
 
 
 STATIC = resources.files("pocketlm.server") / "static"
-PAGES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js",
-         "/style.css": "style.css"}  # fmt: skip
-_MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8"}  # fmt: skip
+PAGES = {
+    "/": "index.html",
+    "/index.html": "index.html",
+    "/app.js": "app.js",
+    "/style.css": "style.css",
+}
+_MEDIA = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 
 
 def _page(file: str):

@@ -41,9 +41,14 @@ def _ns(seconds: float) -> int:
 
 
 def _details(m) -> dict:
-    return {"parent_model": m.parent or "", "format": "gguf", "family": m.architecture,
-            "families": [m.architecture], "parameter_size": f"{m.parameter_count / 1e6:.0f}M",
-            "quantization_level": m.quantization}  # fmt: skip
+    return {
+        "parent_model": m.parent or "",
+        "format": "gguf",
+        "family": m.architecture,
+        "families": [m.architecture],
+        "parameter_size": f"{m.parameter_count / 1e6:.0f}M",
+        "quantization_level": m.quantization,
+    }
 
 
 @router.get("/version")
@@ -54,9 +59,19 @@ async def version() -> dict:
 @router.get("/tags")
 async def tags(request: Request) -> dict:
     store = request.app.state.pool.store
-    return {"models": [{"name": m.name, "model": m.name, "modified_at": m.created_at,
-                        "size": m.size_bytes, "digest": m.sha256, "details": _details(m)}
-                       for m in store.list()]}  # fmt: skip
+    return {
+        "models": [
+            {
+                "name": m.name,
+                "model": m.name,
+                "modified_at": m.created_at,
+                "size": m.size_bytes,
+                "digest": m.sha256,
+                "details": _details(m),
+            }
+            for m in store.list()
+        ]
+    }
 
 
 @router.post("/show")
@@ -64,12 +79,19 @@ async def show(body: OllamaModelRequest, request: Request) -> dict:
     m = request.app.state.pool.store.get(body.target())
     arch = m.architecture
     return {
-        "license": m.license or "", "modelfile": f"FROM {m.path}\n", "parameters": "",
-        "template": m.chat_template or "", "details": _details(m),
-        "model_info": {"general.architecture": arch, "general.parameter_count": m.parameter_count,
-                       f"{arch}.context_length": m.context_length},
-        "capabilities": ["completion", "embedding"], "modified_at": m.created_at,
-    }  # fmt: skip
+        "license": m.license or "",
+        "modelfile": f"FROM {m.path}\n",
+        "parameters": "",
+        "template": m.chat_template or "",
+        "details": _details(m),
+        "model_info": {
+            "general.architecture": arch,
+            "general.parameter_count": m.parameter_count,
+            f"{arch}.context_length": m.context_length,
+        },
+        "capabilities": ["completion", "embedding"],
+        "modified_at": m.created_at,
+    }
 
 
 @router.get("/ps")
@@ -78,9 +100,16 @@ async def ps(request: Request) -> dict:
     models = []
     for name, s in pool.models.items():
         expires = datetime.fromtimestamp(min(s.expires_at, 4102444800), UTC).isoformat()
-        entry = {"name": name, "model": name, "size": s.size_bytes, "size_vram": 0,
-                 "digest": s.manifest.sha256 if s.manifest else "", "expires_at": expires,
-                 "context_length": s.n_ctx_seq, "active": s.active}  # fmt: skip
+        entry = {
+            "name": name,
+            "model": name,
+            "size": s.size_bytes,
+            "size_vram": 0,
+            "digest": s.manifest.sha256 if s.manifest else "",
+            "expires_at": expires,
+            "context_length": s.n_ctx_seq,
+            "active": s.active,
+        }
         if s.manifest:
             entry["details"] = _details(s.manifest)
         models.append(entry)
@@ -105,10 +134,12 @@ def _params(body, served: ServedModel):
     if o is None:
         return generation_params(body)
     if o.num_ctx is not None and o.num_ctx > served.n_ctx_seq:
-        raise UsageError(f"invalid value for 'options.num_ctx': {o.num_ctx} is more than the "
-                         f"{served.n_ctx_seq} tokens each sequence of this server holds",
-                         "leave it out, or start the server with --ctx "
-                         f"{o.num_ctx}", param="options.num_ctx")  # fmt: skip
+        raise UsageError(
+            f"invalid value for 'options.num_ctx': {o.num_ctx} is more than the "
+            f"{served.n_ctx_seq} tokens each sequence of this server holds",
+            f"leave it out, or start the server with --ctx {o.num_ctx}",
+            param="options.num_ctx",
+        )
     stop = (o.stop,) if isinstance(o.stop, str) else o.stop
     limit = o.num_predict if o.num_predict and o.num_predict > 0 else None
     return generation_params(o, stop=stop, max_tokens=limit)
@@ -120,8 +151,12 @@ async def _run(request: Request, body, served: ServedModel, tokens, started, loa
     if o and o.num_ctx is not None:  # the request's own, smaller window
         need = len(tokens) + (params.max_tokens or 1)
         if need > o.num_ctx:
-            raise ContextOverflowError(len(tokens), params.max_tokens or 0, o.num_ctx,
-                                       "shorten the prompt, or raise options.num_ctx")  # fmt: skip
+            raise ContextOverflowError(
+                len(tokens),
+                params.max_tokens or 0,
+                o.num_ctx,
+                "shorten the prompt, or raise options.num_ctx",
+            )
         room = o.num_ctx - len(tokens)
         params = params.model_copy(update={"max_tokens": min(params.max_tokens or room, room)})
     served.check_fits(len(tokens), params.max_tokens)
@@ -133,14 +168,18 @@ async def _run(request: Request, body, served: ServedModel, tokens, started, loa
     def final(done, text_all: str) -> dict:
         t_first = done.t_first or done.t_end
         return {
-            "model": body.model, "created_at": _now(), "done": True,
+            "model": body.model,
+            "created_at": _now(),
+            "done": True,
             "done_reason": "length" if done.reason == "length" else "stop",
-            "total_duration": _ns(time.perf_counter() - started), "load_duration": _ns(load_s),
+            "total_duration": _ns(time.perf_counter() - started),
+            "load_duration": _ns(load_s),
             "prompt_eval_count": done.prompt_tokens - done.cached_tokens,
             "prompt_eval_duration": _ns(t_first - done.t_started),
-            "eval_count": done.completion_tokens, "eval_duration": _ns(done.t_end - t_first),
+            "eval_count": done.completion_tokens,
+            "eval_duration": _ns(done.t_end - t_first),
             **wrap("", final=True),
-        }  # fmt: skip
+        }
 
     async def after() -> None:
         if keep_alive == 0:
@@ -155,15 +194,27 @@ async def _run(request: Request, body, served: ServedModel, tokens, started, loa
                 async for piece in stream:
                     if piece.done is not None:
                         if piece.text:
-                            yield _line({"model": body.model, "created_at": _now(),
-                                         **wrap(piece.text), "done": False})  # fmt: skip
+                            yield _line(
+                                {
+                                    "model": body.model,
+                                    "created_at": _now(),
+                                    **wrap(piece.text),
+                                    "done": False,
+                                }
+                            )
                         if piece.done.error:
                             yield _line({"error": piece.done.error})
                             return
                         yield _line(final(piece.done, ""))
                     elif piece.text:
-                        yield _line({"model": body.model, "created_at": _now(), **wrap(piece.text),
-                                     "done": False})  # fmt: skip
+                        yield _line(
+                            {
+                                "model": body.model,
+                                "created_at": _now(),
+                                **wrap(piece.text),
+                                "done": False,
+                            }
+                        )
             finally:
                 await stream.aclose()
                 await after()
@@ -198,11 +249,21 @@ async def _load_only(request: Request, body, done_field: dict) -> dict:
     pool = request.app.state.pool
     if parse_keep_alive(body.keep_alive) == 0:
         await pool.unload(body.model)
-        return {"model": body.model, "created_at": _now(), "done": True, "done_reason": "unload",
-                **done_field}  # fmt: skip
+        return {
+            "model": body.model,
+            "created_at": _now(),
+            "done": True,
+            "done_reason": "unload",
+            **done_field,
+        }
     await pool.acquire(body.model, parse_keep_alive(body.keep_alive))
-    return {"model": body.model, "created_at": _now(), "done": True, "done_reason": "load",
-            **done_field}  # fmt: skip
+    return {
+        "model": body.model,
+        "created_at": _now(),
+        "done": True,
+        "done_reason": "load",
+        **done_field,
+    }
 
 
 @router.post("/generate")
@@ -217,7 +278,8 @@ async def generate(body: OllamaGenerateRequest, request: Request):
         tokens = await asyncio.to_thread(served.text_tokens, prompt)
     else:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
-            {"role": "user", "content": body.prompt}]  # fmt: skip
+            {"role": "user", "content": body.prompt}
+        ]
         tokens = await asyncio.to_thread(served.chat_tokens, msgs)
 
     def wrap(text: str, final: bool = False) -> dict[str, Any]:
@@ -230,8 +292,7 @@ async def generate(body: OllamaGenerateRequest, request: Request):
 async def chat(body: OllamaChatRequest, request: Request):
     started = time.perf_counter()
     if not body.messages:
-        return await _load_only(request, body,
-                                {"message": {"role": "assistant", "content": ""}})  # fmt: skip
+        return await _load_only(request, body, {"message": {"role": "assistant", "content": ""}})
     served, load_s = await _acquire(request, body)
     tokens = await asyncio.to_thread(served.chat_tokens, [m.model_dump() for m in body.messages])
 
@@ -247,9 +308,13 @@ async def embed(body: OllamaEmbedRequest, request: Request) -> dict:
     served, load_s = await _acquire(request, body)
     texts = [body.input] if isinstance(body.input, str) else body.input
     vectors, used = await served.embed(texts)
-    return {"model": body.model, "embeddings": vectors,
-            "total_duration": _ns(time.perf_counter() - started), "load_duration": _ns(load_s),
-            "prompt_eval_count": used}  # fmt: skip
+    return {
+        "model": body.model,
+        "embeddings": vectors,
+        "total_duration": _ns(time.perf_counter() - started),
+        "load_duration": _ns(load_s),
+        "prompt_eval_count": used,
+    }
 
 
 @router.post("/pull")
@@ -258,9 +323,11 @@ async def pull(body: OllamaModelRequest, request: Request):
 
     name = body.target()
     if not valid_name(name):  # a path would register any file on the server's disk
-        raise UsageError(f"invalid value for 'model': '{shown(name)}' is not a model name",
-                         "pull takes catalog names; a local file is imported on the server's "
-                         "machine: pocketlm import PATH")  # fmt: skip
+        raise UsageError(
+            f"invalid value for 'model': '{shown(name)}' is not a model name",
+            "pull takes catalog names; a local file is imported on the server's "
+            "machine: pocketlm import PATH",
+        )
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     progress = _QueueProgress(loop, queue)
@@ -315,8 +382,7 @@ class _QueueProgress:
 
             def update(self, completed: int, t: int | None = None) -> None:
                 self.done = completed
-                progress._put({"status": description, "total": t or total,
-                               "completed": completed})  # fmt: skip
+                progress._put({"status": description, "total": t or total, "completed": completed})
 
         self._put({"status": description, "total": total, "completed": 0})
         return _Task()

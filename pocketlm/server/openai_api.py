@@ -49,11 +49,16 @@ def response_grammar(fmt: ResponseFormat | None, served: ServedModel, field: str
 @router.get("/models")
 async def list_models(request: Request) -> dict:
     pool = _pool(request)
-    data = [{"id": m.name, "object": "model", "created": _created(m.created_at),
-             "owned_by": "pocketlm"} for m in pool.store.list()]  # fmt: skip
+    data = [
+        {"id": m.name, "object": "model", "created": _created(m.created_at), "owned_by": "pocketlm"}
+        for m in pool.store.list()
+    ]
     listed = {d["id"] for d in data}
-    data += [{"id": n, "object": "model", "created": int(s.loaded_at), "owned_by": "pocketlm"}
-             for n, s in pool.models.items() if n not in listed]  # fmt: skip
+    data += [
+        {"id": n, "object": "model", "created": int(s.loaded_at), "owned_by": "pocketlm"}
+        for n, s in pool.models.items()
+        if n not in listed
+    ]
     return {"object": "list", "data": data}
 
 
@@ -80,8 +85,9 @@ def _finish_reason(piece: Piece) -> str:
 
 
 def _error_event(e: Exception) -> str:
-    return json.dumps({"error": {"message": str(e), "type": "server_error",
-                                 "param": None, "code": None}})  # fmt: skip
+    return json.dumps(
+        {"error": {"message": str(e), "type": "server_error", "param": None, "code": None}}
+    )
 
 
 def _sse(events) -> EventSourceResponse:
@@ -90,25 +96,34 @@ def _sse(events) -> EventSourceResponse:
 
 
 def _usage(prompt_tokens: int, completion: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion}  # fmt: skip
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
 
 
 def _token_logprob(served: ServedModel, tok: int, lp: float, top) -> dict:
     text = served.token_text(tok)
     return {
-        "token": text, "logprob": lp, "bytes": list(served.model.piece(tok)),
-        "top_logprobs": [{"token": served.token_text(t), "logprob": v,
-                          "bytes": list(served.model.piece(t))} for t, v in (top or [])],
-    }  # fmt: skip
+        "token": text,
+        "logprob": lp,
+        "bytes": list(served.model.piece(tok)),
+        "top_logprobs": [
+            {"token": served.token_text(t), "logprob": v, "bytes": list(served.model.piece(t))}
+            for t, v in (top or [])
+        ],
+    }
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     pool = _pool(request)
     served = await pool.acquire(body.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in body.messages]  # fmt: skip
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in body.messages
+    ]
     # off the event loop: a template runs for up to its time budget, a long text tokenizes
     tokens = await asyncio.to_thread(served.chat_tokens, messages)
     max_tokens = body.max_completion_tokens or body.max_tokens  # None: until the context ends
@@ -135,11 +150,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         if piece.done is not None:
             reasons[i] = _finish_reason(piece)
             completion += piece.done.completion_tokens
-    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                "logprobs": {"content": lps[i]} if n_lp is not None else None,
-                "finish_reason": reasons[i]} for i in range(body.n)]  # fmt: skip
-    return {**head, "object": "chat.completion", "choices": choices,
-            "usage": _usage(len(tokens), completion)}  # fmt: skip
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": texts[i]},
+            "logprobs": {"content": lps[i]} if n_lp is not None else None,
+            "finish_reason": reasons[i],
+        }
+        for i in range(body.n)
+    ]
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": choices,
+        "usage": _usage(len(tokens), completion),
+    }
 
 
 async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage):
@@ -182,9 +207,14 @@ async def completions(body: CompletionRequest, request: Request):
     max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
     score_only = max_tokens == 0 and body.echo  # the prompt's logprobs only
     params = generation_params(body, stop=_stops(body.stop), max_tokens=max(max_tokens, 1))
-    streams = served.start(prompts, params, n=body.n, n_logprobs=n_lp,
-                           prompt_logprobs=body.echo and n_lp is not None,
-                           score_only=score_only)  # fmt: skip
+    streams = served.start(
+        prompts,
+        params,
+        n=body.n,
+        n_logprobs=n_lp,
+        prompt_logprobs=body.echo and n_lp is not None,
+        score_only=score_only,
+    )
     plan = [tokens for tokens in prompts for _ in range(body.n)]
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
@@ -208,8 +238,7 @@ async def completions(body: CompletionRequest, request: Request):
         text = (served.model.detokenize(plan[i]) if body.echo else "") + texts[i]
         lp = None
         if n_lp is not None:
-            lp = _completion_logprobs(served, plan[i] if body.echo else [], prompt_lps[i],
-                                      toks[i])  # fmt: skip
+            lp = _completion_logprobs(served, plan[i] if body.echo else [], prompt_lps[i], toks[i])
         choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": reasons[i]})
     return {**head, "choices": choices, "usage": _usage(prompt_total, completion)}
 
@@ -231,15 +260,23 @@ def _completion_logprobs(served, prompt: list[int], prompt_lps, events) -> dict:
         tops.append({served.token_text(t): v for t, v in (e.top or [])})
         offsets.append(at)
         at += len(text)
-    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops,
-            "text_offset": offsets}  # fmt: skip
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_lps,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
 
 
 async def _completion_events(served, streams, plan, head, echo, n_lp):
     if echo:
         for i, tokens in enumerate(plan):
-            choice = {"index": i, "text": served.model.detokenize(tokens), "logprobs": None,
-                      "finish_reason": None}  # fmt: skip
+            choice = {
+                "index": i,
+                "text": served.model.detokenize(tokens),
+                "logprobs": None,
+                "finish_reason": None,
+            }
             yield json.dumps({**head, "choices": [choice]})
     async for i, piece in merge(streams):
         choice = {"index": i, "text": piece.text, "logprobs": None, "finish_reason": None}
@@ -266,9 +303,12 @@ async def embeddings(body: EmbeddingRequest, request: Request):
 
         import numpy as np
 
-        vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
-                   for v in vectors]  # fmt: skip
-    return {"object": "list", "model": body.model,
-            "data": [{"object": "embedding", "index": i, "embedding": v}
-                     for i, v in enumerate(vectors)],
-            "usage": {"prompt_tokens": used, "total_tokens": used}}  # fmt: skip
+        vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+    return {
+        "object": "list",
+        "model": body.model,
+        "data": [
+            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+        ],
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }

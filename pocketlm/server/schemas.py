@@ -163,8 +163,10 @@ def parse_keep_alive(value: str | float | int | None) -> float | None:
         except ValueError:
             parts = _DURATION_PART.findall(body)
             if not parts or "".join(n + u for n, u in parts) != body:
-                raise UsageError(f"invalid keep_alive {value!r}: use seconds or a duration such "
-                                 'as "5m" or "1h30m" (negative: stay loaded)') from None
+                raise UsageError(
+                    f"invalid keep_alive {value!r}: use seconds or a duration such "
+                    'as "5m" or "1h30m" (negative: stay loaded)'
+                ) from None
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
         seconds *= sign
     if seconds != seconds:  # NaN

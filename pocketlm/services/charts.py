@@ -68,8 +68,11 @@ def bench_chart(report: BenchReport, path: str | os.PathLike) -> Path:
     _decode_axes(right, report)
     m = report.machine
     threads = report.models[0].threads
-    fig.suptitle(f"pocketlm bench: {m.get('cpu', '?')}, {threads} thread{'s' * (threads > 1)}, "
-                 f"median of {report.params.repeat} runs (bars: min-max)", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"pocketlm bench: {m.get('cpu', '?')}, {threads} thread{'s' * (threads > 1)}, "
+        f"median of {report.params.repeat} runs (bars: min-max)",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -77,15 +80,24 @@ def _all_lengths(report: BenchReport) -> list[int]:
     return sorted({n for m in report.models for n in m.prompt_lengths})
 
 
-def _bar_group(ax: Axes, x: list[float], figs: list[Measured], width: float, label: str,
-               color: str) -> None:  # fmt: skip
+def _bar_group(
+    ax: Axes, x: list[float], figs: list[Measured], width: float, label: str, color: str
+) -> None:
     """Bars at the medians, error bars from min to max; the median written at the foot."""
     heights = [f.median for f in figs]
     err = [[f.median - f.min for f in figs], [f.max - f.median for f in figs]]
     ax.bar(x, heights, width, yerr=err, capsize=3, label=label, color=color)
     for xi, f in zip(x, figs):
-        ax.annotate(f"{f.median:.0f}", (xi, 0), textcoords="offset points", xytext=(0, 4),
-                    ha="center", fontsize=7, color="white", weight="bold")  # fmt: skip
+        ax.annotate(
+            f"{f.median:.0f}",
+            (xi, 0),
+            textcoords="offset points",
+            xytext=(0, 4),
+            ha="center",
+            fontsize=7,
+            color="white",
+            weight="bold",
+        )
 
 
 def _prefill_axes(ax: Axes, report: BenchReport) -> None:
@@ -107,12 +119,20 @@ def _decode_axes(ax: Axes, report: BenchReport) -> None:
         _bar_group(ax, [i], [m.decode_tps], 0.6, m.name, f"C{i}")
         bound = m.decode_bound_tps
         ax.hlines(bound, i - 0.4, i + 0.4, colors="black", linestyles="dashed")
-        ax.annotate(f"bound {bound:.0f}\n({m.share_of_bound.median:.0%} reached)", (i, bound),
-                    textcoords="offset points", xytext=(0, 4), ha="center", va="bottom", fontsize=7,
-                    bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})  # fmt: skip
+        ax.annotate(
+            f"bound {bound:.0f}\n({m.share_of_bound.median:.0%} reached)",
+            (i, bound),
+            textcoords="offset points",
+            xytext=(0, 4),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1},
+        )
     ax.set_xticks(range(len(report.models)), [m.name for m in report.models], fontsize=7)
-    ax.set_title(f"decode, {report.params.decode_tokens} tokens\n(dashed: bandwidth bound)",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(
+        f"decode, {report.params.decode_tokens} tokens\n(dashed: bandwidth bound)", fontsize=10
+    )
     ax.set_ylabel("tokens / s")
     top = max(max(m.decode_tps.max, m.decode_bound_tps) for m in report.models)
     ax.set_ylim(0, top * 1.25)
@@ -125,10 +145,15 @@ def _decode_axes(ax: Axes, report: BenchReport) -> None:
 def needle_heatmap(report: NeedleReport, path: str | os.PathLike) -> Path:
     """Recall as a depth x length grid (green: found, red: missed) in a PNG file."""
     # rows: depths (start at the top), columns: lengths; depths are uneven, so rows are labels
-    grid = [[report.recall[j][i] for j in range(len(report.lengths))]
-            for i in range(len(report.depths))]  # fmt: skip
-    fig = _figure(max(4.8, 1.8 + 0.9 * len(report.lengths)), 1.6 + 0.38 * len(report.depths),
-                  dpi=100, layout="tight")  # fmt: skip
+    grid = [
+        [report.recall[j][i] for j in range(len(report.lengths))] for i in range(len(report.depths))
+    ]
+    fig = _figure(
+        max(4.8, 1.8 + 0.9 * len(report.lengths)),
+        1.6 + 0.38 * len(report.depths),
+        dpi=100,
+        layout="tight",
+    )
     ax = fig.add_subplot()
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(report.lengths)), [_tokens_label(n) for n in report.lengths])
@@ -139,10 +164,12 @@ def needle_heatmap(report: NeedleReport, path: str | os.PathLike) -> Path:
         for j, r in enumerate(row):
             ax.text(j, i, f"{r:.2g}", ha="center", va="center", fontsize=8)
     name = report.model if len(report.model) <= 40 else report.model[:39] + "…"
-    ax.set_title(f"{name}: needle recall, {report.trials} trial(s)\n"
-                 f"edges {_num(report.edges_recall)} (start {_num(report.start_recall)}, end "
-                 f"{_num(report.end_recall)}), middle {_num(report.middle_recall)}",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{name}: needle recall, {report.trials} trial(s)\n"
+        f"edges {_num(report.edges_recall)} (start {_num(report.start_recall)}, end "
+        f"{_num(report.end_recall)}), middle {_num(report.middle_recall)}",
+        fontsize=9,
+    )
     fig.colorbar(image, ax=ax, fraction=0.05, label="recall")
     return _save(fig, path)
 
@@ -165,11 +192,20 @@ def budget_chart(choice: BudgetChoice, path: str | os.PathLike) -> Path:
     points = [(c.size_bytes / 1e6, max(c.quality.kld_mean, KLD_FLOOR)) for c in measured]
     for i, (c, (x, y)) in enumerate(zip(measured, points)):
         ax.scatter([x], [y], color="C0" if c.fits else "C7", zorder=3)
-        ax.annotate(c.type, (x, y), textcoords="offset points", xytext=(10, 8 - 16 * (i % 2)),
-                    fontsize=8)  # fmt: skip
+        ax.annotate(
+            c.type, (x, y), textcoords="offset points", xytext=(10, 8 - 16 * (i % 2)), fontsize=8
+        )
         if c.type == choice.winner.quality.type:
-            ax.scatter([x], [y], s=220, facecolors="none", edgecolors="C3", linewidths=2,
-                       zorder=4, label=f"chosen: {c.type}")  # fmt: skip
+            ax.scatter(
+                [x],
+                [y],
+                s=220,
+                facecolors="none",
+                edgecolors="C3",
+                linewidths=2,
+                zorder=4,
+                label=f"chosen: {c.type}",
+            )
     budget_mb = choice.budget_bytes / 1e6
     ax.axvline(budget_mb, color="C3", linestyle="--", label=f"budget {budget_mb:.1f} MB")
     xs, ys = [x for x, _ in points] + [budget_mb], [y for _, y in points]
@@ -180,9 +216,11 @@ def budget_chart(choice: BudgetChoice, path: str | os.PathLike) -> Path:
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel(f"mean KL divergence vs {choice.reference} (log)")
     q = choice.winner.quality
-    ax.set_title(f"{choice.parent}: file size against KL divergence, budget {budget_mb:g} MB\n"
-                 f"({q.tokens} tokens of {q.eval_text}; grey: over the budget)",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(
+        f"{choice.parent}: file size against KL divergence, budget {budget_mb:g} MB\n"
+        f"({q.tokens} tokens of {q.eval_text}; grey: over the budget)",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)

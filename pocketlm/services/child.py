@@ -37,14 +37,21 @@ class JsonChild:
 
 
 @contextmanager
-def json_child(cmd: list[str], job: dict[str, Any], *, keep_stdin: bool = False
-               ) -> Iterator[JsonChild]:  # fmt: skip
+def json_child(
+    cmd: list[str], job: dict[str, Any], *, keep_stdin: bool = False
+) -> Iterator[JsonChild]:
     """Start ``cmd``, write ``job`` as one JSON line (then close stdin unless
     ``keep_stdin``); the body reads ``messages()``. On a normal exit ``code`` is set;
     on any exit, a child still running is killed and ``stderr_tail`` is set."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                text=True, encoding="utf-8")  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            encoding="utf-8",
+        )
         child = JsonChild(proc)
         try:
             child.send(json.dumps(job), last=not keep_stdin)

@@ -78,8 +78,16 @@ class Limits:
     stack_kib: int = 1024  # the child parses on this stack (a thread's is 8 MiB on Linux)
 
 
-_REPEATS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties",
-            "maxProperties", "minContains", "maxContains")  # fmt: skip
+_REPEATS = (
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "minContains",
+    "maxContains",
+)
 _BRANCHES = ("anyOf", "oneOf", "allOf")
 _DATA = ("const", "enum", "default", "examples")  # JSON values, not schemas
 _QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
@@ -118,8 +126,10 @@ def check_schema(schema: Any, limits: Limits) -> str:
     """The schema as compact JSON (the cache key) once it is within ``limits``; raises
     _Refused naming the first limit it exceeds. Costs one walk over the document."""
     if not isinstance(schema, dict):
-        raise _Refused(f"a JSON schema must be an object, not {type(schema).__name__}",
-                       'send {"type": "object", ...}')  # fmt: skip
+        raise _Refused(
+            f"a JSON schema must be an object, not {type(schema).__name__}",
+            'send {"type": "object", ...}',
+        )
     nodes = deepest = 0
     totals: collections.Counter[str] = collections.Counter()
     todo: list[tuple[Any, int, bool]] = [(schema, 1, False)]  # node, depth, is a JSON value
@@ -127,8 +137,11 @@ def check_schema(schema: Any, limits: Limits) -> str:
         node, depth, is_data = todo.pop()
         nodes += 1
         if nodes > limits.nodes:
-            raise _over(f"the JSON schema's count of nodes (more than {limits.nodes} JSON "
-                        "values)", limits.nodes, "send a smaller schema")  # fmt: skip
+            raise _over(
+                f"the JSON schema's count of nodes (more than {limits.nodes} JSON values)",
+                limits.nodes,
+                "send a smaller schema",
+            )
         deepest = max(deepest, depth)
         if isinstance(node, list):
             todo.extend((item, depth + 1, is_data) for item in node)
@@ -138,13 +151,19 @@ def check_schema(schema: Any, limits: Limits) -> str:
                 if not is_data:
                     _check_keyword(key, value, totals, limits)
     if deepest > limits.depth:
-        raise _over(f"the JSON schema's nesting depth ({deepest} levels)", limits.depth,
-                    "flatten the schema")  # fmt: skip
+        raise _over(
+            f"the JSON schema's nesting depth ({deepest} levels)",
+            limits.depth,
+            "flatten the schema",
+        )
     # ASCII: a lone surrogate stays an escape, and the child reads it as the client sent it
     text = json.dumps(schema, separators=(",", ":"))
     if len(text) > limits.schema_bytes:
-        raise _over(f"the JSON schema's size ({len(text)} bytes)", limits.schema_bytes,
-                    "send a smaller schema")  # fmt: skip
+        raise _over(
+            f"the JSON schema's size ({len(text)} bytes)",
+            limits.schema_bytes,
+            "send a smaller schema",
+        )
     return text
 
 
@@ -156,8 +175,10 @@ def _check_keyword(key: str, value: Any, totals: collections.Counter, limits: Li
     elif key == "pattern" and isinstance(value, str):
         _check_pattern(value, limits)
     elif key == "$ref" and isinstance(value, str) and not value.startswith("#"):
-        raise _Refused(f"$ref {value[:200]!r} is not a reference inside the schema",
-                       'pocketlm fetches no schemas: use "#/$defs/..."')  # fmt: skip
+        raise _Refused(
+            f"$ref {value[:200]!r} is not a reference inside the schema",
+            'pocketlm fetches no schemas: use "#/$defs/..."',
+        )
     elif key in _TOTALS and (key == "const" or isinstance(value, list | dict)):
         what, field, hint = _TOTALS[key]
         totals[what] += 1 if key == "const" else len(value)
@@ -168,21 +189,22 @@ def _check_keyword(key: str, value: Any, totals: collections.Counter, limits: Li
 
 def _check_count(key: str, value: int | float, limits: Limits) -> None:
     if isinstance(value, bool) or not math.isfinite(value) or value != int(value) or value < 0:
-        raise _Refused(f"{key} must be a whole number of 0 or more, not {value!r}",
-                       f"fix {key}")  # fmt: skip
+        raise _Refused(f"{key} must be a whole number of 0 or more, not {value!r}", f"fix {key}")
     if value > limits.repeat:
         raise _over(f"{key} {int(value)}", limits.repeat, "lower it")
 
 
 def _check_pattern(pattern: str, limits: Limits) -> None:
     if len(pattern) > limits.pattern_chars:
-        raise _over(f"a pattern's length ({len(pattern)} characters)", limits.pattern_chars,
-                    "shorten the pattern")  # fmt: skip
+        raise _over(
+            f"a pattern's length ({len(pattern)} characters)",
+            limits.pattern_chars,
+            "shorten the pattern",
+        )
     for match in _QUANTIFIER.finditer(pattern):
         for number in match.groups():
             if number and int(number) > limits.repeat:
-                raise _over(f"the pattern quantifier {match.group(0)}", limits.repeat,
-                            "lower it")  # fmt: skip
+                raise _over(f"the pattern quantifier {match.group(0)}", limits.repeat, "lower it")
 
 
 # -- gate 3: the cache, and the grammar parsed in this process ---------------------------------
@@ -207,8 +229,9 @@ class GrammarBuilder:
         self._vocab_lock = threading.Lock()
         self._vocabs: weakref.WeakValueDictionary[tuple, Model] = weakref.WeakValueDictionary()
 
-    def build(self, schema: dict | None, model_path: str, *,
-              field: str = "response_format") -> Grammar:  # fmt: skip
+    def build(
+        self, schema: dict | None, model_path: str, *, field: str = "response_format"
+    ) -> Grammar:
         """A Grammar admitting only JSON that matches ``schema`` (None: any JSON object) for
         the model at ``model_path``; raises UsageError naming ``field``."""
         try:
@@ -234,8 +257,9 @@ class GrammarBuilder:
             raise verdict
         return verdict
 
-    def _decide(self, key: tuple, model_path: str, pending: concurrent.futures.Future
-                ) -> Grammar | _Refused:  # fmt: skip
+    def _decide(
+        self, key: tuple, model_path: str, pending: concurrent.futures.Future
+    ) -> Grammar | _Refused:
         try:
             verdict = self._prepare(key, model_path)
         except _Refused as e:
@@ -261,8 +285,9 @@ class GrammarBuilder:
         try:
             return Grammar(found["gbnf"], self._vocab(key[0], model_path))
         except Exception as e:  # the child parsed it: this would be a bug, not the schema's
-            raise _Refused(f"the JSON schema's grammar could not be parsed ({e})",
-                           "simplify the schema") from None  # fmt: skip
+            raise _Refused(
+                f"the JSON schema's grammar could not be parsed ({e})", "simplify the schema"
+            ) from None
 
     def _vocab(self, file_key: tuple, model_path: str) -> Model:
         """The model's vocabulary alone (~15 MB for 49k tokens), shared by its Grammars and
@@ -291,8 +316,9 @@ def _file_key(path: str) -> tuple:
 _default = GrammarBuilder()
 
 
-def json_grammar(schema: dict | None, model_path: str, *,
-                 field: str = "response_format") -> Grammar:  # fmt: skip
+def json_grammar(
+    schema: dict | None, model_path: str, *, field: str = "response_format"
+) -> Grammar:
     """A grammar admitting only JSON that matches ``schema`` (None: any JSON object, for
     OpenAI's json_object and Ollama's "json"), for the model at ``model_path``; pass it as
     ``Request(grammar=...)``. Blocking (a new schema starts a check process: run it off the
@@ -305,35 +331,48 @@ def json_grammar(schema: dict | None, model_path: str, *,
 
 # The check process: at a lower priority from its first line, before its imports (~0.3 s of
 # CPU), so that the engine's threads keep the cores they share with it.
-_CHILD = ("import os; hasattr(os, 'nice') and os.nice(10); "
-          "from pocketlm.services.grammar import _child; _child()")  # fmt: skip
+_CHILD = (
+    "import os; hasattr(os, 'nice') and os.nice(10); "
+    "from pocketlm.services.grammar import _child; _child()"
+)
 
 
 def run_check(schema_json: str, model_path: str, limits: Limits) -> dict[str, Any]:
     """Convert, parse and measure ``schema_json``'s grammar in a child process (``_child``);
     its findings (``gbnf`` and the costs), or _Refused."""
-    job = json.dumps({"schema": schema_json, "model": model_path,
-                      "limits": dataclasses.asdict(limits)})  # fmt: skip
+    job = json.dumps(
+        {"schema": schema_json, "model": model_path, "limits": dataclasses.asdict(limits)}
+    )
     unsafe = "the JSON schema's grammar could not be built safely"
     try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD], input=job, capture_output=True,
-                              text=True, timeout=limits.check_s)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD],
+            input=job,
+            capture_output=True,
+            text=True,
+            timeout=limits.check_s,
+        )
     except subprocess.TimeoutExpired:
-        raise _Refused(f"{unsafe} (it took longer than {limits.check_s:g} s)",
-                       "simplify the schema", final=False) from None  # fmt: skip
+        raise _Refused(
+            f"{unsafe} (it took longer than {limits.check_s:g} s)",
+            "simplify the schema",
+            final=False,
+        ) from None
     try:
         found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
     except (IndexError, ValueError):
         found = None
     if proc.returncode < 0:
         sig = _signal_name(-proc.returncode)
-        why = (f"it used more than {limits.check_cpu_s} s of CPU time" if sig == "SIGXCPU"
-               else f"the check crashed with {sig}")  # fmt: skip
+        why = (
+            f"it used more than {limits.check_cpu_s} s of CPU time"
+            if sig == "SIGXCPU"
+            else f"the check crashed with {sig}"
+        )
         raise _Refused(f"{unsafe} ({why})", "simplify the schema")
     if not isinstance(found, dict):  # not the schema's doing, as far as we know: not cached
         tail = (proc.stderr.strip().splitlines() or ["no message"])[-1][:300]
-        raise _Refused(f"{unsafe} (the check failed: {tail})", "simplify the schema",
-                       final=False)  # fmt: skip
+        raise _Refused(f"{unsafe} (the check failed: {tail})", "simplify the schema", final=False)
     if "refused" in found:
         raise _Refused(found["refused"], found["hint"])
     return found
@@ -368,19 +407,28 @@ def _check(schema_json: str, model_path: str, limits: Limits) -> dict[str, Any]:
     try:
         gbnf = _to_gbnf(schema_json)
     except MemoryError:
-        raise _Refused(f"the JSON schema's grammar needs more than {limits.check_mib} MiB",
-                       "simplify the schema") from None  # fmt: skip
+        raise _Refused(
+            f"the JSON schema's grammar needs more than {limits.check_mib} MiB",
+            "simplify the schema",
+        ) from None
     except Exception as e:  # the converter raises plain exceptions on what it cannot map
-        raise _Refused(f"the JSON schema cannot be turned into a grammar: {e}"[:500],
-                       "use the JSON Schema subset pocketlm supports") from None  # fmt: skip
+        raise _Refused(
+            f"the JSON schema cannot be turned into a grammar: {e}"[:500],
+            "use the JSON Schema subset pocketlm supports",
+        ) from None
     try:
         size = len(gbnf.encode())
     except UnicodeEncodeError:  # JSON's "\ud800"
-        raise _Refused("the JSON schema has text that is not valid Unicode (a lone surrogate)",
-                       "send UTF-8 text") from None  # fmt: skip
+        raise _Refused(
+            "the JSON schema has text that is not valid Unicode (a lone surrogate)",
+            "send UTF-8 text",
+        ) from None
     if size > limits.grammar_bytes:
-        raise _over(f"the JSON schema's grammar size ({size} bytes)", limits.grammar_bytes,
-                    "simplify the schema")  # fmt: skip
+        raise _over(
+            f"the JSON schema's grammar size ({size} bytes)",
+            limits.grammar_bytes,
+            "simplify the schema",
+        )
     costs = _on_small_stack(lambda: _measure(gbnf, model, limits), limits.stack_kib * 1024)
     return {"gbnf": gbnf, **costs}
 
@@ -433,9 +481,13 @@ def _to_gbnf(schema_json: str) -> str:
     return llama_grammar.json_schema_to_gbnf(schema_json)
 
 
-def _build_repetition(item_rule: str, min_items: int, max_items: int | None,
-                      separator_rule: str | None = None, item_rule_is_literal: bool = False
-                      ) -> str:  # fmt: skip
+def _build_repetition(
+    item_rule: str,
+    min_items: int,
+    max_items: int | None,
+    separator_rule: str | None = None,
+    item_rule_is_literal: bool = False,
+) -> str:
     if max_items == 0:
         return ""
     if min_items == 0 and max_items == 1:
@@ -446,8 +498,11 @@ def _build_repetition(item_rule: str, min_items: int, max_items: int | None,
         if min_items == 0 and max_items is None:
             return f"{item_rule}*"
         return f"{item_rule}{{{min_items},{'' if max_items is None else max_items}}}"
-    rest = _build_repetition(f"({separator_rule} {item_rule})", max(min_items - 1, 0),
-                             None if max_items is None else max_items - 1)  # fmt: skip
+    rest = _build_repetition(
+        f"({separator_rule} {item_rule})",
+        max(min_items - 1, 0),
+        None if max_items is None else max_items - 1,
+    )
     result = f"{item_rule} {rest}"
     return f"({result})?" if min_items == 0 else result
 
@@ -464,14 +519,18 @@ def _measure(gbnf: str, model: Model, limits: Limits) -> dict[str, float]:
 
     from pocketlm.engine.llama import last_log_error
 
-    parse_ms, root = _timed(lambda: ll.llama_sampler_init_grammar(model.vocab, gbnf.encode(),
-                                                                  b"root"))  # fmt: skip
+    parse_ms, root = _timed(
+        lambda: ll.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
+    )
     if not root:
-        raise _Refused(f"llama.cpp cannot parse the JSON schema's grammar ({last_log_error()})",
-                       "simplify the schema")  # fmt: skip
+        raise _Refused(
+            f"llama.cpp cannot parse the JSON schema's grammar ({last_log_error()})",
+            "simplify the schema",
+        )
     _within("a parse", parse_ms, limits.parse_ms)
-    copy_ms = min(_timed(lambda: ll.llama_sampler_free(ll.llama_sampler_clone(root)))[0]
-                  for _ in range(3))  # fmt: skip
+    copy_ms = min(
+        _timed(lambda: ll.llama_sampler_free(ll.llama_sampler_clone(root)))[0] for _ in range(3)
+    )
     _within("a copy per request", copy_ms, limits.copy_ms)
     draws = _Draws(model, max(limits.step_ms, limits.step_us_per_token * model.n_vocab / 1e3))
     step_ms = draws.walk(root, steps=8)
@@ -494,9 +553,11 @@ def _timed(fn) -> tuple[float, Any]:
 
 def _within(what: str, ms: float, limit_ms: float, why: str = "") -> None:
     if ms > limit_ms:
-        raise _Refused(f"the JSON schema's grammar takes {ms:.0f} ms of CPU for {what}, over "
-                       f"pocketlm's limit of {limit_ms:.3g} ms{why}",
-                       "use fewer enum values or alternatives")  # fmt: skip
+        raise _Refused(
+            f"the JSON schema's grammar takes {ms:.0f} ms of CPU for {what}, over "
+            f"pocketlm's limit of {limit_ms:.3g} ms{why}",
+            "use fewer enum values or alternatives",
+        )
 
 
 class _Draws:

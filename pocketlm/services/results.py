@@ -79,8 +79,14 @@ def machine_info() -> dict[str, Any]:
         platform.processor() or platform.machine(),
     )
     physical, logical = machine.cores()
-    return {"cpu": cpu, "cores": physical, "threads": logical, "ram_bytes": machine.ram()[0],
-            "system": platform.system(), "pocketlm": __version__}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": physical,
+        "threads": logical,
+        "ram_bytes": machine.ram()[0],
+        "system": platform.system(),
+        "pocketlm": __version__,
+    }
 
 
 def record(
@@ -97,14 +103,21 @@ def record(
     """Add one measurement of ``model`` to the results database (``db``, default the store's)
     and return its row id. A store model is identified by its ``manifest`` (checksum and
     quantization); a bare file by its GGUF ``file_type`` alone."""
-    row = Result(kind=kind, task=task, model=model, metrics=metrics, settings=settings or {},
-                 model_sha256=manifest.sha256 if manifest else None,
-                 quantization=manifest.quantization if manifest else file_type)  # fmt: skip
+    row = Result(
+        kind=kind,
+        task=task,
+        model=model,
+        metrics=metrics,
+        settings=settings or {},
+        model_sha256=manifest.sha256 if manifest else None,
+        quantization=manifest.quantization if manifest else file_type,
+    )
     return (db or ResultsDB()).add(row).id
 
 
-def compare(refs: Sequence[str], *, task: str | None = None,
-            db: ResultsDB | None = None) -> list[Result]:  # fmt: skip
+def compare(
+    refs: Sequence[str], *, task: str | None = None, db: ResultsDB | None = None
+) -> list[Result]:
     """The rows to put side by side: each of ``refs`` is a row id, or a model name (all its
     rows, of ``task`` if given)."""
     db = db or ResultsDB()
@@ -136,13 +149,22 @@ class ResultsDB:
         """Write ``r`` (use ``record``, which fills in the model's identity); sets its id."""
         values = [json.dumps(getattr(r, c)) if c in _JSON else getattr(r, c) for c in _COLUMNS]
         with self._connect() as conn:
-            cur = conn.execute(f"INSERT INTO results ({', '.join(_COLUMNS)}) "
-                               f"VALUES ({', '.join('?' * len(_COLUMNS))})", values)  # fmt: skip
+            cur = conn.execute(
+                f"INSERT INTO results ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                values,
+            )
             r.id = cur.lastrowid
         return r
 
-    def query(self, *, model: str | None = None, task: str | None = None,
-              kind: str | None = None, ids: list[int] | None = None) -> list[Result]:  # fmt: skip
+    def query(
+        self,
+        *,
+        model: str | None = None,
+        task: str | None = None,
+        kind: str | None = None,
+        ids: list[int] | None = None,
+    ) -> list[Result]:
         where, args = [], []
         for column, value in (("model", model), ("task", task), ("kind", kind)):
             if value is not None:

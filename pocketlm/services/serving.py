@@ -209,11 +209,16 @@ class ServedModel:
         self.model = Model(str(path), use_extra_bufts=probe.extra_bufts_safe(str(path)))
         self.n_ctx_seq = ctx_per_seq(self.info, cfg)
         self.engine = BatchEngine(
-            self.model, n_seq=cfg.n_seq, n_ctx_seq=self.n_ctx_seq,
-            n_threads=cfg.load.threads or machine.default_threads(), n_batch=cfg.load.batch,
-            max_queue=cfg.max_queue, flash_attn=cfg.load.flash_attn, after_step=self._flush,
+            self.model,
+            n_seq=cfg.n_seq,
+            n_ctx_seq=self.n_ctx_seq,
+            n_threads=cfg.load.threads or machine.default_threads(),
+            n_batch=cfg.load.batch,
+            max_queue=cfg.max_queue,
+            flash_attn=cfg.load.flash_attn,
+            after_step=self._flush,
             cache_ram_bytes=cfg.cache_ram_bytes,
-        )  # fmt: skip
+        )
         self._unflushed: set[_Mailbox] = set()  # the engine's thread only
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
@@ -246,8 +251,10 @@ class ServedModel:
     def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         checked = chat_template.check_messages(messages)
         if not self.template:
-            raise UsageError(f"model '{self.name}' is not a chat model (no chat template)",
-                             "use a completion endpoint instead")  # fmt: skip
+            raise UsageError(
+                f"model '{self.name}' is not a chat model (no chat template)",
+                "use a completion endpoint instead",
+            )
         return chat_template.chat_tokens(self.model, self.template, checked)
 
     def text_tokens(self, text: str) -> list[int]:
@@ -255,8 +262,10 @@ class ServedModel:
         if not tokens:  # an empty prompt: start from the start-of-text token, as OpenAI does
             start = self.model.bos if self.model.bos >= 0 else self.model.eos
             if start < 0:
-                raise PocketError("invalid value for 'prompt': it is empty, and this model has "
-                                  "no start-of-text token to begin from")  # fmt: skip
+                raise PocketError(
+                    "invalid value for 'prompt': it is empty, and this model has "
+                    "no start-of-text token to begin from"
+                )
             tokens = [start]
         return tokens
 
@@ -267,10 +276,12 @@ class ServedModel:
         """A prompt (the request field ``param``) and max_tokens fit a sequence's context."""
         if prompt_tokens + max(max_tokens or 1, 1) > self.n_ctx_seq:
             raise ContextOverflowError(
-                prompt_tokens, max_tokens or 0, self.n_ctx_seq,
-                "shorten the prompt or lower max_tokens (or start the server with a larger "
-                "--ctx)", param=param,
-            )  # fmt: skip
+                prompt_tokens,
+                max_tokens or 0,
+                self.n_ctx_seq,
+                "shorten the prompt or lower max_tokens (or start the server with a larger --ctx)",
+                param=param,
+            )
 
     # -- generation ----------------------------------------------------------------------
 
@@ -295,16 +306,24 @@ class ServedModel:
             raise UsageError(
                 f"invalid value for 'n': this request asks for {len(plan)} sequences (prompts "
                 f"x n) and the server holds at most {capacity} at once (--parallel + --queue)",
-                "ask for fewer", param="n",
-            )  # fmt: skip
+                "ask for fewer",
+                param="n",
+            )
         for tokens in prompts:
             self.check_fits(len(tokens), 0 if score_only else params.max_tokens)
         streams: list[Generation] = []
         try:
             for tokens, p in plan:
-                streams.append(self.stream(tokens, p, grammar=grammar, n_logprobs=n_logprobs,
-                                           prompt_logprobs=prompt_logprobs,
-                                           score_only=score_only))  # fmt: skip
+                streams.append(
+                    self.stream(
+                        tokens,
+                        p,
+                        grammar=grammar,
+                        n_logprobs=n_logprobs,
+                        prompt_logprobs=prompt_logprobs,
+                        score_only=score_only,
+                    )
+                )
         except BaseException:
             for s in streams:
                 s.cancel()
@@ -330,8 +349,10 @@ class ServedModel:
         n_vocab = self.model.n_vocab
         bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
         if bad is not None:  # llama_decode would fail the whole batch, other requests too
-            raise PocketError(f"invalid value for 'prompt': token id {bad} is not in the "
-                              f"model's vocabulary (0 to {n_vocab - 1})")  # fmt: skip
+            raise PocketError(
+                f"invalid value for 'prompt': token id {bad} is not in the "
+                f"model's vocabulary (0 to {n_vocab - 1})"
+            )
         mailbox = _mailbox(asyncio.get_running_loop())
         queue: asyncio.Queue[Piece] = asyncio.Queue()
         text = TextAssembler(params.stop)
@@ -347,10 +368,15 @@ class ServedModel:
             mailbox.post(self._release)  # counted until the engine lets go, read or not
 
         req = Request(
-            tokens=tokens, params=params, grammar=grammar, n_logprobs=n_logprobs,
-            prompt_logprobs=prompt_logprobs, score_only=score_only, on_token=on_token,
+            tokens=tokens,
+            params=params,
+            grammar=grammar,
+            n_logprobs=n_logprobs,
+            prompt_logprobs=prompt_logprobs,
+            score_only=score_only,
+            on_token=on_token,
             on_done=on_done,
-        )  # fmt: skip
+        )
         self.engine.submit(req)
         self.active += 1
         return Generation(self.engine, req, queue)
@@ -373,8 +399,10 @@ class ServedModel:
         self.active += 1  # busy: keep_alive 0 or the reaper unloads it after, not during
         try:
             batch = await asyncio.to_thread(self._embed_tokens, texts)
-            out = [await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t)))
-                   for tokens in batch]  # fmt: skip
+            out = [
+                await asyncio.wrap_future(self.engine.call(lambda t=tokens: self._embed(t)))
+                for tokens in batch
+            ]
         finally:
             self._release()
         return out, sum(len(t) for t in batch)
@@ -395,8 +423,13 @@ class ServedModel:
         from pocketlm.engine.llama import Context
 
         if self._embed_ctx is None:
-            self._embed_ctx = Context(self.model, n_ctx=self.n_ctx_seq, n_batch=self.n_ctx_seq,
-                                      n_threads=self.engine.n_threads, embeddings=True)  # fmt: skip
+            self._embed_ctx = Context(
+                self.model,
+                n_ctx=self.n_ctx_seq,
+                n_batch=self.n_ctx_seq,
+                n_threads=self.engine.n_threads,
+                embeddings=True,
+            )
         ctx = self._embed_ctx
         ctx.reset()
         ctx.prefill_all(tokens)
@@ -505,7 +538,7 @@ class ModelPool:
                 f"{self.memory_budget_bytes / 1e9:.2f} GB memory budget is in use",
                 "unload a model (keep_alive 0), or start the server with a smaller --ctx, "
                 "--parallel or --cache-ram",
-            )  # fmt: skip
+            )
         return ServedModel(name, path, manifest, self.cfg)
 
     async def unload(self, name: str) -> bool:

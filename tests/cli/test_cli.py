@@ -22,15 +22,23 @@ def test_run_streams_an_answer(tiny_gguf):
 
 
 def test_json_reports_text_and_stats(tiny_gguf):
-    proc = run_cli("run", str(tiny_gguf), "hello there", "--json", "--max-tokens", "6",
-                   "--seed", "2", *TINY)  # fmt: skip
+    proc = run_cli(
+        "run", str(tiny_gguf), "hello there", "--json", "--max-tokens", "6", "--seed", "2", *TINY
+    )
     assert proc.returncode == 0, proc.stderr_text
     out = json.loads(proc.stdout_text)
     assert out["model"] == "tiny.gguf"
     assert isinstance(out["text"], str)
     stats = out["stats"]
-    for key in ("load_s", "ttft_s", "prompt_tokens", "prefill_tps", "completion_tokens",
-                "decode_tps", "peak_rss_bytes"):  # fmt: skip
+    for key in (
+        "load_s",
+        "ttft_s",
+        "prompt_tokens",
+        "prefill_tps",
+        "completion_tokens",
+        "decode_tps",
+        "peak_rss_bytes",
+    ):
         assert key in stats
     assert stats["prompt_tokens"] > 0 and stats["peak_rss_bytes"] > 0
     assert 1 <= stats["completion_tokens"] <= 6
@@ -64,8 +72,18 @@ def test_context_overflow_fails_with_counts_and_truncate_says_what_was_dropped(t
     proc = run_cli("run", str(tiny_gguf), long, "--raw", "--max-tokens", "16", *TINY)
     line = assert_clean_error(proc, "exceeds the context window (256 tokens)", "--ctx")
     assert "+ max tokens (16)" in line
-    proc = run_cli("run", str(tiny_gguf), long, "--raw", "--max-tokens", "16", "--truncate",
-                   "--seed", "1", *TINY)  # fmt: skip
+    proc = run_cli(
+        "run",
+        str(tiny_gguf),
+        long,
+        "--raw",
+        "--max-tokens",
+        "16",
+        "--truncate",
+        "--seed",
+        "1",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr_text
     assert "dropped the start" in proc.stderr_text and "256-token context" in proc.stderr_text
 
@@ -78,9 +96,20 @@ def test_pull_path_and_import_register_in_place(tiny_gguf, tmp_path):
     assert again.returncode == 0 and "already" in again.stdout_text
     show = json.loads(run_cli("show", "tiny", "--json").stdout_text)
     assert show["path"] == str(tiny_gguf) and show["imported"] is True
-    for field in ("name", "source", "sha256", "size_bytes", "architecture", "parameter_count",
-                  "quantization", "bits_per_weight", "context_length", "chat_template",
-                  "license", "parent"):  # fmt: skip
+    for field in (
+        "name",
+        "source",
+        "sha256",
+        "size_bytes",
+        "architecture",
+        "parameter_count",
+        "quantization",
+        "bits_per_weight",
+        "context_length",
+        "chat_template",
+        "license",
+        "parent",
+    ):
         assert field in show
     assert show["architecture"] == "llama" and show["quantization"] == "F32"
     readable = run_cli("show", "tiny").stdout_text
@@ -168,8 +197,11 @@ def test_input_that_is_not_utf8(tiny_gguf):
 
     argv_proc = subprocess.run(
         [sys.executable, "-m", "pocketlm", "run", str(tiny_gguf).encode(), b"caf\xe9"],
-        capture_output=True, input=b"", cwd=REPO, env=dict(os.environ),
-    )  # fmt: skip
+        capture_output=True,
+        input=b"",
+        cwd=REPO,
+        env=dict(os.environ),
+    )
     argv_proc.stdout_text = argv_proc.stdout.decode()
     argv_proc.stderr_text = argv_proc.stderr.decode()
     assert_clean_error(argv_proc, "not valid utf-8")
@@ -188,16 +220,20 @@ def test_import_refuses_a_name_taken_by_another_file(tiny_gguf, tmp_path):
 
 
 def test_one_word_close_to_a_model_name_is_a_typo_not_a_prompt():
-    assert_clean_error(run_cli("run", "smollm2-135m-instrut"), "did you mean",
-                       "smollm2-135m-instruct")  # fmt: skip
+    assert_clean_error(
+        run_cli("run", "smollm2-135m-instrut"), "did you mean", "smollm2-135m-instruct"
+    )
 
 
 def test_output_into_a_closed_pipe_is_not_an_error(tiny_gguf):
     import subprocess
 
-    cmd = (f"'{sys.executable}' -m pocketlm run '{tiny_gguf}' 'the cat' --ctx 4096 "
-           "--threads 1 | head -c 10 > /dev/null")  # fmt: skip
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)  # fmt: skip
+    cmd = (
+        f"'{sys.executable}' -m pocketlm run '{tiny_gguf}' 'the cat' --ctx 4096 "
+        "--threads 1 | head -c 10 > /dev/null"
+    )
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
     assert proc.returncode == 0

@@ -8,8 +8,16 @@ import pytest
 
 from tests.conftest import assert_clean_error, run_cli, shared_store_root
 
-ARC = [{"question": {"stem": f"Question {i}?", "choices": [{"text": "yes", "label": "A"},
-        {"text": "no", "label": "B"}]}, "answerKey": "AB"[i % 2]} for i in range(12)]  # fmt: skip
+ARC = [
+    {
+        "question": {
+            "stem": f"Question {i}?",
+            "choices": [{"text": "yes", "label": "A"}, {"text": "no", "label": "B"}],
+        },
+        "answerKey": "AB"[i % 2],
+    }
+    for i in range(12)
+]
 
 
 @pytest.fixture
@@ -20,19 +28,44 @@ def arc_file(tmp_path):
 
 
 def test_multiple_choice_json_and_history(tiny_gguf, arc_file):
-    proc = run_cli("eval", str(tiny_gguf), str(arc_file), "--json", "--threads", "1",
-                   "--shots", "2", "--limit", "10")  # fmt: skip
+    proc = run_cli(
+        "eval",
+        str(tiny_gguf),
+        str(arc_file),
+        "--json",
+        "--threads",
+        "1",
+        "--shots",
+        "2",
+        "--limit",
+        "10",
+    )
     assert proc.returncode == 0, proc.stderr_text
     r = json.loads(proc.stdout_text)
     assert r["n"] == 10 and 0 <= r["acc"] <= 1 and 0 <= r["acc_norm"] <= 1 and r["seconds"] > 0
     assert r["shots"] == 2 and r["chance"] == 0.5
-    again = json.loads(run_cli("eval", str(tiny_gguf), str(arc_file), "--json", "--threads", "1",
-                               "--shots", "2", "--limit", "10").stdout_text)  # fmt: skip
+    again = json.loads(
+        run_cli(
+            "eval",
+            str(tiny_gguf),
+            str(arc_file),
+            "--json",
+            "--threads",
+            "1",
+            "--shots",
+            "2",
+            "--limit",
+            "10",
+        ).stdout_text
+    )
     assert again["acc"] == r["acc"] and again["acc_norm"] == r["acc_norm"]  # deterministic
     history = run_cli("eval", "--history")
     assert history.returncode == 0 and history.stdout_text.count("arc_sample.jsonl") == 2
-    compare = json.loads(run_cli("eval", "--compare", str(r["result_id"]),
-                                 str(again["result_id"]), "--json").stdout_text)  # fmt: skip
+    compare = json.loads(
+        run_cli(
+            "eval", "--compare", str(r["result_id"]), str(again["result_id"]), "--json"
+        ).stdout_text
+    )
     assert [c["metrics"]["acc"] for c in compare] == [r["acc"], r["acc"]]
     row = compare[0]
     assert row["quantization"] == "F32" and row["settings"]["shots"] == 2
@@ -42,8 +75,18 @@ def test_multiple_choice_json_and_history(tiny_gguf, arc_file):
 def test_perplexity_and_kld_from_the_command_line(tiny_gguf, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("the cat sat on the mat. " * 40)
-    proc = run_cli("eval", str(tiny_gguf), str(text), "--json", "--window", "64",
-                   "--reference", str(tiny_gguf), "--threads", "1")  # fmt: skip
+    proc = run_cli(
+        "eval",
+        str(tiny_gguf),
+        str(text),
+        "--json",
+        "--window",
+        "64",
+        "--reference",
+        str(tiny_gguf),
+        "--threads",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr_text
     r = json.loads(proc.stdout_text)
     assert r["kind"] == "kld" and r["ppl"] > 1 and r["kld_mean"] == pytest.approx(0, abs=1e-6)
@@ -52,16 +95,20 @@ def test_perplexity_and_kld_from_the_command_line(tiny_gguf, tmp_path):
 def test_generation_tasks_from_the_command_line(tiny_gguf, tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text('{"prompt": "hi", "regex": "."}\n{"prompt": "hi", "answer": "nope"}\n')
-    r = json.loads(run_cli("eval", str(tiny_gguf), str(tasks), "--json", "--threads", "1",
-                           "--ctx", "512").stdout_text)  # fmt: skip
+    r = json.loads(
+        run_cli(
+            "eval", str(tiny_gguf), str(tasks), "--json", "--threads", "1", "--ctx", "512"
+        ).stdout_text
+    )
     assert r["kind"] == "generation" and r["n"] == 2 and r["by_scorer"]["regex"] == 1.0
 
 
 def test_bad_input(tiny_gguf, arc_file, tmp_path):
     assert_clean_error(run_cli("eval"), "name a model")
     assert_clean_error(run_cli("eval", str(tiny_gguf)), "name the file")
-    assert_clean_error(run_cli("eval", str(tiny_gguf), str(tmp_path / "no.jsonl")),
-                       "does not exist")  # fmt: skip
+    assert_clean_error(
+        run_cli("eval", str(tiny_gguf), str(tmp_path / "no.jsonl")), "does not exist"
+    )
     assert_clean_error(run_cli("eval", str(tiny_gguf), str(arc_file), "--shots", "50"), "--shots")
     assert_clean_error(run_cli("eval", str(tiny_gguf), str(arc_file), "--limit", "0"), "--limit")
     assert_clean_error(run_cli("eval", "--compare", "999"), "no results")
@@ -77,14 +124,34 @@ def test_real_benchmarks_score_clearly_above_chance(default_model):
     env = {"POCKETLM_HOME": str(shared_store_root())}
     fetched = run_cli("eval", "--download-benchmarks", str(data), env=env, timeout=600)
     assert fetched.returncode == 0, fetched.stderr_text
-    arc = json.loads(run_cli("eval", "smollm2-135m-instruct",
-                             str(data / "arc_easy_validation.jsonl"), "--limit", "200", "--json",
-                             env=env, timeout=900).stdout_text)  # fmt: skip
+    arc = json.loads(
+        run_cli(
+            "eval",
+            "smollm2-135m-instruct",
+            str(data / "arc_easy_validation.jsonl"),
+            "--limit",
+            "200",
+            "--json",
+            env=env,
+            timeout=900,
+        ).stdout_text
+    )
     assert arc["n"] == 200 and arc["chance"] == pytest.approx(0.25, abs=0.01)
     assert arc["acc"] > 0.38  # 4 standard errors above chance; ~0.5 measured
-    piqa = json.loads(run_cli("eval", "smollm2-135m-instruct", str(data / "piqa_valid.jsonl"),
-                              "--labels", str(data / "piqa_valid-labels.lst"), "--limit", "200",
-                              "--json", env=env, timeout=900).stdout_text)  # fmt: skip
+    piqa = json.loads(
+        run_cli(
+            "eval",
+            "smollm2-135m-instruct",
+            str(data / "piqa_valid.jsonl"),
+            "--labels",
+            str(data / "piqa_valid-labels.lst"),
+            "--limit",
+            "200",
+            "--json",
+            env=env,
+            timeout=900,
+        ).stdout_text
+    )
     assert piqa["acc_norm"] > 0.57  # chance 0.5; ~0.65 measured
 
 

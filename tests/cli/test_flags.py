@@ -74,8 +74,9 @@ def test_collect_returns_only_the_flags_given():
     assert collect(args, GenerationParams) == {"temperature": 0.5, "max_tokens": 3}
 
 
-@pytest.mark.parametrize("argv, value", [([], None), (["--truncate"], True),
-                                         (["--no-truncate"], False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, value", [([], None), (["--truncate"], True), (["--no-truncate"], False)]
+)
 def test_bool_fields_give_a_flag_and_its_negation(argv, value):
     args = parser_for(GenerationParams).parse_args(argv)
     assert args.truncate is value
@@ -96,10 +97,15 @@ def test_only_restricts_the_flags(capsys):
     assert collect(parser.parse_args(["--seed", "1"]), GenerationParams) == {"seed": 1}
 
 
-@pytest.mark.parametrize("argv, flag", [(["--top-p", "0"], "--top-p"),
-                                        (["--max-tokens", "0"], "--max-tokens"),
-                                        (["--stop", ""], "--stop"),
-                                        (["--seed", "-1"], "--seed")])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--top-p", "0"], "--top-p"),
+        (["--max-tokens", "0"], "--max-tokens"),
+        (["--stop", ""], "--stop"),
+        (["--seed", "-1"], "--seed"),
+    ],
+)
 def test_collect_raises_naming_the_flag(argv, flag):
     args = parser_for(GenerationParams).parse_args(argv)
     with pytest.raises(UsageError) as e:
@@ -107,10 +113,15 @@ def test_collect_raises_naming_the_flag(argv, flag):
     assert str(e.value).startswith(f"invalid {flag} ")
 
 
-@pytest.mark.parametrize("argv, flag", [(["--temperature", "hot"], "--temperature"),
-                                        (["--top-k", "1.5"], "--top-k"),
-                                        (["--tempreature", "1"], "--tempreature"),
-                                        (["--seed"], "--seed")])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--temperature", "hot"], "--temperature"),
+        (["--top-k", "1.5"], "--top-k"),
+        (["--tempreature", "1"], "--tempreature"),
+        (["--seed"], "--seed"),
+    ],
+)
 def test_parse_errors_are_one_line_with_exit_code_2(capsys, argv, flag):
     with pytest.raises(SystemExit) as e:
         parser_for(GenerationParams).parse_args(argv)

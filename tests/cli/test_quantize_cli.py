@@ -60,8 +60,9 @@ def test_list_for_a_model_gives_each_type_its_size(capsys, wide):
 
 
 def test_json_report(wide):
-    proc = run_cli("quantize", str(wide), "--type", "q4_k_m", "--json", *FAST,
-                   "--decode-tokens", "8")  # fmt: skip
+    proc = run_cli(
+        "quantize", str(wide), "--type", "q4_k_m", "--json", *FAST, "--decode-tokens", "8"
+    )
     assert proc.returncode == 0, proc.stderr_text
     r = json.loads(proc.stdout_text)
     assert (r["name"], r["reference"], r["type"]) == ("wide-q4_k_m", "wide", "Q4_K_M")
@@ -73,8 +74,10 @@ def test_json_report(wide):
     m = Store().get("wide-q4_k_m")
     assert m.quality["kld_mean"] == r["kld_mean"] and m.parent == str(wide)
     history = run_cli("eval", "--history", "--json")
-    assert any(row["kind"] == "quantize" and row["model"] == "wide-q4_k_m"
-               for row in json.loads(history.stdout_text))  # fmt: skip
+    assert any(
+        row["kind"] == "quantize" and row["model"] == "wide-q4_k_m"
+        for row in json.loads(history.stdout_text)
+    )
 
 
 def test_bad_input_is_one_line(capsys, wide, tmp_path):
@@ -92,8 +95,14 @@ def test_bad_input_is_one_line(capsys, wide, tmp_path):
     error(str(wide), "--budget", "1MB", "--chart", str(tmp_path / "x.jpg"), needles=(".png",))
     error(str(wide), "--type", "IQ2_XS", needles=("importance matrix", "--calibrate"), code=2)
     error(str(wide), "--type", "Q4_0", "--eval-tokens", "0", needles=("--eval-tokens",))
-    error(str(wide), "--type", "Q4_0", "--eval-text", str(tmp_path / "no.txt"),
-          needles=("does not exist",))  # fmt: skip
+    error(
+        str(wide),
+        "--type",
+        "Q4_0",
+        "--eval-text",
+        str(tmp_path / "no.txt"),
+        needles=("does not exist",),
+    )
     line = error(str(wide), "--budget", "100KB", needles=("no quantization type fits",))
     assert "the smallest is" in line and "raise --budget" in line
     assert Store().names() == []
@@ -105,9 +114,11 @@ def test_ctrl_c_leaves_nothing_in_the_store(tmp_path):
     home = tmp_path / "home"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pocketlm", "quantize", str(model), "--type", "IQ3_S", *FAST],
-        env=dict(os.environ, POCKETLM_HOME=str(home)), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=dict(os.environ, POCKETLM_HOME=str(home)),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not list(home.glob("tmp/*/model.gguf")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()

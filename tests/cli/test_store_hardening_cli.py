@@ -32,9 +32,19 @@ COMMANDS = {
 @pytest.fixture(autouse=True)
 def a_store_with_a_model():
     """A store that has a manifests/ directory to look in (an empty one has none)."""
-    Store().put(Manifest(name="real", path="/nonexistent.gguf", source="test", sha256="0" * 64,
-                         size_bytes=1, architecture="llama", parameter_count=1,
-                         quantization="F32", bits_per_weight=32.0))  # fmt: skip
+    Store().put(
+        Manifest(
+            name="real",
+            path="/nonexistent.gguf",
+            source="test",
+            sha256="0" * 64,
+            size_bytes=1,
+            architecture="llama",
+            parameter_count=1,
+            quantization="F32",
+            bits_per_weight=32.0,
+        )
+    )
 
 
 @pytest.mark.parametrize("ref", ODD_REFS.values(), ids=ODD_REFS.keys())

@@ -291,12 +291,14 @@ def test_a_sampler_that_cannot_be_built_fails_its_request_only(model):
     validation) fails alone; the scheduler thread serves the next request."""
     engine = BatchEngine(model, n_seq=2, n_ctx_seq=256, n_threads=1)
     try:
-        bad = GenerationParams.model_construct(**{**GenerationParams().model_dump(),
-                                                  "repeat_last_n": 2**63})  # fmt: skip
+        bad = GenerationParams.model_construct(
+            **{**GenerationParams().model_dump(), "repeat_last_n": 2**63}
+        )
         done: list[Finished] = []
         ended = threading.Event()
-        engine.submit(Request(prompt(model, "the cat"), bad,
-                              on_done=lambda f: (done.append(f), ended.set())))  # fmt: skip
+        engine.submit(
+            Request(prompt(model, "the cat"), bad, on_done=lambda f: (done.append(f), ended.set()))
+        )
         assert ended.wait(30) and done[0].reason == "error"
         tokens, finished = generate(engine, prompt(model, "the cat"), max_tokens=3)
         assert finished.reason == "length" and len(tokens) == 3

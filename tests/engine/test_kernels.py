@@ -28,8 +28,9 @@ class Engine:
     """One model, one context with a KV buffer per sequence (as the server), 2 threads."""
 
     def __init__(self, path: Path, n_seq: int = 8):
-        self.model = ll.llama_model_load_from_file(str(path).encode(),
-                                                   ll.llama_model_default_params())  # fmt: skip
+        self.model = ll.llama_model_load_from_file(
+            str(path).encode(), ll.llama_model_default_params()
+        )
         assert self.model, path
         self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
         cp = ll.llama_context_default_params()
@@ -45,9 +46,12 @@ class Engine:
             b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, 1
         b.n_tokens = len(items)
         assert ll.llama_decode(self.ctx, b) == 0
-        return [np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ctx, i),
-                                      shape=(self.n_vocab,)).copy()
-                for i in range(len(items))]  # fmt: skip
+        return [
+            np.ctypeslib.as_array(
+                ll.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)
+            ).copy()
+            for i in range(len(items))
+        ]
 
     def close(self) -> None:
         ll.llama_batch_free(self.batch)
@@ -138,10 +142,13 @@ def test_apply_patch_applies_a_unified_diff(tmp_path):
     assert f.read_bytes() == b"int f(void)\nint a;\nint b2;\nint c;\nint d;\nint e;\r\n\f\n"
 
 
-@pytest.mark.parametrize("content, why", [
-    ("int a;\nint b;\nint e;\n", "occurs 0 times"),  # the context changed upstream
-    ("int a;\nint b;\nint d;\nint a;\nint b;\nint d;\n", "occurs 2 times"),  # ambiguous
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ("int a;\nint b;\nint e;\n", "occurs 0 times"),  # the context changed upstream
+        ("int a;\nint b;\nint d;\nint a;\nint b;\nint d;\n", "occurs 2 times"),  # ambiguous
+    ],
+)
 def test_apply_patch_refuses_what_it_cannot_place_and_leaves_the_file(tmp_path, content, why):
     eng = _install_engine()
     f = tmp_path / "src" / "f.c"

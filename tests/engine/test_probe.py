@@ -32,8 +32,9 @@ def test_real_probe_passes_on_this_engine(tiny_gguf):
     assert probe._probe(str(tiny_gguf)) is True
 
 
-def test_crash_with_extra_buffer_types_falls_back_without_them(tiny_gguf, tmp_path, monkeypatch,
-                                                               capfd):  # fmt: skip
+def test_crash_with_extra_buffer_types_falls_back_without_them(
+    tiny_gguf, tmp_path, monkeypatch, capfd
+):
     monkeypatch.setenv("POCKETLM_CACHE", str(tmp_path))
     monkeypatch.setattr(probe, "child_command", crashing_child({True}))
     assert probe.extra_bufts_safe(str(tiny_gguf)) is False

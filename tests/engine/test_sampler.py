@@ -15,18 +15,22 @@ def model(tiny_gguf):
     m.close()
 
 
-def reference_chain(model: Model, *, temperature: float, penalty: float, last_n: int,
-                    seed: int):  # fmt: skip
+def reference_chain(model: Model, *, temperature: float, penalty: float, last_n: int, seed: int):
     """llama.cpp's own chain, penalties included, as the Sampler built it before."""
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
-        model.n_vocab, last_n, penalty, 0.0, 0.0))  # fmt: skip
+    ll.llama_sampler_chain_add(
+        chain, ll.llama_sampler_init_penalties(model.n_vocab, last_n, penalty, 0.0, 0.0)
+    )
     if temperature <= 0:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
         return chain
-    for s in (ll.llama_sampler_init_top_k(40), ll.llama_sampler_init_top_p(0.95, 1),
-              ll.llama_sampler_init_min_p(0.05, 1), ll.llama_sampler_init_temp(temperature),
-              ll.llama_sampler_init_dist(seed)):  # fmt: skip
+    for s in (
+        ll.llama_sampler_init_top_k(40),
+        ll.llama_sampler_init_top_p(0.95, 1),
+        ll.llama_sampler_init_min_p(0.05, 1),
+        ll.llama_sampler_init_temp(temperature),
+        ll.llama_sampler_init_dist(seed),
+    ):
         ll.llama_sampler_chain_add(chain, s)
     return chain
 
@@ -59,14 +63,27 @@ def test_repeat_penalty_matches_llama_cpp(model, temperature):
     kw = dict(temperature=temperature, penalty=1.8, last_n=6, seed=7)
     chain = reference_chain(model, **kw)
     try:
-        expected = draw(model, prompt, 60, lambda ctx: ll.llama_sampler_sample(chain, ctx._ptr, -1),
-                        lambda tok: ll.llama_sampler_accept(chain, tok))  # fmt: skip
+        expected = draw(
+            model,
+            prompt,
+            60,
+            lambda ctx: ll.llama_sampler_sample(chain, ctx._ptr, -1),
+            lambda tok: ll.llama_sampler_accept(chain, tok),
+        )
     finally:
         ll.llama_sampler_free(chain)
 
     def ours(penalty: float) -> list[int]:
-        s = Sampler(n_vocab=model.n_vocab, temperature=temperature, top_k=40, top_p=0.95,
-                    min_p=0.05, repeat_penalty=penalty, repeat_last_n=6, seed=7)  # fmt: skip
+        s = Sampler(
+            n_vocab=model.n_vocab,
+            temperature=temperature,
+            top_k=40,
+            top_p=0.95,
+            min_p=0.05,
+            repeat_penalty=penalty,
+            repeat_last_n=6,
+            seed=7,
+        )
         try:
             return draw(model, prompt, 60, s.sample, s.accept)
         finally:
@@ -77,8 +94,16 @@ def test_repeat_penalty_matches_llama_cpp(model, temperature):
 
 
 def test_accept_rejects_a_token_outside_the_vocabulary(model):
-    s = Sampler(n_vocab=model.n_vocab, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
-                repeat_penalty=1.1, repeat_last_n=64, seed=0)  # fmt: skip
+    s = Sampler(
+        n_vocab=model.n_vocab,
+        temperature=0.8,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.05,
+        repeat_penalty=1.1,
+        repeat_last_n=64,
+        seed=0,
+    )
     with pytest.raises(ValueError, match="not in the vocabulary"):
         s.accept(model.n_vocab)
     s.close()
@@ -97,8 +122,16 @@ def test_penalty_arithmetic_on_positive_and_negative_logits(model):
         order = np.argsort(before)
         recent = [int(t) for t in (*order[:3], *order[-3:])]  # most negative, most positive
         assert before[recent[0]] < 0 < before[recent[-1]]
-        s = Sampler(n_vocab=model.n_vocab, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                    repeat_penalty=1.5, repeat_last_n=64, seed=0)  # fmt: skip
+        s = Sampler(
+            n_vocab=model.n_vocab,
+            temperature=0.0,
+            top_k=0,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.5,
+            repeat_last_n=64,
+            seed=0,
+        )
         for tok in recent:
             s.accept(tok)
         s.sample(ctx, -1)
@@ -117,8 +150,16 @@ def test_a_penalty_that_rounds_to_zero_behaves_as_in_c(model):
     """5e-324 passes "> 0" but is 0 as a C float: llama.cpp's arithmetic gives +inf for a
     positive logit, and so does ours (no ZeroDivisionError)."""
     prompt = model.tokenize("the cat sat on the mat", add_special=True)
-    s = Sampler(n_vocab=model.n_vocab, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
-                repeat_penalty=5e-324, repeat_last_n=8, seed=1)  # fmt: skip
+    s = Sampler(
+        n_vocab=model.n_vocab,
+        temperature=0.8,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.05,
+        repeat_penalty=5e-324,
+        repeat_last_n=8,
+        seed=1,
+    )
     try:
         out = draw(model, prompt, 4, s.sample, s.accept)
     finally:

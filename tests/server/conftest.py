@@ -29,17 +29,21 @@ def serve(*args: str, env: dict | None = None, host: str = "127.0.0.1", key: str
 
 
 @contextlib.contextmanager
-def serve_process(*args: str, env: dict | None = None, host: str = "127.0.0.1",
-                  key: str | None = None):  # fmt: skip
+def serve_process(
+    *args: str, env: dict | None = None, host: str = "127.0.0.1", key: str | None = None
+):
     """As serve(), yielding (base URL, the server's Popen)."""
     port = free_port()
     if key:
         args = (*args, "--api-key", key)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pocketlm", "serve", "--host", host, "--port", str(port), *args],
-        env=dict(os.environ, **(env or {})), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=dict(os.environ, **(env or {})),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
@@ -73,6 +77,7 @@ def metric(url: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_gguf):
-    with serve("--preload", str(tiny_gguf), "--parallel", "4", "--ctx", "1024",
-               "--threads", "1") as url:  # fmt: skip
+    with serve(
+        "--preload", str(tiny_gguf), "--parallel", "4", "--ctx", "1024", "--threads", "1"
+    ) as url:
         yield url, "tiny"

@@ -62,8 +62,12 @@ def test_unknown_route_in_each_shape(tmp_path):
     app = app_for(tmp_path)
     r = call(app, "GET", "/v1/nope")
     assert r.status_code == 404
-    assert openai_error(r) == {"message": "Not Found", "type": "invalid_request_error",
-                               "param": None, "code": None}  # fmt: skip
+    assert openai_error(r) == {
+        "message": "Not Found",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     r = call(app, "GET", "/api/nope")
     assert r.status_code == 404 and ollama_error(r) == "Not Found"
 
@@ -102,8 +106,13 @@ def test_nested_field_is_named_with_its_path(tmp_path):
 
 def test_body_that_is_not_json_is_400_in_each_shape(tmp_path):
     app = app_for(tmp_path)
-    r = call(app, "POST", "/v1/chat/completions", content=b"{nope",
-             headers={"content-type": "application/json"})  # fmt: skip
+    r = call(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=b"{nope",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert openai_error(r)["message"].startswith("the request body is not valid JSON")
     r = call(app, "POST", "/api/generate", content=b"{nope")  # Ollama clients send no type
@@ -187,8 +196,13 @@ def test_context_overflow_of_a_completion_names_the_prompt(tmp_path, tiny_gguf):
 
 def test_body_over_the_limit_is_413_before_it_is_read(tmp_path):
     app = app_for(tmp_path, limits=Limits(max_body_bytes=100))
-    r = call(app, "POST", "/v1/chat/completions", content=b"x" * 101,
-             headers={"content-type": "application/json"})  # fmt: skip
+    r = call(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=b"x" * 101,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and "--max-body" in openai_error(r)["message"]
     r = call(app, "POST", "/api/show", content=b"x" * 101)
     assert r.status_code == 413 and "--max-body" in ollama_error(r)
@@ -217,8 +231,9 @@ def test_body_that_stalls_is_408(tmp_path):
     assert r.status_code == 408 and "did not arrive in time" in ollama_error(r)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
-                                     {"Authorization": "secret"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "secret"}]
+)
 def test_missing_or_wrong_key_is_401(tmp_path, headers):
     app = app_for(tmp_path, api_key="secret")
     r = call(app, "GET", "/v1/models", headers=headers)
@@ -230,13 +245,16 @@ def test_missing_or_wrong_key_is_401(tmp_path, headers):
 
 def test_right_key_passes_and_version_needs_none(tmp_path):
     app = app_for(tmp_path, api_key="secret")
-    assert call(app, "GET", "/v1/models",
-                headers={"Authorization": "Bearer secret"}).status_code == 200  # fmt: skip
+    assert (
+        call(app, "GET", "/v1/models", headers={"Authorization": "Bearer secret"}).status_code
+        == 200
+    )
     assert call(app, "GET", "/api/version").status_code == 200
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:11434", "127.0.0.1.evil.example",
-                                  "localhost:port"])  # fmt: skip
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:11434", "127.0.0.1.evil.example", "localhost:port"]
+)
 def test_foreign_host_is_403(tmp_path, host):
     app = app_for(tmp_path)
     r = call(app, "GET", "/v1/models", headers={"Host": host})
@@ -247,8 +265,9 @@ def test_foreign_host_is_403(tmp_path, host):
     assert r.status_code == 403 and "Host" in ollama_error(r)
 
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080",
-                                  "app.localhost"])  # fmt: skip
+@pytest.mark.parametrize(
+    "host", ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080", "app.localhost"]
+)
 def test_loopback_hosts_are_served(tmp_path, host):
     assert call(app_for(tmp_path), "GET", "/api/tags", headers={"Host": host}).status_code == 200
 
@@ -267,6 +286,7 @@ def test_cross_origin_post_is_403_but_same_origin_and_get_pass(tmp_path):
 
 def test_an_allowed_origin_may_post(tmp_path):
     app = app_for(tmp_path, origins=["http://app.example"])
-    r = call(app, "POST", "/api/show", json={"model": "m"},
-             headers={"Origin": "http://app.example/"})  # fmt: skip
+    r = call(
+        app, "POST", "/api/show", json={"model": "m"}, headers={"Origin": "http://app.example/"}
+    )
     assert r.status_code == 404  # past the guard: the model is unknown

@@ -28,8 +28,9 @@ def test_version_tags_show_ps(client, tiny_gguf):
 
 def test_generate_non_streaming_with_timings(client):
     c, model = client
-    r = c.generate(model=model, prompt="the cat", options={"num_predict": 10, "seed": 2},
-                   stream=False)  # fmt: skip
+    r = c.generate(
+        model=model, prompt="the cat", options={"num_predict": 10, "seed": 2}, stream=False
+    )
     assert r.done and r.done_reason == "length" and r.eval_count == 10
     assert r.prompt_eval_count > 0 and r.total_duration > 0
     assert r.eval_duration > 0 and r.prompt_eval_duration > 0 and r.load_duration >= 0
@@ -38,10 +39,14 @@ def test_generate_non_streaming_with_timings(client):
 
 def test_generate_streaming_matches(client):
     c, model = client
-    full = c.generate(model=model, prompt="the dog", options={"num_predict": 15, "seed": 4},
-                      stream=False).response  # fmt: skip
-    parts = list(c.generate(model=model, prompt="the dog", options={"num_predict": 15, "seed": 4},
-                            stream=True))  # fmt: skip
+    full = c.generate(
+        model=model, prompt="the dog", options={"num_predict": 15, "seed": 4}, stream=False
+    ).response
+    parts = list(
+        c.generate(
+            model=model, prompt="the dog", options={"num_predict": 15, "seed": 4}, stream=True
+        )
+    )
     assert "".join(p.response for p in parts) == full
     assert parts[-1].done and parts[-1].eval_count == 15
     assert not any(p.done for p in parts[:-1])
@@ -49,9 +54,11 @@ def test_generate_streaming_matches(client):
 
 def test_chat_with_options_and_raw_generate(client):
     c, model = client
-    r = c.chat(model=model, messages=[{"role": "system", "content": "be brief"},
-                                      {"role": "user", "content": "hi"}],
-               options={"num_predict": 5, "temperature": 0, "stop": ["zzz"]})  # fmt: skip
+    r = c.chat(
+        model=model,
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        options={"num_predict": 5, "temperature": 0, "stop": ["zzz"]},
+    )
     assert r.message.role == "assistant" and r.eval_count == 5
     templated = c.generate(model=model, prompt="hi", options={"num_predict": 1})
     raw = c.generate(model=model, prompt="hi", raw=True, options={"num_predict": 1})
@@ -61,8 +68,9 @@ def test_chat_with_options_and_raw_generate(client):
 def test_format_json_schema_constrains_the_output(client):
     c, model = client
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
-    r = c.generate(model=model, prompt="answer", format=schema,
-                   options={"num_predict": 40, "temperature": 0})  # fmt: skip
+    r = c.generate(
+        model=model, prompt="answer", format=schema, options={"num_predict": 40, "temperature": 0}
+    )
     assert json.loads(r.response)["ok"] in (True, False)
 
 
@@ -87,8 +95,9 @@ def test_errors_use_ollamas_shape(client):
 
 def test_curl_style_body_without_content_type(tiny_server):
     url, model = tiny_server
-    body = json.dumps({"model": model, "prompt": "the", "stream": False,
-                       "options": {"num_predict": 2}})  # fmt: skip
+    body = json.dumps(
+        {"model": model, "prompt": "the", "stream": False, "options": {"num_predict": 2}}
+    )
     r = httpx.post(f"{url}/api/generate", content=body)
     assert r.status_code == 200 and r.json()["done"]
 
@@ -96,18 +105,35 @@ def test_curl_style_body_without_content_type(tiny_server):
 def test_prefix_cache_skips_a_repeated_system_prompt(client):
     c, model = client
     system = {"role": "system", "content": "you are a patient cat who likes the mat. " * 25}
-    first = c.chat(model=model, messages=[system, {"role": "user", "content": "one"}],
-                   options={"num_predict": 2})  # fmt: skip
-    second = c.chat(model=model, messages=[system, {"role": "user", "content": "two"}],
-                    options={"num_predict": 2})  # fmt: skip
+    first = c.chat(
+        model=model,
+        messages=[system, {"role": "user", "content": "one"}],
+        options={"num_predict": 2},
+    )
+    second = c.chat(
+        model=model,
+        messages=[system, {"role": "user", "content": "two"}],
+        options={"num_predict": 2},
+    )
     assert first.prompt_eval_count > 200
     assert second.prompt_eval_count < 15  # only the new question was evaluated
 
 
-@pytest.mark.parametrize("value, seconds", [(None, None), ("", None), (30, 30.0), ("5m", 300.0),
-                                            ("1h30m", 5400.0), ("1.5s", 1.5), ("250ms", 0.25),
-                                            ("-1", float("inf")), ("-5m", float("inf")),
-                                            ("0", 0.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        (None, None),
+        ("", None),
+        (30, 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("1.5s", 1.5),
+        ("250ms", 0.25),
+        ("-1", float("inf")),
+        ("-5m", float("inf")),
+        ("0", 0.0),
+    ],
+)
 def test_keep_alive_takes_ollamas_durations(value, seconds):
     assert parse_keep_alive(value) == seconds
 
@@ -115,8 +141,9 @@ def test_keep_alive_takes_ollamas_durations(value, seconds):
 def test_bad_keep_alive_is_400_in_ollamas_shape(tiny_server):
     url, model = tiny_server
     for bad in ("soon", "5 minutes", "m", "1x"):
-        r = httpx.post(f"{url}/api/generate", json={"model": model, "prompt": "hi",
-                                                     "keep_alive": bad})  # fmt: skip
+        r = httpx.post(
+            f"{url}/api/generate", json={"model": model, "prompt": "hi", "keep_alive": bad}
+        )
         assert r.status_code == 400 and "invalid keep_alive" in r.json()["error"], bad
 
 
@@ -141,8 +168,11 @@ def test_num_ctx_limits_the_request_or_is_refused(tiny_server):
     larger than the server's sequences is a 400 that says what to do."""
     url, model = tiny_server
     body = {"model": model, "prompt": "the", "stream": False, "options": {"temperature": 0}}
-    r = httpx.post(f"{url}/api/generate", json={**body, "options": {"num_ctx": 40,
-                   "temperature": 0}}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        f"{url}/api/generate",
+        json={**body, "options": {"num_ctx": 40, "temperature": 0}},
+        timeout=60,
+    )
     out = r.json()
     assert r.status_code == 200 and out["prompt_eval_count"] + out["eval_count"] <= 40, out
     r = httpx.post(f"{url}/api/generate", json={**body, "options": {"num_ctx": 1 << 20}})

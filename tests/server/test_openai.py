@@ -44,8 +44,9 @@ def test_same_seed_same_answer_and_streaming_matches(client):
     a = chat(c, model, max_tokens=20, seed=11).choices[0].message.content
     b = chat(c, model, max_tokens=20, seed=11).choices[0].message.content
     assert a == b
-    chunks = list(chat(c, model, max_tokens=20, seed=11, stream=True,
-                       stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        chat(c, model, max_tokens=20, seed=11, stream=True, stream_options={"include_usage": True})
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == a
     assert chunks[-1].usage.completion_tokens == 20
@@ -71,8 +72,15 @@ def test_stop_sequence(client):
 
 def test_logprobs_and_top_logprobs(client):
     c, model = client
-    r = chat(c, model, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3,
-             extra_body={"repeat_penalty": 1.0})  # the pick is then the likeliest token
+    r = chat(
+        c,
+        model,
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"repeat_penalty": 1.0},
+    )  # the pick is then the likeliest token
     content = r.choices[0].logprobs.content
     assert len(content) == 6
     for tok in content:
@@ -146,8 +154,12 @@ def test_unknown_model_is_404(client):
 
 def test_invalid_parameters_are_400_naming_the_field(client):
     c, model = client
-    for kw, field in [({"temperature": -1}, "temperature"), ({"top_p": 3}, "top_p"),
-                      ({"n": 0}, "n"), ({"max_tokens": -5}, "max_tokens")]:  # fmt: skip
+    for kw, field in [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 3}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": -5}, "max_tokens"),
+    ]:
         with pytest.raises(openai.BadRequestError) as e:
             chat(c, model, **kw)
         assert e.value.body["param"] == field and field in e.value.message
@@ -202,8 +214,12 @@ def test_concurrent_requests_are_batched(tiny_server):
 def test_client_disconnect_frees_its_sequence(tiny_gguf):
     # a 32k context: the tiny model (which never ends a turn) would talk for many seconds
     with serve("--preload", str(tiny_gguf), "--ctx", "32768", "--parallel", "1") as url:
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}],
-                "stream": True, "temperature": 0}  # greedy: this model never ends a turn
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "go"}],
+            "stream": True,
+            "temperature": 0,
+        }  # greedy: this model never ends a turn
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
             assert r.status_code == 200
             lines = r.iter_lines()
@@ -232,8 +248,9 @@ def test_metrics_count_requests_and_tokens(tiny_server):
 def test_a_body_that_is_not_json_gets_each_apis_error_shape(tiny_server):
     url, _ = tiny_server
     bad = b"\xae not json"
-    r = httpx.post(f"{url}/v1/completions", content=bad,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{url}/v1/completions", content=bad, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "message" in r.json()["error"]
     r = httpx.post(f"{url}/api/generate", content=bad)
     assert r.status_code == 400 and isinstance(r.json()["error"], str)

@@ -58,10 +58,15 @@ def test_memory_budget_refuses_a_load_that_does_not_fit(store_with_two_models):
 
 
 def test_full_queue_is_503_with_retry_after(tiny_gguf):
-    with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx",
-               "32768") as url:  # fmt: skip
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}],
-                "temperature": 0, "max_tokens": 20000}  # fmt: skip
+    with serve(
+        "--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx", "32768"
+    ) as url:
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "go"}],
+            "temperature": 0,
+            "max_tokens": 20000,
+        }
         results = []
 
         def call() -> None:
@@ -90,10 +95,19 @@ def metrics_now(client: httpx.Client, url: str) -> list[str]:
 def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
     """A streamed request that cannot be queued gets a 503, not a 200 that breaks off."""
     # 250k tokens: the tiny model (which never ends a turn) takes minutes, attention growing
-    with serve("--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx",
-               "262144") as url, httpx.Client(timeout=30) as client:  # fmt: skip
-        hold = {"model": "tiny", "messages": [{"role": "user", "content": "go"}],
-                "temperature": 0, "max_tokens": 250000, "stream": True}  # fmt: skip
+    with (
+        serve(
+            "--preload", str(tiny_gguf), "--parallel", "1", "--queue", "1", "--ctx", "262144"
+        ) as url,
+        httpx.Client(timeout=30) as client,
+    ):
+        hold = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "go"}],
+            "temperature": 0,
+            "max_tokens": 250000,
+            "stream": True,
+        }
         with (
             client.stream("POST", f"{url}/v1/chat/completions", json=hold) as running,
             client.stream("POST", f"{url}/v1/chat/completions", json=hold) as queued,
@@ -107,10 +121,9 @@ def test_full_queue_is_503_for_streams_too_before_they_start(tiny_gguf):
             for path, body in [
                 ("/v1/chat/completions", hold),
                 ("/v1/completions", {"model": "tiny", "prompt": "go", "stream": True}),
-                ("/api/chat", {"model": "tiny", "messages": [{"role": "user",
-                                                                      "content": "go"}]}),
+                ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "go"}]}),
                 ("/api/generate", {"model": "tiny", "prompt": "go"}),
-            ]:  # fmt: skip
+            ]:
                 with client.stream("POST", url + path, json=body) as r:
                     assert r.status_code == 503, (path, r.status_code, metrics_now(client, url))
                     r.read()
@@ -138,8 +151,9 @@ def test_more_choices_than_the_server_holds_is_400_not_503(tiny_gguf):
 
 def test_unknown_and_not_pulled_models_are_404_with_the_fix(tmp_path):
     with serve("--ctx", "512") as url:
-        r = httpx.post(f"{url}/api/generate", json={"model": "smollm2-135m-instruct",
-                                                     "prompt": "hi"})  # fmt: skip
+        r = httpx.post(
+            f"{url}/api/generate", json={"model": "smollm2-135m-instruct", "prompt": "hi"}
+        )
         assert r.status_code == 404 and "pocketlm pull smollm2-135m-instruct" in r.json()["error"]
 
 
@@ -156,9 +170,13 @@ def test_delete_removes_from_the_store(store_with_two_models, tiny_gguf):
 
 def test_pull_streams_status_and_reports_errors(tmp_path):
     with serve("--ctx", "512") as url:
-        lines = [json.loads(x) for x in httpx.post(
-            f"{url}/api/pull", json={"model": "no-such-catalog-model"}, timeout=60).iter_lines()
-            if x]  # fmt: skip
+        lines = [
+            json.loads(x)
+            for x in httpx.post(
+                f"{url}/api/pull", json={"model": "no-such-catalog-model"}, timeout=60
+            ).iter_lines()
+            if x
+        ]
         assert lines[0]["status"] == "pulling manifest"
         assert "unknown model" in lines[-1]["error"]
 
@@ -166,8 +184,7 @@ def test_pull_streams_status_and_reports_errors(tmp_path):
 def test_non_loopback_needs_an_api_key(tiny_gguf):
     proc = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()))
     assert_clean_error(proc, "--api-key")
-    with serve("--preload", str(tiny_gguf), "--ctx", "512", host="0.0.0.0",
-               key="s3cret") as url:  # fmt: skip
+    with serve("--preload", str(tiny_gguf), "--ctx", "512", host="0.0.0.0", key="s3cret") as url:
         assert httpx.get(f"{url}/v1/models").status_code == 401
         bad = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
@@ -198,8 +215,9 @@ def test_embeddings_run_on_the_engine_thread_and_add_no_threads(tiny_gguf):
     spinning at its barriers, which slowed every later step by ~20%."""
     from pathlib import Path
 
-    with serve_process("--preload", str(tiny_gguf), "--threads", "2", "--ctx", "512",
-                       "--parallel", "2") as (url, proc):  # fmt: skip
+    with serve_process(
+        "--preload", str(tiny_gguf), "--threads", "2", "--ctx", "512", "--parallel", "2"
+    ) as (url, proc):
         c = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
         model = c.models.list().data[0].id
         c.completions.create(model=model, prompt="the cat", max_tokens=4)

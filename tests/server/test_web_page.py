@@ -21,8 +21,14 @@ from tests.conftest import shared_store_root
 from tests.server.conftest import metric, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 expect = sync_api.expect
 expect.set_options(timeout=30_000)  # a loaded 2-core machine is slow

@@ -74,8 +74,10 @@ def test_everyday_template_features_render():
 
 
 def test_a_long_conversation_renders_quickly():
-    msgs = [{"role": r, "content": f"message {i} " * 50}
-            for i, r in zip(range(2000), ["user", "assistant"] * 1000)]  # fmt: skip
+    msgs = [
+        {"role": r, "content": f"message {i} " * 50}
+        for i, r in zip(range(2000), ["user", "assistant"] * 1000)
+    ]
     start = time.monotonic()
     render(EVERYDAY, msgs)
     assert time.monotonic() - start < 0.5
@@ -239,8 +241,10 @@ def test_special_token_text_round_trips_as_text(vocab, content):
     ["hi", "", "  spaced  \n\n", "the cat sat on the mat. " * 20, "héllo ✓ 日本", "<|im_sta rt|>"],
 )
 def test_ordinary_messages_tokenize_as_the_whole_rendered_text(vocab, content):
-    msgs = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": content}]  # fmt: skip
+    msgs = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": content},
+    ]
     text = render(CHATML_TEMPLATE, msgs, bos_token="<|im_start|>", eos_token="<|im_end|>")
     expected = vocab.tokenize(text, add_special=vocab.add_bos, parse_special=True)
     assert chat_tokens(vocab, CHATML_TEMPLATE, msgs) == expected

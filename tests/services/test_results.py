@@ -12,16 +12,25 @@ from pocketlm.services.results import Result, ResultsDB
 from pocketlm.store.manifest import Manifest
 from pocketlm.store.store import Store
 
-MANIFEST = Manifest(name="tiny", path="/models/tiny.gguf", source="file:///models/tiny.gguf",
-                    sha256="ab" * 32, size_bytes=1234, architecture="llama",
-                    parameter_count=1000, quantization="Q8_0", bits_per_weight=8.5)  # fmt: skip
+MANIFEST = Manifest(
+    name="tiny",
+    path="/models/tiny.gguf",
+    source="file:///models/tiny.gguf",
+    sha256="ab" * 32,
+    size_bytes=1234,
+    architecture="llama",
+    parameter_count=1000,
+    quantization="Q8_0",
+    bits_per_weight=8.5,
+)
 
 
 def test_a_row_is_written_and_read_back_with_every_field():
     metrics = {"acc": 0.5, "nested": {"values": [1.0, 2.0]}}
     settings = {"shots": 2, "format": "arc"}
-    row_id = results.record("eval", "arc.jsonl", "tiny", metrics, settings, manifest=MANIFEST,
-                            file_type="F32")  # fmt: skip
+    row_id = results.record(
+        "eval", "arc.jsonl", "tiny", metrics, settings, manifest=MANIFEST, file_type="F32"
+    )
     [row] = ResultsDB().query(ids=[row_id])
     assert set(f.name for f in dataclasses.fields(Result)) == set(row.to_dict())
     assert row.id == row_id and isinstance(row_id, int)

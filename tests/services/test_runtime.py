@@ -29,8 +29,9 @@ def test_generate_returns_text_and_stats(model):
 
 
 def test_same_seed_same_output_and_different_seed_differs(model):
-    runs = [model.generate("hello world", raw=True, max_tokens=24, seed=s).text for s in
-            (7, 7, 8, 9)]  # fmt: skip
+    runs = [
+        model.generate("hello world", raw=True, max_tokens=24, seed=s).text for s in (7, 7, 8, 9)
+    ]
     assert runs[0] == runs[1]
     assert len(set(runs)) >= 2  # at 0.8 temperature over 24 tokens, seeds 7/8/9 cannot all agree
 
@@ -84,10 +85,15 @@ def test_truncate_raw_prompt_drops_the_start(model):
 def test_truncate_chat_drops_oldest_messages_keeps_system(model):
     history = []
     for i in range(12):
-        history += [{"role": "user", "content": f"question {i} " + "the cat sat. " * 8},
-                    {"role": "assistant", "content": "the dog ran. " * 8}]  # fmt: skip
-    messages = [{"role": "system", "content": "be brief"}, *history,
-                {"role": "user", "content": "last question"}]  # fmt: skip
+        history += [
+            {"role": "user", "content": f"question {i} " + "the cat sat. " * 8},
+            {"role": "assistant", "content": "the dog ran. " * 8},
+        ]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        *history,
+        {"role": "user", "content": "last question"},
+    ]
     with pytest.raises(ContextOverflowError):
         model.chat(messages, max_tokens=16)
     out = model.chat(messages, max_tokens=16, truncate=True, seed=2)
@@ -100,10 +106,15 @@ def test_chat_uses_the_template_and_reuses_the_cached_prefix(model):
     system = {"role": "system", "content": "you are a helpful cat " * 5}
     first = model.chat([system, {"role": "user", "content": "hello"}], max_tokens=4, seed=1)
     second = model.chat(
-        [system, {"role": "user", "content": "hello"},
-         {"role": "assistant", "content": first.text}, {"role": "user", "content": "and?"}],
-        max_tokens=4, seed=1,
-    )  # fmt: skip
+        [
+            system,
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": first.text},
+            {"role": "user", "content": "and?"},
+        ],
+        max_tokens=4,
+        seed=1,
+    )
     rendered = model.render([system, {"role": "user", "content": "hello"}])
     assert rendered.startswith("<|im_start|>system\n") and rendered.endswith("assistant\n")
     first_tokens = model.tokenize(rendered, add_special=False, parse_special=True)
@@ -121,9 +132,15 @@ def test_tokenize_detokenize_round_trip(model):
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_tokens": 0},
-     "max_tokens"), ({"seed": -5}, "seed"), ({"bogus": 1}, "bogus"), ({"stop": [""]}, "stop")],
-)  # fmt: skip
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"seed": -5}, "seed"),
+        ({"bogus": 1}, "bogus"),
+        ({"stop": [""]}, "stop"),
+    ],
+)
 def test_invalid_parameters_name_the_field(model, params, field):
     with pytest.raises(UsageError, match=field):
         model.generate("hi", raw=True, **params)

@@ -31,9 +31,13 @@ def test_a_step_of_several_streams_wakes_the_event_loop_once(tiny_gguf):
 
         loop.call_soon_threadsafe = counting
         with scheduler_held(served.engine):  # admitted together: every step carries all four
-            gens = [served.stream(served.model.tokenize(f"the cat {i}"),
-                                  GenerationParams(temperature=0.0, max_tokens=16))
-                    for i in range(4)]  # fmt: skip
+            gens = [
+                served.stream(
+                    served.model.tokenize(f"the cat {i}"),
+                    GenerationParams(temperature=0.0, max_tokens=16),
+                )
+                for i in range(4)
+            ]
 
         async def count(gen) -> int:
             return sum([1 async for piece in gen if piece.event is not None])

@@ -41,8 +41,11 @@ def test_the_default_model_is_in_the_catalog():
 
 # pull compares the entry with hashlib's hexdigest: anything but 64 lowercase hex digits
 # could never match, and every pull of the entry would fail its checksum
-@pytest.mark.parametrize("sha256", ["0" * 63, "0" * 65, "z" * 64, "A" * 64],
-                         ids=["63 digits", "65 digits", "not hex", "uppercase"])
+@pytest.mark.parametrize(
+    "sha256",
+    ["0" * 63, "0" * 65, "z" * 64, "A" * 64],
+    ids=["63 digits", "65 digits", "not hex", "uppercase"],
+)
 def test_an_entry_without_a_hex_sha256_is_refused(sha256):
     entry = ENTRIES[0]
     with pytest.raises(ValueError, match="64 hex digits"):
@@ -69,8 +72,9 @@ def test_get_of_an_unknown_name_suggests_the_close_one():
 def test_get_of_a_far_name_lists_every_model():
     with pytest.raises(ModelNotFoundError) as e:
         catalog.get("zzz")
-    assert e.value.hint == ("known models: gemma3-270m, smollm2-135m-instruct "
-                            "(see `pocketlm list --catalog`)")  # fmt: skip
+    assert e.value.hint == (
+        "known models: gemma3-270m, smollm2-135m-instruct (see `pocketlm list --catalog`)"
+    )
 
 
 def test_get_of_odd_text_is_one_line():
@@ -89,4 +93,5 @@ def test_suggest_names_up_to_three_close_names_in_order():
 
 def test_suggest_with_nothing_close_lists_the_known_names_sorted():
     assert catalog.suggest("xyz", ["b-model", "a-model"]).startswith(
-        "known models: a-model, b-model ")
+        "known models: a-model, b-model "
+    )

@@ -13,10 +13,17 @@ from pocketlm.store.names import NAME_RULES, check_name, name_problem, shown, va
 
 
 def manifest(**changes) -> Manifest:
-    fields = dict(name="m", path="/models/m.gguf", source="file:///models/m.gguf",
-                  sha256="ab" * 32, size_bytes=1234, architecture="llama",
-                  parameter_count=135_000_000, quantization="Q4_1",
-                  bits_per_weight=5.0)  # fmt: skip
+    fields = dict(
+        name="m",
+        path="/models/m.gguf",
+        source="file:///models/m.gguf",
+        sha256="ab" * 32,
+        size_bytes=1234,
+        architecture="llama",
+        parameter_count=135_000_000,
+        quantization="Q4_1",
+        bits_per_weight=5.0,
+    )
     return Manifest(**{**fields, **changes})
 
 
@@ -42,13 +49,16 @@ def test_a_name_of_many_colons_is_refused_for_its_file_name_length():
     assert valid_name("a" + ":" * 50)
 
 
-@pytest.mark.parametrize("text, seen", [
-    ("plain", "plain"),
-    ("a\nb", "a\\nb"),  # a newline would break the one-line message
-    ("é", "\\xe9"),
-    ("a\x00b", "a\\x00b"),
-    ("a\ud800b", "a\\ud800b"),  # a lone surrogate cannot even be printed
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, seen",
+    [
+        ("plain", "plain"),
+        ("a\nb", "a\\nb"),  # a newline would break the one-line message
+        ("é", "\\xe9"),
+        ("a\x00b", "a\\x00b"),
+        ("a\ud800b", "a\\ud800b"),  # a lone surrogate cannot even be printed
+    ],
+)
 def test_shown_escapes_what_a_terminal_would_not_show_as_typed(text, seen):
     assert shown(text) == seen
 
@@ -90,10 +100,13 @@ def test_manifest_defaults():
 
 def test_summary_holds_the_listed_fields():
     assert manifest().summary() == {
-        "name": "m", "size_bytes": 1234, "quantization": "Q4_1",
-        "parameter_count": 135_000_000, "architecture": "llama",
+        "name": "m",
+        "size_bytes": 1234,
+        "quantization": "Q4_1",
+        "parameter_count": 135_000_000,
+        "architecture": "llama",
         "source": "file:///models/m.gguf",
-    }  # fmt: skip
+    }
 
 
 UNREADABLE = {

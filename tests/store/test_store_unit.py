@@ -18,9 +18,18 @@ from tests.conftest import REPO
 
 
 def manifest(name: str, path, **changes) -> Manifest:
-    return Manifest(name=name, path=str(path), source="test", sha256="0" * 64, size_bytes=1,
-                    architecture="llama", parameter_count=1, quantization="F32",
-                    bits_per_weight=32.0, **changes)  # fmt: skip
+    return Manifest(
+        name=name,
+        path=str(path),
+        source="test",
+        sha256="0" * 64,
+        size_bytes=1,
+        architecture="llama",
+        parameter_count=1,
+        quantization="F32",
+        bits_per_weight=32.0,
+        **changes,
+    )
 
 
 @pytest.fixture
@@ -187,14 +196,24 @@ with Store(sys.argv[1]).lock("m"):
 
 
 def test_lock_makes_a_second_process_wait(store):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store.root)], cwd=REPO,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(store.root)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     waiter = None
     try:
         assert holder.stdout.readline() == "held\n"
-        waiter = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store.root)], cwd=REPO,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(store.root)],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         err = waiter.stderr.readline()
         assert "waiting for another pocketlm process working on 'm'" in err
         holder.stdin.close()  # the holder lets go: the waiter gets the lock

@@ -8,8 +8,9 @@ import zipfile
 from pathlib import Path
 
 
-def make_wheel(index: Path, name: str, version: str, files: dict[str, bytes],
-               corrupt_record: bool = False) -> Path:  # fmt: skip
+def make_wheel(
+    index: Path, name: str, version: str, files: dict[str, bytes], corrupt_record: bool = False
+) -> Path:
     """Write ``{name}-{version}-py3-none-any.whl`` holding ``files`` into ``index``."""
     index.mkdir(parents=True, exist_ok=True)
     dist = name.replace("-", "_")

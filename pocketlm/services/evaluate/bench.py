@@ -140,7 +140,7 @@ class ModelBench:
                     "ttft_s": self.ttft_s[n].to_dict(),
                 }
                 for n in self.prompt_lengths
-            },  # fmt: skip
+            },
             "decode": {"tokens": self.decode_tokens, "tok_per_s": self.decode_tps.to_dict()},
             "base_rss_bytes": self.base_rss_bytes.to_dict(),
             "peak_rss_bytes": self.peak_rss_bytes.to_dict(),
@@ -153,15 +153,26 @@ class ModelBench:
         }
 
     def settings(self) -> dict[str, Any]:
-        return {"n_ctx": self.n_ctx, "threads": self.threads,
-                "prompt_lengths": list(self.prompt_lengths), "decode_tokens": self.decode_tokens,
-                "runs": len(self.load_s.values)}  # fmt: skip
+        return {
+            "n_ctx": self.n_ctx,
+            "threads": self.threads,
+            "prompt_lengths": list(self.prompt_lengths),
+            "decode_tokens": self.decode_tokens,
+            "runs": len(self.load_s.values),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.name, "path": self.path, "sha256": self.sha256,
-                "quantization": self.quantization, "size_bytes": self.size_bytes,
-                "tensor_data_bytes": self.tensor_data_bytes, **self.settings(),
-                **self.metrics(), "result_id": self.result_id}  # fmt: skip
+        return {
+            "model": self.name,
+            "path": self.path,
+            "sha256": self.sha256,
+            "quantization": self.quantization,
+            "size_bytes": self.size_bytes,
+            "tensor_data_bytes": self.tensor_data_bytes,
+            **self.settings(),
+            **self.metrics(),
+            "result_id": self.result_id,
+        }
 
 
 @dataclass
@@ -172,9 +183,12 @@ class BenchReport:
     machine: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": {**self.params.model_dump(), **self.load.model_dump()},
-                "machine": self.machine, "note": WARM_CACHE_NOTE,
-                "models": [m.to_dict() for m in self.models]}  # fmt: skip
+        return {
+            "settings": {**self.params.model_dump(), **self.load.model_dump()},
+            "machine": self.machine,
+            "note": WARM_CACHE_NOTE,
+            "models": [m.to_dict() for m in self.models],
+        }
 
 
 # -- the service ----------------------------------------------------------------------
@@ -281,8 +295,10 @@ def _run_child(job: dict[str, Any], on_step: Callable[[int], None]) -> dict[str,
     if error:
         raise EngineError(error)
     if child.code != 0 or result is None:
-        raise EngineError(f"benchmark of {job['path']} failed (exit code {child.code}): "
-                          f"{child.stderr_tail or 'no message'}")  # fmt: skip
+        raise EngineError(
+            f"benchmark of {job['path']} failed (exit code {child.code}): "
+            f"{child.stderr_tail or 'no message'}"
+        )
     return result
 
 
@@ -326,8 +342,20 @@ def _figure(runs: list[dict[str, Any]], *keys: str) -> Figure:
 
 
 def _record(t: _Target, m: ModelBench, p: BenchParams, lp: LoadParams) -> int:
-    settings = {**m.settings(), "repeat": p.repeat, "batch": lp.batch,
-                "flash_attn": lp.flash_attn, "requested_prompt_lengths": list(p.prompt_lengths),
-                "requested_decode_tokens": p.decode_tokens}  # fmt: skip
-    return results.record("bench", "speed", m.name, m.metrics(), settings, manifest=t.manifest,
-                          file_type=t.info.file_type)  # fmt: skip
+    settings = {
+        **m.settings(),
+        "repeat": p.repeat,
+        "batch": lp.batch,
+        "flash_attn": lp.flash_attn,
+        "requested_prompt_lengths": list(p.prompt_lengths),
+        "requested_decode_tokens": p.decode_tokens,
+    }
+    return results.record(
+        "bench",
+        "speed",
+        m.name,
+        m.metrics(),
+        settings,
+        manifest=t.manifest,
+        file_type=t.info.file_type,
+    )

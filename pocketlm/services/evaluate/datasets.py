@@ -51,8 +51,10 @@ def detect_format(path: Path) -> str:
         return "arc"
     if "choices" in first:
         return "jsonl"
-    raise UsageError(f"cannot tell the layout of {path.name} (fields: {', '.join(first)})",
-                     f"pass {option('format')}, one of {', '.join(FORMATS)}")  # fmt: skip
+    raise UsageError(
+        f"cannot tell the layout of {path.name} (fields: {', '.join(first)})",
+        f"pass {option('format')}, one of {', '.join(FORMATS)}",
+    )
 
 
 def load(
@@ -64,8 +66,13 @@ def load(
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
-    reader = {"jsonl": _generic, "piqa": _piqa, "hellaswag": _hellaswag, "arc": _arc,
-              "mmlu": _mmlu}[fmt]  # fmt: skip
+    reader = {
+        "jsonl": _generic,
+        "piqa": _piqa,
+        "hellaswag": _hellaswag,
+        "arc": _arc,
+        "mmlu": _mmlu,
+    }[fmt]
     items = list(reader(path, labels) if fmt == "piqa" else reader(path))
     if not items:
         raise UsageError(f"{path.name} holds no items")
@@ -126,8 +133,9 @@ def _generic(path: Path) -> Iterator[MCItem]:
             raise UsageError(f"{path.name} line {n}: 'choices' must be a list of 2 or more")
         answer = _answer_index(path, n, _field(path, n, r, "answer", "label", "gold"), choices)
         if "question" in r:
-            yield MCItem(f"Question: {r['question']}\nAnswer:",
-                         tuple(f" {c}" for c in choices), answer)  # fmt: skip
+            yield MCItem(
+                f"Question: {r['question']}\nAnswer:", tuple(f" {c}" for c in choices), answer
+            )
         else:
             yield MCItem(str(_field(path, n, r, "context")), tuple(map(str, choices)), answer)
 
@@ -141,11 +149,14 @@ def _piqa(path: Path, labels: str | Path | None) -> Iterator[MCItem]:
         label_list = [int(x) for x in lines]
     records = list(_records(path))
     if label_list is None and not all("label" in r for _, r in records):
-        raise UsageError(f"{path.name} has no labels",
-                         f"pass the labels file: {option('labels', 'FILE')}")  # fmt: skip
+        raise UsageError(
+            f"{path.name} has no labels", f"pass the labels file: {option('labels', 'FILE')}"
+        )
     if label_list is not None and len(label_list) != len(records):
-        raise UsageError(f"{len(label_list)} labels for {len(records)} PIQA items",
-                         "give the labels file that belongs to this split")  # fmt: skip
+        raise UsageError(
+            f"{len(label_list)} labels for {len(records)} PIQA items",
+            "give the labels file that belongs to this split",
+        )
     for i, (n, r) in enumerate(records):
         goal = _field(path, n, r, "goal")
         sols = (f" {_field(path, n, r, 'sol1')}", f" {_field(path, n, r, 'sol2')}")

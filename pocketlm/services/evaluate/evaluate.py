@@ -59,8 +59,13 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """The report with its row's identity; needle samples left out."""
-        out = {"model": self.model, "task": self.task, "kind": self.kind,
-               **self.report.to_dict(), "result_id": self.result_id}  # fmt: skip
+        out = {
+            "model": self.model,
+            "task": self.task,
+            "kind": self.kind,
+            **self.report.to_dict(),
+            "result_id": self.result_id,
+        }
         out.pop("samples", None)
         return out
 
@@ -112,15 +117,27 @@ def _mc(ref: str, file: str, o: EvalOptions, progress: Progress) -> Evaluation:
     items = datasets.load(file, o.format, o.labels)[: o.limit]
     name, path, manifest, model = open_engine_model(ref, progress=progress)
     try:
-        report = run_multiple_choice(model, items, shots=o.shots, seed=o.seed,
-                                     threads=_threads(o), progress=progress)  # fmt: skip
+        report = run_multiple_choice(
+            model, items, shots=o.shots, seed=o.seed, threads=_threads(o), progress=progress
+        )
     finally:
         model.close()
-    settings = {"shots": o.shots, "seed": o.seed, "limit": o.limit,
-                "format": o.format or datasets.detect_format(Path(file))}  # fmt: skip
+    settings = {
+        "shots": o.shots,
+        "seed": o.seed,
+        "limit": o.limit,
+        "format": o.format or datasets.detect_format(Path(file)),
+    }
     task = Path(file).name
-    row = results.record("eval", task, name, report.to_dict(), settings, manifest=manifest,
-                         file_type=inspect_gguf(path).file_type)  # fmt: skip
+    row = results.record(
+        "eval",
+        task,
+        name,
+        report.to_dict(),
+        settings,
+        manifest=manifest,
+        file_type=inspect_gguf(path).file_type,
+    )
     return Evaluation("mc", "eval", task, name, report, row)
 
 
@@ -133,18 +150,36 @@ def _perplexity(ref: str, file: str, o: EvalOptions, progress: Progress) -> Eval
     name, path, manifest, model = open_engine_model(ref, progress=progress)
     reference = open_engine_model(o.reference, progress=progress)[3] if o.reference else None
     try:
-        report = run_perplexity(model, text, window=o.window, stride=o.stride,
-                                reference=reference, threads=_threads(o),
-                                max_tokens=o.max_tokens, progress=progress)  # fmt: skip
+        report = run_perplexity(
+            model,
+            text,
+            window=o.window,
+            stride=o.stride,
+            reference=reference,
+            threads=_threads(o),
+            max_tokens=o.max_tokens,
+            progress=progress,
+        )
     finally:
         model.close()
         if reference is not None:
             reference.close()
-    settings = {"window": o.window, "stride": o.stride or o.window, "reference": o.reference,
-                "max_tokens": o.max_tokens}  # fmt: skip
+    settings = {
+        "window": o.window,
+        "stride": o.stride or o.window,
+        "reference": o.reference,
+        "max_tokens": o.max_tokens,
+    }
     kind, task = "kld" if o.reference else "perplexity", Path(file).name
-    row = results.record(kind, task, name, report.to_dict(), settings, manifest=manifest,
-                         file_type=inspect_gguf(path).file_type)  # fmt: skip
+    row = results.record(
+        kind,
+        task,
+        name,
+        report.to_dict(),
+        settings,
+        manifest=manifest,
+        file_type=inspect_gguf(path).file_type,
+    )
     return Evaluation("perplexity", kind, task, name, report, row)
 
 
@@ -156,8 +191,15 @@ def _generate(ref: str, file: str, o: EvalOptions, progress: Progress) -> Evalua
     task = Path(file).name
     with LoadedModel(ref, progress=progress, threads=o.threads) as m:
         report = run_generation(m, tasks, progress=progress)
-        row = results.record("generation", task, m.name, report.to_dict(), {"limit": o.limit},
-                             manifest=m.manifest, file_type=m.info.file_type)  # fmt: skip
+        row = results.record(
+            "generation",
+            task,
+            m.name,
+            report.to_dict(),
+            {"limit": o.limit},
+            manifest=m.manifest,
+            file_type=m.info.file_type,
+        )
     return Evaluation("generate", "generation", task, m.name, report, row)
 
 
@@ -166,10 +208,16 @@ def _needle(ref: str, file: str | None, o: EvalOptions, progress: Progress) -> E
     from pocketlm.services.runtime import LoadedModel
 
     with LoadedModel(ref, progress=progress, threads=o.threads, ctx=o.ctx) as m:
-        report = run_needle(m, lengths=o.lengths, depths=o.depths, haystack=o.haystack,
-                            trials=o.trials, quick=o.quick, progress=progress)  # fmt: skip
-    return Evaluation("needle", "needle", task_name(report), report.model, report,
-                      report.result_id)  # fmt: skip
+        report = run_needle(
+            m,
+            lengths=o.lengths,
+            depths=o.depths,
+            haystack=o.haystack,
+            trials=o.trials,
+            quick=o.quick,
+            progress=progress,
+        )
+    return Evaluation("needle", "needle", task_name(report), report.model, report, report.result_id)
 
 
 _RUNNERS = {"mc": _mc, "perplexity": _perplexity, "generate": _generate, "needle": _needle}

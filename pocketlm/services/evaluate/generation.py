@@ -110,15 +110,25 @@ def run_generation(model, tasks: list[GenTask], *, progress: Progress | None = N
     hits: dict[str, list[bool]] = {}
     failures = []
     for task in tasks:
-        out = model.generate(task.prompt, system=task.system, temperature=0.0,
-                             repeat_penalty=1.0, max_tokens=task.max_tokens).text  # fmt: skip
+        out = model.generate(
+            task.prompt,
+            system=task.system,
+            temperature=0.0,
+            repeat_penalty=1.0,
+            max_tokens=task.max_tokens,
+        ).text
         ok = score(task, out)
         hits.setdefault(task.scorer, []).append(ok)
         if not ok and len(failures) < 5:
-            failures.append({"prompt": task.prompt, "expected": task.answer or task.regex,
-                             "got": out})  # fmt: skip
+            failures.append(
+                {"prompt": task.prompt, "expected": task.answer or task.regex, "got": out}
+            )
         bar.advance(1)
     flat = [h for v in hits.values() for h in v]
-    return GenReport(n=len(flat), accuracy=sum(flat) / len(flat),
-                     by_scorer={k: sum(v) / len(v) for k, v in hits.items()},
-                     seconds=time.perf_counter() - started, failures=failures)  # fmt: skip
+    return GenReport(
+        n=len(flat),
+        accuracy=sum(flat) / len(flat),
+        by_scorer={k: sum(v) / len(v) for k, v in hits.items()},
+        seconds=time.perf_counter() - started,
+        failures=failures,
+    )

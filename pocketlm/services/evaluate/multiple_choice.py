@@ -83,12 +83,17 @@ def run_multiple_choice(
     n = len(items)
     seconds = time.perf_counter() - started
     return MCReport(
-        n=n, acc=right / n, acc_norm=right_norm / n, acc_stderr=_stderr(right / n, n),
+        n=n,
+        acc=right / n,
+        acc_norm=right_norm / n,
+        acc_stderr=_stderr(right / n, n),
         acc_norm_stderr=_stderr(right_norm / n, n),
-        chance=sum(1 / len(i.choices) for i in items) / n, shots=shots, seconds=seconds,
+        chance=sum(1 / len(i.choices) for i in items) / n,
+        shots=shots,
+        seconds=seconds,
         items_per_s=n / seconds,
         tokens_scored=sum(len(g.context) + sum(map(len, g.continuations)) for g in groups),
-    )  # fmt: skip
+    )
 
 
 def _argmax(xs: Sequence[float]) -> int:

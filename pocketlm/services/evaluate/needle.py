@@ -79,10 +79,17 @@ def filler_sentences(rng: random.Random) -> Iterator[str]:
     pick = rng.choice
     while True:
         yield pick(_TEMPLATES).format(
-            adj=pick(_ADJECTIVES), adj2=pick(_ADJECTIVES), noun=pick(_NOUNS),
-            noun2=pick(_NOUNS), verb=pick(_VERBS), place=pick(_PLACES), time=pick(_TIMES),
-            name=pick(_NAMES), name2=pick(_NAMES), adv=pick(_ADVERBS),
-        )  # fmt: skip
+            adj=pick(_ADJECTIVES),
+            adj2=pick(_ADJECTIVES),
+            noun=pick(_NOUNS),
+            noun2=pick(_NOUNS),
+            verb=pick(_VERBS),
+            place=pick(_PLACES),
+            time=pick(_TIMES),
+            name=pick(_NAMES),
+            name2=pick(_NAMES),
+            adv=pick(_ADVERBS),
+        )
 
 
 def file_sentences(path: Path) -> list[str]:
@@ -418,42 +425,75 @@ def run_needle(
         out = prompter.ask(p.context, p.needle)
         found = p.needle.found_in(out.text)
         hits[p.length, p.depth] += found
-        samples.append(NeedleSample(p.length, p.depth, p.trial, p.needle.answer, out.text,
-                                    found, out.stats.prompt_tokens))  # fmt: skip
+        samples.append(
+            NeedleSample(
+                p.length,
+                p.depth,
+                p.trial,
+                p.needle.answer,
+                out.text,
+                found,
+                out.stats.prompt_tokens,
+            )
+        )
         evaluated += out.stats.prompt_tokens - out.stats.cached_tokens
         task.advance(p.length)
 
     recall = [[hits[n, d] / trials for d in depths] for n in lengths]
     edges, middle = edges_and_middle(depths, recall)
     report = NeedleReport(
-        lengths=list(lengths), depths=depths, recall=recall, edges_recall=edges,
-        middle_recall=middle, start_recall=_mean_where(depths, recall, lambda d: d <= EDGE),
+        lengths=list(lengths),
+        depths=depths,
+        recall=recall,
+        edges_recall=edges,
+        middle_recall=middle,
+        start_recall=_mean_where(depths, recall, lambda d: d <= EDGE),
         end_recall=_mean_where(depths, recall, lambda d: d >= 1 - EDGE),
         mean_recall=_mean([r for row in recall for r in row]),
-        trials=trials, seed=seed, model=model.name, n_ctx=model.n_ctx,
+        trials=trials,
+        seed=seed,
+        model=model.name,
+        n_ctx=model.n_ctx,
         prompt_format=prompter.format,
         haystack=str(Path(haystack).resolve()) if haystack is not None else "generated",
         seconds=time.perf_counter() - started,
-        prompt_tokens=sum(s.prompt_tokens for s in samples), evaluated_tokens=evaluated,
+        prompt_tokens=sum(s.prompt_tokens for s in samples),
+        evaluated_tokens=evaluated,
         samples=samples,
-    )  # fmt: skip
+    )
     if record:
         report.result_id = _record(report, model, db)
     return report
 
 
 _SETTINGS = ("lengths", "depths", "trials", "seed", "haystack", "n_ctx", "prompt_format")
-_METRICS = ("recall", "edges_recall", "middle_recall", "start_recall", "end_recall",
-            "mean_recall", "seconds", "prompt_tokens", "evaluated_tokens")  # fmt: skip
+_METRICS = (
+    "recall",
+    "edges_recall",
+    "middle_recall",
+    "start_recall",
+    "end_recall",
+    "mean_recall",
+    "seconds",
+    "prompt_tokens",
+    "evaluated_tokens",
+)
 
 
 def _record(report: NeedleReport, model: LoadedModel, db: ResultsDB | None) -> int:
     """The report as a results-database row (kind "needle"); samples stay out of it."""
     d = report.to_dict()
     settings = {k: d[k] for k in _SETTINGS} | {"max_answer_tokens": MAX_ANSWER_TOKENS}
-    return results.record("needle", task_name(report), report.model, {k: d[k] for k in _METRICS},
-                          settings, manifest=model.manifest, file_type=model.info.file_type,
-                          db=db)  # fmt: skip
+    return results.record(
+        "needle",
+        task_name(report),
+        report.model,
+        {k: d[k] for k in _METRICS},
+        settings,
+        manifest=model.manifest,
+        file_type=model.info.file_type,
+        db=db,
+    )
 
 
 def task_name(report: NeedleReport) -> str:

@@ -54,8 +54,9 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
     by the first window that holds it and a token before it (with stride == window, the first
     token of each later window has no context in it and is not scored)."""
     if window < 2 or stride < 1 or stride > window:
-        raise UsageError(f"invalid window {window} / stride {stride}: need window >= 2 and "
-                         "1 <= stride <= window")  # fmt: skip
+        raise UsageError(
+            f"invalid window {window} / stride {stride}: need window >= 2 and 1 <= stride <= window"
+        )
     out, scored_to, begin = [], 1, 0
     while scored_to < n_tokens:
         end = min(begin + window, n_tokens)
@@ -99,15 +100,21 @@ def run_perplexity(
     if len(tokens) < 2:
         raise UsageError("the text is too short to measure: it needs at least 2 tokens")
     if reference is not None:
-        if reference.n_vocab != model.n_vocab or reference.tokenize(text[:2000]) != \
-                model.tokenize(text[:2000]):  # fmt: skip
-            raise UsageError("the reference model has another vocabulary: KL divergence needs "
-                             "models that share a tokenizer (the same model, quantized "
-                             "differently)")  # fmt: skip
+        if reference.n_vocab != model.n_vocab or reference.tokenize(text[:2000]) != model.tokenize(
+            text[:2000]
+        ):
+            raise UsageError(
+                "the reference model has another vocabulary: KL divergence needs "
+                "models that share a tokenizer (the same model, quantized "
+                "differently)"
+            )
     spans = windows(len(tokens), window, stride)
     ctx = Context(model, n_ctx=window, n_threads=threads, n_batch=window)
-    ref_ctx = Context(reference, n_ctx=window, n_threads=threads, n_batch=window) \
-        if reference is not None else None  # fmt: skip
+    ref_ctx = (
+        Context(reference, n_ctx=window, n_threads=threads, n_batch=window)
+        if reference is not None
+        else None
+    )
     nll, nll_ref, klds, agree = [], [], [], 0
     task = progress.task("scoring", len(tokens) - 1, unit="tokens")
     try:
@@ -129,8 +136,14 @@ def run_perplexity(
         if ref_ctx is not None:
             ref_ctx.close()
     mean = float(np.mean(nll))
-    report = PerplexityReport(tokens=len(nll), ppl=math.exp(mean), nll_mean=mean, window=window,
-                              stride=stride, seconds=time.perf_counter() - started)  # fmt: skip
+    report = PerplexityReport(
+        tokens=len(nll),
+        ppl=math.exp(mean),
+        nll_mean=mean,
+        window=window,
+        stride=stride,
+        seconds=time.perf_counter() - started,
+    )
     if reference is not None:
         report.ppl_ref = math.exp(float(np.mean(nll_ref)))
         report.kld_mean = float(np.mean(klds))

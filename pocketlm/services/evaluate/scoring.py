@@ -74,8 +74,7 @@ def prefix_tree(g: Group) -> list[Node]:
                 if pos < len(paths[c]):
                     by_token.setdefault(paths[c][pos], []).append(c)
             for tok, cs in by_token.items():
-                targets = [(c, paths[c][pos + 1]) for c in cs
-                           if start <= pos < len(paths[c]) - 1]  # fmt: skip
+                targets = [(c, paths[c][pos + 1]) for c in cs if start <= pos < len(paths[c]) - 1]
                 nodes.append((tok, pos, cs, targets))
                 split.append(cs)
         groups = split
@@ -85,15 +84,29 @@ def prefix_tree(g: Group) -> list[Node]:
 class Scorer:
     """Scores groups on one model. ``tokenize`` adds BOS the way the model asks for it."""
 
-    def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int = 512,
-                 n_seq: int = 64, flash_attn: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_batch: int = 512,
+        n_seq: int = 64,
+        flash_attn: bool = True,
+    ):
         self.model = model
         n_batch = min(n_batch, n_ctx)
         self.n_batch = n_batch
         self.n_seq = n_seq
         self.n_ctx = n_ctx
-        self.ctx = Context(model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq=n_seq,
-                           flash_attn=flash_attn)
+        self.ctx = Context(
+            model,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_batch=n_batch,
+            n_seq=n_seq,
+            flash_attn=flash_attn,
+        )
 
     def tokenize(self, text: str) -> list[int]:
         tokens = self.model.tokenize(text, add_special=True)
@@ -118,14 +131,17 @@ class Scorer:
         choices = sum(len(k) for k in g.continuations)
         budget = self.n_ctx - choices
         if budget < 1:
-            raise PocketError(f"the choices of a question take {choices} tokens; the context "
-                              f"window holds {self.n_ctx}")  # fmt: skip
+            raise PocketError(
+                f"the choices of a question take {choices} tokens; the context "
+                f"window holds {self.n_ctx}"
+            )
         if len(g.context) > budget:
             g.context = g.context[len(g.context) - budget :]
         return g
 
-    def score(self, groups: Sequence[Group], on_group: Callable[[int], None] | None = None
-              ) -> list[list[Scored]]:  # fmt: skip
+    def score(
+        self, groups: Sequence[Group], on_group: Callable[[int], None] | None = None
+    ) -> list[list[Scored]]:
         """Score every continuation of every group; ``on_group(n)`` reports progress."""
         results = [[Scored(0.0, len(k), True) for k in g.continuations] for g in groups]
         pending = list(range(len(groups)))
@@ -160,8 +176,9 @@ class Scorer:
         seq = 0
         for gi, nodes in enumerate(trees):
             for tok, pos, choices, targets in nodes:
-                entries.append((tok, pos, [seq + c for c in choices],
-                                [(gi, c, nxt) for c, nxt in targets]))  # fmt: skip
+                entries.append(
+                    (tok, pos, [seq + c for c in choices], [(gi, c, nxt) for c, nxt in targets])
+                )
             seq += len(nodes[0][2])  # the first context token is in every choice's sequence
         for at in range(0, len(entries), self.n_batch):
             self._decode(entries[at : at + self.n_batch], out)

@@ -52,8 +52,13 @@ def measure_run(job: dict[str, Any], on_step: Callable[[], None]) -> dict[str, A
     base_rss = _current_rss()
     started = time.perf_counter()
     model = Model(job["path"], use_extra_bufts=job["extra_bufts"])
-    ctx = Context(model, n_ctx=job["n_ctx"], n_threads=job["n_threads"],
-                  n_batch=job["n_batch"], flash_attn=job["flash_attn"])  # fmt: skip
+    ctx = Context(
+        model,
+        n_ctx=job["n_ctx"],
+        n_threads=job["n_threads"],
+        n_batch=job["n_batch"],
+        flash_attn=job["flash_attn"],
+    )
     load_s = time.perf_counter() - started
     on_step()
     sampler = Sampler.greedy(model.n_vocab)
@@ -80,8 +85,10 @@ def _measure_tokens(model, ctx, sampler, job: dict[str, Any], on_step) -> dict[s
         ctx.prefill(tokens[:n])
         prefilled = time.perf_counter()
         sampler.sample(ctx)
-        prefill[str(n)] = {"tok_per_s": n / (prefilled - started),
-                           "ttft_s": time.perf_counter() - started}  # fmt: skip
+        prefill[str(n)] = {
+            "tok_per_s": n / (prefilled - started),
+            "ttft_s": time.perf_counter() - started,
+        }
         on_step()
     prompt_n = min(DECODE_PROMPT_TOKENS, n_ctx // 2)
     decoded = min(job["decode_tokens"], n_ctx - prompt_n)
@@ -89,9 +96,14 @@ def _measure_tokens(model, ctx, sampler, job: dict[str, Any], on_step) -> dict[s
     ctx.prefill(tokens[:prompt_n])
     decode_s = _timed(lambda: _decode(ctx, sampler, decoded))
     on_step()
-    return {"n_ctx": n_ctx, "warmup_s": warmup_s, "prefill": prefill,
-            "decode_prompt_tokens": prompt_n, "decode_tokens": decoded,
-            "decode_tok_per_s": decoded / decode_s}  # fmt: skip
+    return {
+        "n_ctx": n_ctx,
+        "warmup_s": warmup_s,
+        "prefill": prefill,
+        "decode_prompt_tokens": prompt_n,
+        "decode_tokens": decoded,
+        "decode_tok_per_s": decoded / decode_s,
+    }
 
 
 def _warm_up(ctx, sampler, tokens: list[int]) -> None:

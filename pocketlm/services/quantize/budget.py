@@ -58,9 +58,22 @@ BAND = 0.75  # types under 75% of the largest that fits are not tried: fewer bit
 Best = tuple["Candidate", GGUFInfo]  # the best candidate so far and its file's header
 Plan = tuple[list[tuple[QuantType, int]], dict[str, str]]  # types to try, types skipped
 
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9,
-          "GB": 10**9, "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
-          "TIB": 2**40}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "KB": 10**3,
+    "M": 10**6,
+    "MB": 10**6,
+    "G": 10**9,
+    "GB": 10**9,
+    "T": 10**12,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
 
 
@@ -70,9 +83,10 @@ def parse_size(text: str) -> int:
     unit = _UNITS.get(m.group(2).upper()) if m else None
     value = int(float(m.group(1)) * unit) if unit else 0
     if value <= 0:
-        raise UsageError(f"invalid size '{text}'",
-                         "give a number and a unit, e.g. 60MB, 2GB or 500M (1 MB = 1,000,000 "
-                         "bytes)")  # fmt: skip
+        raise UsageError(
+            f"invalid size '{text}'",
+            "give a number and a unit, e.g. 60MB, 2GB or 500M (1 MB = 1,000,000 bytes)",
+        )
     return value
 
 
@@ -89,10 +103,15 @@ class Candidate:
     result_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "estimate_bytes": self.estimate_bytes,
-                "size_bytes": self.size_bytes, "fits": self.fits, "error": self.error,
-                "quality": self.quality.to_dict() if self.quality else None,
-                "result_id": self.result_id}  # fmt: skip
+        return {
+            "type": self.type,
+            "estimate_bytes": self.estimate_bytes,
+            "size_bytes": self.size_bytes,
+            "fits": self.fits,
+            "error": self.error,
+            "quality": self.quality.to_dict() if self.quality else None,
+            "result_id": self.result_id,
+        }
 
 
 @dataclass
@@ -108,12 +127,17 @@ class BudgetChoice:
     chart: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_bytes": self.budget_bytes, "parent": self.parent,
-                "reference": self.reference, "winner": self.winner.to_dict(),
-                "candidates": [c.to_dict() for c in self.candidates], "skipped": self.skipped,
-                "estimates": self.estimates,
-                "chart": str(self.chart) if self.chart else None,
-                "seconds": self.seconds}  # fmt: skip
+        return {
+            "budget_bytes": self.budget_bytes,
+            "parent": self.parent,
+            "reference": self.reference,
+            "winner": self.winner.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "skipped": self.skipped,
+            "estimates": self.estimates,
+            "chart": str(self.chart) if self.chart else None,
+            "seconds": self.seconds,
+        }
 
 
 def choose(
@@ -151,18 +175,46 @@ def choose(
             check_free_name(store, name or default_name(source.name, qt))
     check_disk(store, 2 * max(est for _, est in tries))  # the best so far + the one being made
     with store.scratch() as scratch, reference_model(ref_path, store, progress) as ref_model:
-        search = _Search(source, budget_bytes, ref_name, ref_model, text, params, threads,
-                         calibrate, store, progress, scratch)  # fmt: skip
+        search = _Search(
+            source,
+            budget_bytes,
+            ref_name,
+            ref_model,
+            text,
+            params,
+            threads,
+            calibrate,
+            store,
+            progress,
+            scratch,
+        )
         candidates, best = search.run(tries)
         if best is None:
-            raise PocketError(f"none of the types tried fits {budget_bytes / 1e6:.1f} MB once "
-                              "written: " + _tried(candidates), "raise --budget")  # fmt: skip
+            raise PocketError(
+                f"none of the types tried fits {budget_bytes / 1e6:.1f} MB once "
+                "written: " + _tried(candidates),
+                "raise --budget",
+            )
         manifest = search.keep(best, candidates, name)
-    winner = Quantized(manifest, source.parent, source.requantizing, manifest.calibration,
-                       best[0].quality, seconds=time.perf_counter() - started)  # fmt: skip
+    winner = Quantized(
+        manifest,
+        source.parent,
+        source.requantizing,
+        manifest.calibration,
+        best[0].quality,
+        seconds=time.perf_counter() - started,
+    )
     sizes = {n: e.size_bytes for n, e in estimates.items() if not e.error}
-    choice = BudgetChoice(budget_bytes, source.name, ref_name, candidates, skipped, sizes, winner,
-                          seconds=time.perf_counter() - started)  # fmt: skip
+    choice = BudgetChoice(
+        budget_bytes,
+        source.name,
+        ref_name,
+        candidates,
+        skipped,
+        sizes,
+        winner,
+        seconds=time.perf_counter() - started,
+    )
     if record:
         _record(store, choice, params, threads)
     if chart is not None:
@@ -212,15 +264,29 @@ class _Search:
     def attempt(self, qt: QuantType, est: int) -> tuple[Candidate, GGUFInfo | None]:
         cand = Candidate(qt.name, est)
         try:
-            info = build(self.source, qt, self.file(qt.name), threads=self.threads,
-                         calibrate=self.calibrate, progress=self.progress)  # fmt: skip
+            info = build(
+                self.source,
+                qt,
+                self.file(qt.name),
+                threads=self.threads,
+                calibrate=self.calibrate,
+                progress=self.progress,
+            )
         except EngineError as e:  # this type, on this model: the others may still work
             cand.error = e.message
             return cand, None
         cand.size_bytes, cand.fits = info.size_bytes, info.size_bytes <= self.budget_bytes
-        cand.quality = measure(self.file(qt.name), info, self.ref_model, self.ref_name,
-                               self.text, self.params, threads=self.threads, store=self.store,
-                               progress=self.progress)  # fmt: skip
+        cand.quality = measure(
+            self.file(qt.name),
+            info,
+            self.ref_model,
+            self.ref_name,
+            self.text,
+            self.params,
+            threads=self.threads,
+            store=self.store,
+            progress=self.progress,
+        )
         return cand, info
 
     def keep(self, best: Best, candidates: list[Candidate], name: str | None) -> Manifest:
@@ -229,12 +295,21 @@ class _Search:
         extras = provenance(self.source, self.calibrate, cand.quality) | {
             "budget": {"bytes": self.budget_bytes, "candidates": [_brief(c) for c in candidates]}
         }
-        return keep(self.store, self.source, qt, self.file(qt.name), info,
-                    name or default_name(self.source.name, qt), extras, self.progress)  # fmt: skip
+        return keep(
+            self.store,
+            self.source,
+            qt,
+            self.file(qt.name),
+            info,
+            name or default_name(self.source.name, qt),
+            extras,
+            self.progress,
+        )
 
 
-def plan(source: Source, estimates: dict[str, Estimate], budget_bytes: int,
-         calibrate: Calibration | None) -> Plan:  # fmt: skip
+def plan(
+    source: Source, estimates: dict[str, Estimate], budget_bytes: int, calibrate: Calibration | None
+) -> Plan:
     """(types to try with their estimated sizes, smallest last; types skipped -> why)."""
     eligible, skipped = [], {}
     for qt in types.TYPES.values():
@@ -247,8 +322,7 @@ def plan(source: Source, estimates: dict[str, Estimate], budget_bytes: int,
     eligible.sort(key=lambda t: t[1])
     fitting = [t for t in eligible if t[1] <= budget_bytes]
     if not fitting:
-        raise PocketError(_too_small(source, estimates, budget_bytes, calibrate),
-                          "raise --budget")  # fmt: skip
+        raise PocketError(_too_small(source, estimates, budget_bytes, calibrate), "raise --budget")
     over = [t for t in eligible if budget_bytes < t[1] <= budget_bytes * NEAR_MISS_LIMIT]
     tries = [t for t in fitting if t[1] >= BAND * fitting[-1][1]] + over[:NEAR_MISSES]
     for qt, _ in eligible:
@@ -258,8 +332,9 @@ def plan(source: Source, estimates: dict[str, Estimate], budget_bytes: int,
     return tries[::-1], skipped
 
 
-def _skip_reason(qt: QuantType, est: Estimate, source: Source,
-                 calibrate: Calibration | None) -> str | None:  # fmt: skip
+def _skip_reason(
+    qt: QuantType, est: Estimate, source: Source, calibrate: Calibration | None
+) -> str | None:
     if qt.family == "mxfp4":
         return "for MoE models"
     if qt.family == "ternary" and source.info.architecture != "bitnet":
@@ -273,8 +348,9 @@ def _skip_reason(qt: QuantType, est: Estimate, source: Source,
     return None
 
 
-def _too_small(source: Source, estimates: dict[str, Estimate], budget_bytes: int,
-               calibrate: Calibration | None) -> str:  # fmt: skip
+def _too_small(
+    source: Source, estimates: dict[str, Estimate], budget_bytes: int, calibrate: Calibration | None
+) -> str:
     def smallest(allowed) -> tuple[str, int] | None:
         sizes = [(e.size_bytes, n) for n, e in estimates.items() if not e.error and allowed(n)]
         return min(sizes, default=None)
@@ -294,14 +370,21 @@ def _better(a: Candidate, b: Candidate) -> bool:
 
 
 def _tried(candidates: list[Candidate]) -> str:
-    return ", ".join(f"{c.type} {c.size_bytes / 1e6:.1f} MB" if c.size_bytes else
-                     f"{c.type} failed" for c in candidates)  # fmt: skip
+    return ", ".join(
+        f"{c.type} {c.size_bytes / 1e6:.1f} MB" if c.size_bytes else f"{c.type} failed"
+        for c in candidates
+    )
 
 
 def _brief(c: Candidate) -> dict[str, Any]:
     q = c.quality
-    return {"type": c.type, "size_bytes": c.size_bytes, "fits": c.fits,
-            "kld_mean": q.kld_mean if q else None, "error": c.error}  # fmt: skip
+    return {
+        "type": c.type,
+        "size_bytes": c.size_bytes,
+        "fits": c.fits,
+        "kld_mean": q.kld_mean if q else None,
+        "error": c.error,
+    }
 
 
 def _record(store: Store, choice: BudgetChoice, params: QualityParams, threads: int) -> None:
@@ -319,10 +402,20 @@ def _record(store: Store, choice: BudgetChoice, params: QualityParams, threads: 
             c.result_id = w.result_id
             continue
         c.result_id = record(
-            "quantize", c.quality.eval_text, f"{choice.parent}-{c.type.lower()}",
+            "quantize",
+            c.quality.eval_text,
+            f"{choice.parent}-{c.type.lower()}",
             metrics=c.quality.to_dict() | {"requantized": w.requantized},
-            settings={"type": c.type, "parent": choice.parent, "reference": choice.reference,
-                      "calibration": w.calibration, "threads": threads, **params.model_dump(),
-                      **settings, "kept": False},
-            file_type=c.type, db=db,
-        )  # fmt: skip
+            settings={
+                "type": c.type,
+                "parent": choice.parent,
+                "reference": choice.reference,
+                "calibration": w.calibration,
+                "threads": threads,
+                **params.model_dump(),
+                **settings,
+                "kept": False,
+            },
+            file_type=c.type,
+            db=db,
+        )

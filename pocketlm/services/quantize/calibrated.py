@@ -43,19 +43,48 @@ from pocketlm.services.quantize.activations import ActivationStats, collect_acti
 # llama.cpp's quantized file types, by the names its quantize tool uses.
 FILE_TYPES: dict[str, int] = {
     name: getattr(ll, f"LLAMA_FTYPE_MOSTLY_{name}")
-    for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M",
-                 "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ1_S", "IQ1_M",
-                 "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
-                 "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0")
-}  # fmt: skip
+    for name in (
+        "Q4_0",
+        "Q4_1",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q2_K",
+        "Q2_K_S",
+        "Q3_K_S",
+        "Q3_K_M",
+        "Q3_K_L",
+        "Q4_K_S",
+        "Q4_K_M",
+        "Q5_K_S",
+        "Q5_K_M",
+        "Q6_K",
+        "IQ1_S",
+        "IQ1_M",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ2_S",
+        "IQ2_M",
+        "IQ3_XXS",
+        "IQ3_XS",
+        "IQ3_S",
+        "IQ3_M",
+        "IQ4_NL",
+        "IQ4_XS",
+        "TQ1_0",
+        "TQ2_0",
+    )
+}
 SUPPORTED_CALIBRATED_TYPES: tuple[str, ...] = tuple(FILE_TYPES)
 GPTQ_TYPES: tuple[str, ...] = tuple(kquants.FORMATS)  # tensor types GPTQ writes
 
 # With an importance matrix llama.cpp stores the first eighth of ffn_down as Q4_1 / Q5_1 in
 # a Q4_0 / Q5_0 file (llama-quant.cpp); pinned here so the file keeps the default's layout.
 # (It also changes a few tensors of IQ3_XXS, IQ4_NL and IQ4_XS files: left to llama.cpp.)
-LAYOUT_PINS: dict[str, dict[str, str]] = {"Q4_0": {"ffn_down": "Q4_0"},
-                                          "Q5_0": {"ffn_down": "Q5_0"}}  # fmt: skip
+LAYOUT_PINS: dict[str, dict[str, str]] = {
+    "Q4_0": {"ffn_down": "Q4_0"},
+    "Q5_0": {"ffn_down": "Q5_0"},
+}
 
 HESSIAN_BUDGET = 2 << 30  # bytes of float32 Hessians kept while collecting
 CALIBRATION_TOKENS = 16384  # the most calibration tokens read
@@ -89,8 +118,9 @@ def _importance(stats: ActivationStats) -> np.ndarray:
     return imp + 1e-3 * float(imp.mean() or 1.0)
 
 
-def inverse_hessian_factor(h: np.ndarray, damp: float = GPTQ_DAMP,
-                           shrink: float = HESSIAN_SHRINK) -> np.ndarray:  # fmt: skip
+def inverse_hessian_factor(
+    h: np.ndarray, damp: float = GPTQ_DAMP, shrink: float = HESSIAN_SHRINK
+) -> np.ndarray:
     """U, upper triangular with U^T U = (H' + damp * mean(diag H) * I)^-1 ([n, n] float32),
     where H' = (1 - shrink) H + shrink diag(H)."""
     diag = np.diag(h).astype(np.float64)
@@ -108,8 +138,9 @@ def inverse_hessian_factor(h: np.ndarray, damp: float = GPTQ_DAMP,
     raise EngineError("the calibration Hessian is not positive definite even with damping")
 
 
-def gptq_quantize(fmt: kquants.Format, w: np.ndarray, u: np.ndarray,
-                  importance: np.ndarray) -> np.ndarray:  # fmt: skip
+def gptq_quantize(
+    fmt: kquants.Format, w: np.ndarray, u: np.ndarray, importance: np.ndarray
+) -> np.ndarray:
     """GPTQ on w [rows, n] with per-block grids from the importance-weighted search; u is
     ``inverse_hessian_factor(H)`` (weights that share an input share it).
 
@@ -156,9 +187,15 @@ def _quadratic(x: np.ndarray, h: np.ndarray) -> float:
 # --- the file ---------------------------------------------------------------------
 
 
-def _llama_quantize(src: Path, dst: Path, ftype: int, threads: int, metadata: dict[str, object],
-                    overrides: dict[str, str] | None = None,
-                    imatrix: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
+def _llama_quantize(
+    src: Path,
+    dst: Path,
+    ftype: int,
+    threads: int,
+    metadata: dict[str, object],
+    overrides: dict[str, str] | None = None,
+    imatrix: dict[str, np.ndarray] | None = None,
+) -> None:
     """llama.cpp's quantizer: ``metadata`` written into the file as extra keys, tensors whose
     names match a regex of ``overrides`` forced to its type, and ``imatrix`` (tensor name ->
     importance per input column) used for the scale search as llama-quantize --imatrix does."""
@@ -216,8 +253,11 @@ def _matrix(t: gguf.ReaderTensor) -> np.ndarray:
 
 def _matrices(reader: gguf.GGUFReader) -> list[str]:
     """Names of the 2-D tensors a forward pass multiplies by (not the token embedding)."""
-    return [t.name for t in reader.tensors
-            if len(t.shape) == 2 and t.shape[1] > 1 and t.name != "token_embd.weight"]  # fmt: skip
+    return [
+        t.name
+        for t in reader.tensors
+        if len(t.shape) == 2 and t.shape[1] > 1 and t.name != "token_embd.weight"
+    ]
 
 
 def _hessian_set(reader: gguf.GGUFReader, names: list[str], budget: int) -> set[str]:
@@ -233,9 +273,16 @@ def _hessian_set(reader: gguf.GGUFReader, names: list[str], budget: int) -> set[
     return chosen
 
 
-def calibrate(src: Path, calibration_text: str, progress: Progress | None = None, *,
-              threads: int = 1, gptq: bool = True, max_tokens: int = CALIBRATION_TOKENS,
-              hessian_budget: int = HESSIAN_BUDGET) -> dict[str, ActivationStats]:  # fmt: skip
+def calibrate(
+    src: Path,
+    calibration_text: str,
+    progress: Progress | None = None,
+    *,
+    threads: int = 1,
+    gptq: bool = True,
+    max_tokens: int = CALIBRATION_TOKENS,
+    hessian_budget: int = HESSIAN_BUDGET,
+) -> dict[str, ActivationStats]:
     """Activation statistics of every matrix of ``src`` on ``calibration_text`` (with Hessians
     for GPTQ within ``hessian_budget`` bytes)."""
     reader = gguf.GGUFReader(src)
@@ -244,9 +291,15 @@ def calibrate(src: Path, calibration_text: str, progress: Progress | None = None
     model = Model(str(src), use_extra_bufts=False)
     try:
         with _one_blas_thread():
-            return collect_activations(model, calibration_text, names, max_tokens=max_tokens,
-                                       with_hessian=with_hessian, threads=threads,
-                                       progress=progress)  # fmt: skip
+            return collect_activations(
+                model,
+                calibration_text,
+                names,
+                max_tokens=max_tokens,
+                with_hessian=with_hessian,
+                threads=threads,
+                progress=progress,
+            )
     finally:
         model.close()
 
@@ -276,22 +329,32 @@ def quantize_calibrated(
     progress = progress or NullProgress()
     src, dst, qtype = Path(src), Path(dst), qtype.strip().upper()
     if qtype not in FILE_TYPES:
-        raise UsageError(f"calibrated quantization does not support {qtype}",
-                         f"use one of {', '.join(SUPPORTED_CALIBRATED_TYPES)}")  # fmt: skip
+        raise UsageError(
+            f"calibrated quantization does not support {qtype}",
+            f"use one of {', '.join(SUPPORTED_CALIBRATED_TYPES)}",
+        )
     if not calibration_text.strip():
         raise UsageError("the calibration text is empty")
     reader = gguf.GGUFReader(src)
     if activations is None:
-        activations = calibrate(src, calibration_text, progress, threads=threads, gptq=gptq,
-                                max_tokens=max_tokens, hessian_budget=hessian_budget)  # fmt: skip
+        activations = calibrate(
+            src,
+            calibration_text,
+            progress,
+            threads=threads,
+            gptq=gptq,
+            max_tokens=max_tokens,
+            hessian_budget=hessian_budget,
+        )
     use_gptq = gptq and any(s.xtx is not None for s in activations.values())
     n_tokens = max((s.tokens for s in activations.values()), default=0)
     metadata = {
         "pocketlm.quantize.method": "calibrated-gptq" if use_gptq else "calibrated-imatrix",
         "pocketlm.quantize.calibration.tokens": n_tokens,
         "pocketlm.quantize.calibration.sha256": hashlib.sha256(
-            calibration_text.encode()).hexdigest(),
-    }  # fmt: skip
+            calibration_text.encode()
+        ).hexdigest(),
+    }
     pins = dict(overrides or {})
     for pattern, ttype in LAYOUT_PINS.get(qtype, {}).items():
         pins.setdefault(pattern, ttype)
@@ -305,13 +368,17 @@ def quantize_calibrated(
     return _summary(qtype, metadata, n_tokens, len(importance), results, started)
 
 
-def _gptq_in_place(reader: gguf.GGUFReader, dst: Path, stats: dict[str, ActivationStats],
-                   progress: Progress) -> list[TensorResult]:  # fmt: skip
+def _gptq_in_place(
+    reader: gguf.GGUFReader, dst: Path, stats: dict[str, ActivationStats], progress: Progress
+) -> list[TensorResult]:
     """GPTQ each block-format tensor of dst that has a Hessian; replace its bytes in place
     where that lowers the output error on the calibration data."""
     source = {t.name: t for t in reader.tensors}
-    todo = [t for t in gguf.GGUFReader(dst).tensors if t.tensor_type.name in GPTQ_TYPES
-            and t.name in stats and stats[t.name].xtx is not None]  # fmt: skip
+    todo = [
+        t
+        for t in gguf.GGUFReader(dst).tensors
+        if t.tensor_type.name in GPTQ_TYPES and t.name in stats and stats[t.name].xtx is not None
+    ]
     task = progress.task("GPTQ", len(todo), unit="tensors")
     factors: dict[int, np.ndarray] = {}  # id(stats) -> inverse Hessian factor, shared by input
     results = []
@@ -340,8 +407,14 @@ def _gptq_in_place(reader: gguf.GGUFReader, dst: Path, stats: dict[str, Activati
     return results
 
 
-def _summary(qtype: str, metadata: dict, n_tokens: int, n_importance: int,
-             results: list[TensorResult], started: float) -> dict:  # fmt: skip
+def _summary(
+    qtype: str,
+    metadata: dict,
+    n_tokens: int,
+    n_importance: int,
+    results: list[TensorResult],
+    started: float,
+) -> dict:
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
     return {
         "method": metadata["pocketlm.quantize.method"],

@@ -174,13 +174,15 @@ def pack(fmt: Format, b: Blocks) -> np.ndarray:
         hmask = np.zeros((nb, 32), np.uint8)
         for bit in range(8):
             hmask |= high[:, bit] << bit
-        return np.concatenate([hmask, _pack_2bit(q & 3), _pack_scales_q3(b.sc), _halves(b.d)],
-                              axis=1)  # fmt: skip
+        return np.concatenate(
+            [hmask, _pack_2bit(q & 3), _pack_scales_q3(b.sc), _halves(b.d)], axis=1
+        )
     if fmt.name == "Q4_K":
         q4 = q.reshape(nb, 4, 2, 32)
         qs = (q4[:, :, 0] | (q4[:, :, 1] << 4)).reshape(nb, 128)
-        return np.concatenate([_halves(b.d), _halves(b.dmin), _pack_scales_q4k(b.sc, b.mn), qs],
-                              axis=1)  # fmt: skip
+        return np.concatenate(
+            [_halves(b.d), _halves(b.dmin), _pack_scales_q4k(b.sc, b.mn), qs], axis=1
+        )
     raise ValueError(f"no packer for {fmt.name}")
 
 
@@ -197,8 +199,13 @@ def unpack(fmt: Format, raw: np.ndarray) -> Blocks:
         return Blocks(half(raw[:, :2]), zeros, ones, np.zeros_like(ones), q)
     if fmt.name == "Q2_K":
         scales = raw[:, :16]
-        return Blocks(half(raw[:, 80:82]), half(raw[:, 82:84]), (scales & 0xF).astype(np.int16),
-                      (scales >> 4).astype(np.int16), _unpack_2bit(raw[:, 16:80]))  # fmt: skip
+        return Blocks(
+            half(raw[:, 80:82]),
+            half(raw[:, 82:84]),
+            (scales & 0xF).astype(np.int16),
+            (scales >> 4).astype(np.int16),
+            _unpack_2bit(raw[:, 16:80]),
+        )
     if fmt.name == "Q3_K":
         hmask = raw[:, :32]
         high = np.stack([(hmask >> bit) & 1 for bit in range(8)], axis=1).reshape(nb, 256)
@@ -220,8 +227,15 @@ def _ggml_quantize_chunk():
     from llama_cpp._ggml import libggml
 
     fn = libggml.ggml_quantize_chunk
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+    fn.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     fn.restype = ctypes.c_size_t
     return fn
 
@@ -234,8 +248,15 @@ def ggml_quantize(fmt: Format, x: np.ndarray, importance: np.ndarray | None = No
     rows, n = x.shape
     out = np.zeros((rows * n // fmt.block, fmt.type_size), np.uint8)
     imp = None if importance is None else np.ascontiguousarray(importance, np.float32)
-    size = _ggml_quantize_chunk()(int(fmt.ggml_type), x.ctypes.data, out.ctypes.data, 0, rows,
-                                  n, None if imp is None else imp.ctypes.data)  # fmt: skip
+    size = _ggml_quantize_chunk()(
+        int(fmt.ggml_type),
+        x.ctypes.data,
+        out.ctypes.data,
+        0,
+        rows,
+        n,
+        None if imp is None else imp.ctypes.data,
+    )
     if size != out.nbytes:
         raise RuntimeError(f"ggml_quantize_chunk wrote {size} bytes, expected {out.nbytes}")
     return out

@@ -89,10 +89,16 @@ class Quantized:
     result_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.manifest.name, "parent": self.parent, **self.quality.to_dict(),
-                "requantized": self.requantized, "calibration": self.calibration,
-                "path": self.manifest.path, "seconds": self.seconds,
-                "result_id": self.result_id}  # fmt: skip
+        return {
+            "name": self.manifest.name,
+            "parent": self.parent,
+            **self.quality.to_dict(),
+            "requantized": self.requantized,
+            "calibration": self.calibration,
+            "path": self.manifest.path,
+            "seconds": self.seconds,
+            "result_id": self.result_id,
+        }
 
 
 # -- the service ------------------------------------------------------------------------
@@ -129,25 +135,51 @@ def quantize(
     name = check_free_name(store, name or default_name(source.name, qt))
     ref_name, ref_path = resolve_reference(reference, source, store, progress)
     if source.requantizing and not qt.is_float:
-        progress.note(f"{source.name} is {source.info.file_type} already: {qt.name} starts "
-                      "from its rounded weights")  # fmt: skip
+        progress.note(
+            f"{source.name} is {source.info.file_type} already: {qt.name} starts "
+            "from its rounded weights"
+        )
 
     def check(estimate: Estimate) -> None:  # before llama.cpp writes a byte
         if estimate.error:
-            raise EngineError(f"llama.cpp cannot quantize {source.name} to {qt.name}: "
-                              f"{estimate.error}", "choose another --type")  # fmt: skip
+            raise EngineError(
+                f"llama.cpp cannot quantize {source.name} to {qt.name}: {estimate.error}",
+                "choose another --type",
+            )
         check_disk(store, estimate.size_bytes)
 
     with store.scratch() as scratch:
-        info = build(source, qt, scratch / "model.gguf", threads=threads, calibrate=calibrate,
-                     progress=progress, check=check)  # fmt: skip
+        info = build(
+            source,
+            qt,
+            scratch / "model.gguf",
+            threads=threads,
+            calibrate=calibrate,
+            progress=progress,
+            check=check,
+        )
         with reference_model(ref_path, store, progress) as ref_model:
-            quality = measure(scratch / "model.gguf", info, ref_model, ref_name, text, params,
-                              threads=threads, store=store, progress=progress)  # fmt: skip
+            quality = measure(
+                scratch / "model.gguf",
+                info,
+                ref_model,
+                ref_name,
+                text,
+                params,
+                threads=threads,
+                store=store,
+                progress=progress,
+            )
         extras = provenance(source, calibrate, quality)
         manifest = keep(store, source, qt, scratch / "model.gguf", info, name, extras, progress)
-    done = Quantized(manifest, source.parent, source.requantizing, extras["calibration"], quality,
-                     seconds=time.perf_counter() - started)  # fmt: skip
+    done = Quantized(
+        manifest,
+        source.parent,
+        source.requantizing,
+        extras["calibration"],
+        quality,
+        seconds=time.perf_counter() - started,
+    )
     if record:
         done.result_id = record_result(store, done, params, threads)
     return done
@@ -163,8 +195,9 @@ def open_source(ref: str, store: Store, progress: Progress) -> Source:
     return Source(m.manifest.name if m.manifest else file_stem(m.path), m.path, m.manifest, info)
 
 
-def resolve_reference(ref: str | None, source: Source, store: Store,
-                      progress: Progress) -> tuple[str, Path]:  # fmt: skip
+def resolve_reference(
+    ref: str | None, source: Source, store: Store, progress: Progress
+) -> tuple[str, Path]:
     """(name, file) of the model to measure against: ``ref``, or the parent."""
     from pocketlm.store.refs import resolve
 
@@ -195,10 +228,11 @@ def check_free_name(store: Store, name: str) -> str:
     check_name(name)
     existing = store.find(name)
     if existing is not None:
-        raise PocketError(f"a model named '{name}' already exists ({existing.quantization}, "
-                          f"from {existing.parent or existing.source})",
-                          f"choose another with --name, or remove it first: pocketlm rm {name}"
-                          )  # fmt: skip
+        raise PocketError(
+            f"a model named '{name}' already exists ({existing.quantization}, "
+            f"from {existing.parent or existing.source})",
+            f"choose another with --name, or remove it first: pocketlm rm {name}",
+        )
     return name
 
 
@@ -207,18 +241,22 @@ def check_calibration(qt: QuantType | None, calibrate: Calibration | None) -> No
     if calibrate is not None:
         _calibrated()
     elif qt is not None and qt.needs_imatrix:
-        raise UsageError(f"{qt.name} needs an importance matrix: llama.cpp refuses to write it "
-                         "without one (the result would be garbage)",
-                         "quantize with --calibrate [TEXT_FILE], or choose another --type "
-                         "(pocketlm quantize --list)")  # fmt: skip
+        raise UsageError(
+            f"{qt.name} needs an importance matrix: llama.cpp refuses to write it "
+            "without one (the result would be garbage)",
+            "quantize with --calibrate [TEXT_FILE], or choose another --type "
+            "(pocketlm quantize --list)",
+        )
 
 
-def warn_same_text(calibrate: Calibration | None, text: tuple[str, str],
-                   progress: Progress) -> None:  # fmt: skip
+def warn_same_text(
+    calibrate: Calibration | None, text: tuple[str, str], progress: Progress
+) -> None:
     if calibrate is not None and calibrate.text == text[1]:
-        progress.note("note: the quality is measured on the calibration text itself, which "
-                      "flatters a calibrated model; measure on other text with --eval-text"
-                      )  # fmt: skip
+        progress.note(
+            "note: the quality is measured on the calibration text itself, which "
+            "flatters a calibrated model; measure on other text with --eval-text"
+        )
 
 
 def check_disk(store: Store, need_bytes: int) -> None:
@@ -226,15 +264,23 @@ def check_disk(store: Store, need_bytes: int) -> None:
     store.check_writable()
     free = shutil.disk_usage(store.root).free
     if free < need_bytes * DISK_MARGIN:
-        raise PocketError(f"not enough disk space in the model store {store.root}: the result "
-                          f"needs about {need_bytes / 1e6:.1f} MB, {free / 1e6:.1f} MB is free",
-                          "free some space, or point POCKETLM_HOME at a larger disk"
-                          )  # fmt: skip
+        raise PocketError(
+            f"not enough disk space in the model store {store.root}: the result "
+            f"needs about {need_bytes / 1e6:.1f} MB, {free / 1e6:.1f} MB is free",
+            "free some space, or point POCKETLM_HOME at a larger disk",
+        )
 
 
-def build(source: Source, qt: QuantType, dst: Path, *, threads: int,
-          calibrate: Calibration | None, progress: Progress,
-          check: Callable[[Estimate], None] | None = None) -> GGUFInfo:  # fmt: skip
+def build(
+    source: Source,
+    qt: QuantType,
+    dst: Path,
+    *,
+    threads: int,
+    calibrate: Calibration | None,
+    progress: Progress,
+    check: Callable[[Estimate], None] | None = None,
+) -> GGUFInfo:
     """Write ``source`` quantized to ``qt`` at ``dst`` (scratch space) and check the file.
     ``check``, if given, first sees llama.cpp's estimate of the file and may refuse (raise)."""
     if calibrate is not None:
@@ -243,13 +289,22 @@ def build(source: Source, qt: QuantType, dst: Path, *, threads: int,
         _calibrated()(str(source.path), str(dst), qt.name, calibrate.text, progress)
     else:
         task = progress.task(f"quantizing to {qt.name}", source.info.tensor_count, unit="tensors")
-        job = {"src": str(source.path), "dst": str(dst), "types": [qt.name],
-               "threads": threads, "dry_run": False, "check_first": check is not None}  # fmt: skip
-        (done,) = run_child(job, lambda i: task.update(i),
-                            check and (lambda raw: check(_estimate(source, raw))))  # fmt: skip
+        job = {
+            "src": str(source.path),
+            "dst": str(dst),
+            "types": [qt.name],
+            "threads": threads,
+            "dry_run": False,
+            "check_first": check is not None,
+        }
+        (done,) = run_child(
+            job, lambda i: task.update(i), check and (lambda raw: check(_estimate(source, raw)))
+        )
         if done["error"]:
-            raise EngineError(f"llama.cpp could not quantize {source.name} to {qt.name}: "
-                              f"{done['error']}", _failure_hint(qt))  # fmt: skip
+            raise EngineError(
+                f"llama.cpp could not quantize {source.name} to {qt.name}: {done['error']}",
+                _failure_hint(qt),
+            )
     info = inspect_gguf(dst)
     if info.file_type != qt.name:
         raise EngineError(f"llama.cpp wrote a {info.file_type} file when asked for {qt.name}")
@@ -262,21 +317,34 @@ def _calibrated() -> Callable[..., None]:
     except ModuleNotFoundError as e:
         if e.name != "pocketlm.services.quantize.calibrated":
             raise
-        raise PocketError("calibrated quantization is not available in this version of pocketlm",
-                          "quantize without --calibrate") from None  # fmt: skip
+        raise PocketError(
+            "calibrated quantization is not available in this version of pocketlm",
+            "quantize without --calibrate",
+        ) from None
     return quantize_calibrated
 
 
-def provenance(source: Source, calibrate: Calibration | None,
-               quality: QualityReport) -> dict[str, Any]:  # fmt: skip
+def provenance(
+    source: Source, calibrate: Calibration | None, quality: QualityReport
+) -> dict[str, Any]:
     """The manifest fields a quantization adds: where it came from and how good it is."""
-    return {"requantized": source.requantizing,
-            "calibration": calibrate.label if calibrate else None,
-            "quality": quality.to_dict()}  # fmt: skip
+    return {
+        "requantized": source.requantizing,
+        "calibration": calibrate.label if calibrate else None,
+        "quality": quality.to_dict(),
+    }
 
 
-def keep(store: Store, source: Source, qt: QuantType, file: Path, info: GGUFInfo, name: str,
-         extras: dict[str, Any], progress: Progress) -> Manifest:  # fmt: skip
+def keep(
+    store: Store,
+    source: Source,
+    qt: QuantType,
+    file: Path,
+    info: GGUFInfo,
+    name: str,
+    extras: dict[str, Any],
+    progress: Progress,
+) -> Manifest:
     """Move a checked, measured file from scratch into blobs/, then write its manifest."""
     from pocketlm.store.pull import manifest_from_info, sha256_file
 
@@ -287,11 +355,17 @@ def keep(store: Store, source: Source, qt: QuantType, file: Path, info: GGUFInfo
         blob = store.adopt_blob(file, sha)
         try:
             base = manifest_from_info(
-                info, name=name, path=blob, sha256=sha, source=f"derived:quantize:{source.parent}",
+                info,
+                name=name,
+                path=blob,
+                sha256=sha,
+                source=f"derived:quantize:{source.parent}",
                 license=source.manifest.license if source.manifest else None,
-                description=f"{source.name} quantized to {qt.name}", imported=False,
-                parent=source.parent, chat=source.manifest.chat if source.manifest else None,
-            )  # fmt: skip
+                description=f"{source.name} quantized to {qt.name}",
+                imported=False,
+                parent=source.parent,
+                chat=source.manifest.chat if source.manifest else None,
+            )
             return store.put(Manifest(**(base.model_dump() | extras)))
         except BaseException:
             if not shared:
@@ -299,17 +373,31 @@ def keep(store: Store, source: Source, qt: QuantType, file: Path, info: GGUFInfo
             raise
 
 
-def record_result(store: Store, done: Quantized, params: QualityParams, threads: int,
-                  **settings: Any) -> int:  # fmt: skip
+def record_result(
+    store: Store, done: Quantized, params: QualityParams, threads: int, **settings: Any
+) -> int:
     from pocketlm.services.results import ResultsDB, record
 
     q = done.quality
     metrics = q.to_dict() | {"requantized": done.requantized, "seconds": done.seconds}
-    settings = {"type": q.type, "parent": done.parent, "reference": q.reference,
-                "calibration": done.calibration, "threads": threads, **params.model_dump(),
-                **settings}  # fmt: skip
-    return record("quantize", q.eval_text, done.manifest.name, metrics, settings,
-                  manifest=done.manifest, db=ResultsDB.of(store))  # fmt: skip
+    settings = {
+        "type": q.type,
+        "parent": done.parent,
+        "reference": q.reference,
+        "calibration": done.calibration,
+        "threads": threads,
+        **params.model_dump(),
+        **settings,
+    }
+    return record(
+        "quantize",
+        q.eval_text,
+        done.manifest.name,
+        metrics,
+        settings,
+        manifest=done.manifest,
+        db=ResultsDB.of(store),
+    )
 
 
 # -- sizes before quantizing ------------------------------------------------------------
@@ -326,8 +414,13 @@ def estimate_sizes(source: Source, qts: Iterable[QuantType]) -> dict[str, Estima
     """The file size each type would give ``source``: llama.cpp's dry run (the exact tensor
     bytes, to 0.01 MiB) plus the source's header; the nominal bits per weight where the
     dry run gives no size."""
-    job = {"src": str(source.path), "dst": None, "types": [t.name for t in qts],
-           "threads": 1, "dry_run": True}  # fmt: skip
+    job = {
+        "src": str(source.path),
+        "dst": None,
+        "types": [t.name for t in qts],
+        "threads": 1,
+        "dry_run": True,
+    }
     return {e.type: e for e in (_estimate(source, raw) for raw in run_child(job))}
 
 
@@ -343,8 +436,10 @@ def _estimate(source: Source, raw: dict[str, Any]) -> Estimate:
 
 def _failure_hint(qt: QuantType) -> str:
     if qt.family == "i-quant":
-        return "some I-quants need an importance matrix for some models: try --calibrate, " \
-               "or another --type"  # fmt: skip
+        return (
+            "some I-quants need an importance matrix for some models: try --calibrate, "
+            "or another --type"
+        )
     return "choose another --type (pocketlm quantize --list)"
 
 
@@ -354,9 +449,11 @@ def _failure_hint(qt: QuantType) -> str:
 CHILD = [sys.executable, "-m", "pocketlm.services.quantize.quantize"]
 
 
-def run_child(job: dict[str, Any], on_tensor: Callable[[int], None] | None = None,
-              on_estimate: Callable[[dict[str, Any]], None] | None = None
-              ) -> list[dict[str, Any]]:  # fmt: skip
+def run_child(
+    job: dict[str, Any],
+    on_tensor: Callable[[int], None] | None = None,
+    on_estimate: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Run ``job`` in a child process (``CHILD``): one result per type, in order, each
     ``{"type", "error", "tensor_bytes"}``. With ``check_first``, the child dry-runs first
     and waits: ``on_estimate`` sees the dry run's result and raises to stop it there.
@@ -375,8 +472,10 @@ def run_child(job: dict[str, Any], on_tensor: Callable[[int], None] | None = Non
     if code != 0 or len(results) != len(job["types"]):
         why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         what = job["types"][len(results)] if len(results) < len(job["types"]) else "?"
-        raise EngineError(f"llama.cpp crashed quantizing {Path(job['src']).name} to {what} "
-                          f"({why}): {child.stderr_tail or 'no message'}")  # fmt: skip
+        raise EngineError(
+            f"llama.cpp crashed quantizing {Path(job['src']).name} to {what} "
+            f"({why}): {child.stderr_tail or 'no message'}"
+        )
     return results
 
 
@@ -423,8 +522,11 @@ def _quantize_one(ll, log: _ChildLog, job: dict[str, Any], name: str) -> dict[st
     last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "no details")
     error = (failed.group(1).strip() if failed else last) if rc != 0 else None
     total = _TOTAL_RE.search(text)
-    return {"type": qt.name, "error": error,
-            "tensor_bytes": round(float(total.group(1)) * 2**20) if total else None}  # fmt: skip
+    return {
+        "type": qt.name,
+        "error": error,
+        "tensor_bytes": round(float(total.group(1)) * 2**20) if total else None,
+    }
 
 
 def _child_main() -> int:

@@ -32,11 +32,11 @@ class QualityParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    eval_tokens: int = Field(4096, ge=16, le=1 << 20,
-                             description="tokens of the text to score")  # fmt: skip
+    eval_tokens: int = Field(4096, ge=16, le=1 << 20, description="tokens of the text to score")
     window: int = Field(512, ge=16, le=1 << 16, description="tokens per scoring window")
-    decode_tokens: int = Field(64, ge=0, le=1 << 16,
-                               description="tokens decoded for the speed (0: none)")  # fmt: skip
+    decode_tokens: int = Field(
+        64, ge=0, le=1 << 16, description="tokens decoded for the speed (0: none)"
+    )
 
 
 @dataclass
@@ -96,20 +96,37 @@ def measure(
     started = time.perf_counter()
     model = open_engine_model(str(path), store=store, progress=progress)[3]
     try:
-        ppl = run_perplexity(model, text[1], window=params.window, reference=reference,
-                             threads=threads, max_tokens=params.eval_tokens,
-                             progress=progress)  # fmt: skip
+        ppl = run_perplexity(
+            model,
+            text[1],
+            window=params.window,
+            reference=reference,
+            threads=threads,
+            max_tokens=params.eval_tokens,
+            progress=progress,
+        )
     finally:
         model.close()
-    speed = decode_speed(path, params.decode_tokens, threads, store) \
-        if params.decode_tokens else None  # fmt: skip
+    speed = (
+        decode_speed(path, params.decode_tokens, threads, store) if params.decode_tokens else None
+    )
     return QualityReport(
-        type=info.file_type, size_bytes=info.size_bytes, bpw=round(info.bits_per_weight, 3),
-        kld_mean=ppl.kld_mean, kld_p99=ppl.kld_p99, top1_agreement=ppl.top1_agreement,
-        ppl=ppl.ppl, ppl_ref=ppl.ppl_ref, ppl_delta=ppl.ppl - ppl.ppl_ref, decode_tps=speed,
-        tokens=ppl.tokens, window=ppl.window, reference=reference_name, eval_text=text[0],
+        type=info.file_type,
+        size_bytes=info.size_bytes,
+        bpw=round(info.bits_per_weight, 3),
+        kld_mean=ppl.kld_mean,
+        kld_p99=ppl.kld_p99,
+        top1_agreement=ppl.top1_agreement,
+        ppl=ppl.ppl,
+        ppl_ref=ppl.ppl_ref,
+        ppl_delta=ppl.ppl - ppl.ppl_ref,
+        decode_tps=speed,
+        tokens=ppl.tokens,
+        window=ppl.window,
+        reference=reference_name,
+        eval_text=text[0],
         seconds=time.perf_counter() - started,
-    )  # fmt: skip
+    )
 
 
 def decode_speed(path: Path, tokens: int, threads: int, store: Store | None = None) -> float:

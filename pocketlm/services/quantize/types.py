@@ -90,8 +90,9 @@ def get(name: str) -> QuantType:
     """The type named ``name`` (any case); an unknown name lists the valid ones."""
     qt = TYPES.get(name.strip().upper())
     if qt is None:
-        raise UsageError(f"unknown quantization type '{name}'",
-                         f"choose one of {', '.join(TYPES)} (see --list)")  # fmt: skip
+        raise UsageError(
+            f"unknown quantization type '{name}'", f"choose one of {', '.join(TYPES)} (see --list)"
+        )
     return qt
 
 

@@ -75,8 +75,12 @@ def test_chart_compares_two_models_in_a_png(report, tmp_path):
 
 
 def test_small_context_caps_decode_and_prompts(tiny_gguf):
-    r = b.bench([str(tiny_gguf)], {"repeat": 1, "prompt_lengths": "8,100", "decode_tokens": 500},
-                {"threads": 1, "ctx": 64}, record=False)  # fmt: skip
+    r = b.bench(
+        [str(tiny_gguf)],
+        {"repeat": 1, "prompt_lengths": "8,100", "decode_tokens": 500},
+        {"threads": 1, "ctx": 64},
+        record=False,
+    )
     m = r.models[0]
     assert m.n_ctx == 64
     assert m.prompt_lengths == (8, 64)
@@ -134,17 +138,28 @@ def test_a_file_that_is_not_gguf_is_rejected_before_any_run(tmp_path, tiny_gguf)
 
 
 def test_a_failing_run_is_an_engine_error(tmp_path):
-    job = {"path": str(tmp_path / "gone.gguf"), "extra_bufts": False, "n_ctx": 64,
-           "n_threads": 1, "n_batch": 64, "flash_attn": False, "prompt_lengths": [8],
-           "decode_tokens": 4}  # fmt: skip
+    job = {
+        "path": str(tmp_path / "gone.gguf"),
+        "extra_bufts": False,
+        "n_ctx": 64,
+        "n_threads": 1,
+        "n_batch": 64,
+        "flash_attn": False,
+        "prompt_lengths": [8],
+        "decode_tokens": 4,
+    }
     with pytest.raises(EngineError, match="could not load"):
         b._run_child(job, lambda n: None)
 
 
 @pytest.mark.slow
 def test_real_model_speed_is_plausible(default_model):
-    r = b.bench([str(default_model)], {"repeat": 2, "prompt_lengths": (128,), "decode_tokens": 64},
-                LOAD, record=False)  # fmt: skip
+    r = b.bench(
+        [str(default_model)],
+        {"repeat": 2, "prompt_lengths": (128,), "decode_tokens": 64},
+        LOAD,
+        record=False,
+    )
     m = r.models[0]
     assert 5 <= m.decode_tps.median <= 1000
     assert 0.05 <= m.share_of_bound.median <= 1.5

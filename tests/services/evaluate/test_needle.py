@@ -197,6 +197,8 @@ def test_model_without_template_gets_a_raw_prompt(tmp_path):
 def test_real_model_recalls_a_code_in_short_contexts(default_model):
     with LoadedModel(str(default_model), ctx=2048, threads=1) as m:
         report = nd.run_needle(m, lengths=[256, 512], depths=nd.QUICK_DEPTHS, record=False)
-    print(f"\nrecall {report.recall}, edges {report.edges_recall}, middle "
-          f"{report.middle_recall}, {report.seconds:.0f} s")  # fmt: skip
+    print(
+        f"\nrecall {report.recall}, edges {report.edges_recall}, middle "
+        f"{report.middle_recall}, {report.seconds:.0f} s"
+    )
     assert report.mean_recall > 0

@@ -25,18 +25,28 @@ def model(tiny_gguf):
 
 def reference_rows(model: Model, tokens: list[int], flash_attn: bool = False) -> np.ndarray:
     """log-softmax at every position, from one plain single-sequence evaluation."""
-    ctx = Context(model, n_ctx=max(256, len(tokens)), n_threads=1, n_batch=max(256, len(tokens)),
-                  flash_attn=flash_attn)
+    ctx = Context(
+        model,
+        n_ctx=max(256, len(tokens)),
+        n_threads=1,
+        n_batch=max(256, len(tokens)),
+        flash_attn=flash_attn,
+    )
     ctx.prefill_all(tokens)
-    logits = np.ctypeslib.as_array(ll.llama_get_logits(ctx._ptr), shape=(len(tokens),
-                                   model.n_vocab)).astype(np.float64)  # fmt: skip
+    logits = np.ctypeslib.as_array(
+        ll.llama_get_logits(ctx._ptr), shape=(len(tokens), model.n_vocab)
+    ).astype(np.float64)
     ctx.close()
-    return logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
-        - logits.max(1, keepdims=True)  # fmt: skip
+    return (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+        - logits.max(1, keepdims=True)
+    )
 
 
-def reference_score(model: Model, scorer: Scorer, context: str, cont: str,
-                    flash_attn: bool = False):  # fmt: skip
+def reference_score(
+    model: Model, scorer: Scorer, context: str, cont: str, flash_attn: bool = False
+):
     ctx, k = encode_pair(scorer.tokenize, context, cont)
     tokens = ctx + k
     rows = reference_rows(model, tokens, flash_attn)
@@ -61,14 +71,16 @@ def test_encode_pair_moves_trailing_spaces_and_splits_merged_tokens(model):
 @pytest.mark.parametrize("flash_attn", [True, False])
 def test_scorer_matches_the_reference(model, flash_attn):
     scorer = Scorer(model, n_ctx=512, n_threads=1, n_batch=64, n_seq=5, flash_attn=flash_attn)
-    items = [("the cat sat on the", [" mat", " dog", " hello world the cat"]),
-             ("Question: where is the cat?\nAnswer:", [" on the mat", " in the world"]),
-             ("hello ", ["world", "there", "the cat sat"]),
-             ("the dog " * 20, [" ran", " sat on the mat"]),  # longer than a batch
-             ("x", [" y"]),
-             # choices that begin alike (computed once), one a prefix of another, twins
-             ("Q:", [" the cat sat on the mat", " the cat sat", " the dog", " the cat ran"]),
-             ("Q:", [" the mat", " the mat"])] * 3  # fmt: skip
+    items = [
+        ("the cat sat on the", [" mat", " dog", " hello world the cat"]),
+        ("Question: where is the cat?\nAnswer:", [" on the mat", " in the world"]),
+        ("hello ", ["world", "there", "the cat sat"]),
+        ("the dog " * 20, [" ran", " sat on the mat"]),  # longer than a batch
+        ("x", [" y"]),
+        # choices that begin alike (computed once), one a prefix of another, twins
+        ("Q:", [" the cat sat on the mat", " the cat sat", " the dog", " the cat ran"]),
+        ("Q:", [" the mat", " the mat"]),
+    ] * 3
     groups = [scorer.group(c, ks) for c, ks in items]
     got = scorer.score(groups)
     scorer.close()
@@ -83,18 +95,36 @@ def test_prefix_tree_holds_each_shared_token_once():
     g = Group([1, 2], [[3, 4, 5], [3, 4, 6], [3, 7], [3, 4]])
     nodes = prefix_tree(g)
     assert [(t, p, cs) for t, p, cs, _ in nodes] == [
-        (1, 0, [0, 1, 2, 3]), (2, 1, [0, 1, 2, 3]), (3, 2, [0, 1, 2, 3]),
-        (4, 3, [0, 1, 3]), (7, 3, [2]), (5, 4, [0]), (6, 4, [1])]  # fmt: skip
+        (1, 0, [0, 1, 2, 3]),
+        (2, 1, [0, 1, 2, 3]),
+        (3, 2, [0, 1, 2, 3]),
+        (4, 3, [0, 1, 3]),
+        (7, 3, [2]),
+        (5, 4, [0]),
+        (6, 4, [1]),
+    ]
     targets = {(p, c): nxt for _, p, _, ts in nodes for c, nxt in ts}
-    assert targets == {(1, 0): 3, (1, 1): 3, (1, 2): 3, (1, 3): 3, (2, 0): 4, (2, 1): 4,
-                       (2, 2): 7, (2, 3): 4, (3, 0): 5, (3, 1): 6}  # fmt: skip
+    assert targets == {
+        (1, 0): 3,
+        (1, 1): 3,
+        (1, 2): 3,
+        (1, 3): 3,
+        (2, 0): 4,
+        (2, 1): 4,
+        (2, 2): 7,
+        (2, 3): 4,
+        (3, 0): 5,
+        (3, 1): 6,
+    }
 
 
 def test_acc_and_acc_norm_follow_the_definitions(model):
-    items = [MCItem("the cat sat on the", (" mat", " dog", " world of the cats"), 0),
-             MCItem("hello", (" world", " there the cat"), 1),
-             MCItem("Question: what?\nAnswer:", (" yes", " no it is not"), 1),
-             MCItem("the dog", (" ran", " sat"), 0)]  # fmt: skip
+    items = [
+        MCItem("the cat sat on the", (" mat", " dog", " world of the cats"), 0),
+        MCItem("hello", (" world", " there the cat"), 1),
+        MCItem("Question: what?\nAnswer:", (" yes", " no it is not"), 1),
+        MCItem("the dog", (" ran", " sat"), 0),
+    ]
     report = run_multiple_choice(model, items, threads=1)
     scorer = Scorer(model, n_ctx=512, n_threads=1)
     acc = acc_norm = 0

@@ -16,10 +16,19 @@ pytestmark = pytest.mark.usefixtures("no_probe")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("text, size", [
-    ("60MB", 60_000_000), ("2GB", 2_000_000_000), ("500M", 500_000_000), ("1.5 gb", 1_500_000_000),
-    ("750k", 750_000), ("1GiB", 2**30), ("123", 123), (" 80 MB ", 80_000_000),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("60MB", 60_000_000),
+        ("2GB", 2_000_000_000),
+        ("500M", 500_000_000),
+        ("1.5 gb", 1_500_000_000),
+        ("750k", 750_000),
+        ("1GiB", 2**30),
+        ("123", 123),
+        (" 80 MB ", 80_000_000),
+    ],
+)
 def test_sizes_parse_with_decimal_units(text, size):
     assert b.parse_size(text) == size
 
@@ -61,9 +70,11 @@ def test_the_plan_tries_what_fits_and_the_near_misses(store):
 
 def test_a_budget_below_the_smallest_type_names_the_smallest_size(store):
     source, est = _estimates(store)
-    smallest = min(e.size_bytes for n, e in est.items()
-                   if not e.error and not q.types.get(n).needs_imatrix
-                   and n != "MXFP4_MOE")  # fmt: skip
+    smallest = min(
+        e.size_bytes
+        for n, e in est.items()
+        if not e.error and not q.types.get(n).needs_imatrix and n != "MXFP4_MOE"
+    )
     with pytest.raises(PocketError, match=f"the smallest is .* at about {smallest / 1e6:.1f} MB"):
         b.choose("wide", 100_000, store=store)
     assert store.names() == ["wide"]

@@ -140,8 +140,9 @@ def test_activation_statistics_match_a_numpy_forward_of_the_first_layer(tmp_path
 
 @pytest.fixture(scope="module")
 def tiny_f32(tmp_path_factory):
-    return write_tiny_gguf(tmp_path_factory.mktemp("cal") / "tiny-f32.gguf", n_embd=256,
-                           n_ff=512, seed=6)  # fmt: skip
+    return write_tiny_gguf(
+        tmp_path_factory.mktemp("cal") / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=6
+    )
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q2_K"])
@@ -158,8 +159,11 @@ def test_calibrated_file_runs_and_has_the_default_layout(tiny_f32, tmp_path, qty
     n_tokens = len(vocab.tokenize(TEXT, add_special=False))
     vocab.close()
     assert b.fields["pocketlm.quantize.calibration.tokens"].contents() == n_tokens
-    candidates = {t.name for t in a.tensors if t.tensor_type.name in calibrated.GPTQ_TYPES
-                  and t.name != "token_embd.weight"}  # fmt: skip
+    candidates = {
+        t.name
+        for t in a.tensors
+        if t.tensor_type.name in calibrated.GPTQ_TYPES and t.name != "token_embd.weight"
+    }
     assert {t["name"] for t in summary["tensors"]} == candidates
     assert summary["method"] == "calibrated-gptq" and summary["tensors_gptq"] >= 1
     err = summary["output_error"]
@@ -171,8 +175,9 @@ def test_calibrated_file_runs_and_has_the_default_layout(tiny_f32, tmp_path, qty
 
 def test_types_llama_cpp_refuses_without_an_importance_matrix_work(tiny_f32, tmp_path):
     with pytest.raises(EngineError):
-        calibrated._llama_quantize(tiny_f32, tmp_path / "plain.gguf",
-                                   calibrated.FILE_TYPES["IQ2_XXS"], 1, {})  # fmt: skip
+        calibrated._llama_quantize(
+            tiny_f32, tmp_path / "plain.gguf", calibrated.FILE_TYPES["IQ2_XXS"], 1, {}
+        )
     path = tmp_path / "iq2.gguf"
     summary = calibrated.quantize_calibrated(tiny_f32, path, "IQ2_XXS", TEXT, gptq=False)
     assert summary["method"] == "calibrated-imatrix" and summary["tensors_gptq"] == 0
@@ -220,8 +225,9 @@ def test_calibrated_q4_0_beats_the_default_on_the_real_model(default_model, tmp_
     kld = {}
     for path in (default, ours):
         m = Model(str(path))
-        kld[path] = run_perplexity(m, held_out, window=256, reference=ref, threads=2,
-                                   max_tokens=768).kld_mean  # fmt: skip
+        kld[path] = run_perplexity(
+            m, held_out, window=256, reference=ref, threads=2, max_tokens=768
+        ).kld_mean
         m.close()
     ref.close()
     assert math.isfinite(kld[ours]) and kld[ours] < 0.85 * kld[default], kld

@@ -67,8 +67,21 @@ def test_kl_divergence_grows_as_bits_shrink(made):
 
 def test_report_fields(made):
     r = made["Q4_0"].to_dict()
-    for key in ("type", "size_bytes", "bpw", "kld_mean", "top1_agreement", "ppl", "ppl_delta",
-                "name", "parent", "reference", "requantized", "decode_tps", "seconds"):  # fmt: skip
+    for key in (
+        "type",
+        "size_bytes",
+        "bpw",
+        "kld_mean",
+        "top1_agreement",
+        "ppl",
+        "ppl_delta",
+        "name",
+        "parent",
+        "reference",
+        "requantized",
+        "decode_tps",
+        "seconds",
+    ):
         assert key in r, key
     assert r["ppl_delta"] == pytest.approx(r["ppl"] - r["ppl_ref"])
     assert r["reference"] == "wide" and r["eval_text"] == "calibration.txt"
@@ -88,8 +101,16 @@ def test_each_quantization_is_in_the_results_database(made, store):
 
 
 def test_a_quantized_parent_is_requantized_and_any_model_can_be_the_reference(made, store):
-    done = q.quantize("wide-q8_0", "Q4_0", name="wide-q8-q4", reference="wide", params=FAST,
-                      threads=1, store=store, record=False)  # fmt: skip
+    done = q.quantize(
+        "wide-q8_0",
+        "Q4_0",
+        name="wide-q8-q4",
+        reference="wide",
+        params=FAST,
+        threads=1,
+        store=store,
+        record=False,
+    )
     m = store.get("wide-q8-q4")
     assert m.parent == "wide-q8_0" and m.requantized is True and done.quality.reference == "wide"
     assert done.quality.kld_mean >= made["Q4_0"].quality.kld_mean * 0.5
@@ -127,8 +148,16 @@ def test_calibration_goes_through_its_hook(store, monkeypatch):
 
     monkeypatch.setattr(q, "_calibrated", lambda: calibrated)
     cal = q.Calibration("notes.txt", "some text")
-    done = q.quantize("wide", "Q4_0", name="wide-cal", calibrate=cal, params=FAST, threads=1,
-                      store=store, record=False)  # fmt: skip
+    done = q.quantize(
+        "wide",
+        "Q4_0",
+        name="wide-cal",
+        calibrate=cal,
+        params=FAST,
+        threads=1,
+        store=store,
+        record=False,
+    )
     assert calls == [(str(store.get("wide").path), "Q4_0", "some text")]
     assert done.manifest.calibration == "notes.txt" and done.calibration == "notes.txt"
 
@@ -187,8 +216,9 @@ def test_interrupted_while_llama_cpp_quantizes(tmp_path, wide_gguf):
     store = Store(tmp_path / "store")
     import_wide(wide_gguf, store)
     with pytest.raises(KeyboardInterrupt):
-        q.quantize("wide", "Q4_0", params=FAST, threads=1, store=store,
-                   progress=_Interrupt("quantizing"))  # fmt: skip
+        q.quantize(
+            "wide", "Q4_0", params=FAST, threads=1, store=store, progress=_Interrupt("quantizing")
+        )
     _only_the_parent_left(store, {"wide"})
 
 
@@ -224,11 +254,15 @@ def test_the_default_model_to_q4_0_stays_close_to_its_parent(default_model, isol
 
     store = Store(isolated_store)
     import_file(default_model, name="smollm2-135m-instruct", store=store)
-    done = q.quantize("smollm2-135m-instruct", "Q4_0", params={"decode_tokens": 16}, threads=1,
-                      store=store)  # fmt: skip
+    done = q.quantize(
+        "smollm2-135m-instruct", "Q4_0", params={"decode_tokens": 16}, threads=1, store=store
+    )
     r, m = done.quality, done.manifest
     assert 0.01 < r.kld_mean < 0.35 and r.top1_agreement > 0.65, r
     assert r.tokens > 4000 and 0 < r.ppl_delta < 0.3 * r.ppl_ref and r.decode_tps > 0
-    assert (m.name, m.parent, m.quantization) == ("smollm2-135m-instruct-q4_0",
-                                                  "smollm2-135m-instruct", "Q4_0")  # fmt: skip
+    assert (m.name, m.parent, m.quantization) == (
+        "smollm2-135m-instruct-q4_0",
+        "smollm2-135m-instruct",
+        "Q4_0",
+    )
     assert m.requantized is True and 85e6 < m.size_bytes < 95e6 and 5.2 < m.bits_per_weight < 5.5

@@ -46,8 +46,13 @@ def test_needs_imatrix_is_what_llama_cpp_enforces(tmp_path):
     """Every type is really written (no dry run) without an importance matrix: exactly the
     flagged ones are refused."""
     small = write_tiny_gguf(tmp_path / "small.gguf", n_layer=1, **(WIDE | {"n_ff": 256}))
-    job = {"src": str(small), "dst": str(tmp_path / "out.gguf"), "types": list(types.TYPES),
-           "threads": 1, "dry_run": False}  # fmt: skip
+    job = {
+        "src": str(small),
+        "dst": str(tmp_path / "out.gguf"),
+        "types": list(types.TYPES),
+        "threads": 1,
+        "dry_run": False,
+    }
     refused = {r["type"]: r["error"] for r in run_child(job) if r["error"]}
     assert set(refused) == {n for n, qt in types.TYPES.items() if qt.needs_imatrix}
     assert all("imatrix" in why for why in refused.values()), refused
