@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import assert_clean_error, run_cli
-from tests.server.conftest import free_port, serve, serve_process
+from tests.server.conftest import free_port, metric, serve, serve_process
 from tests.tinymodel import write_tiny_gguf
 
 
@@ -75,10 +75,18 @@ def test_full_queue_is_503_with_retry_after(tiny_gguf):
             except httpx.TimeoutException:
                 results.append("busy")  # still generating: it held the slot or the queue
 
+        # each request starts once the server holds the one before (running, then queued):
+        # ordered by the server's own state, not by sleeping
+        held = [("pocketlm_active_sequences", 1), ("pocketlm_queue_depth", 1)]
         threads = [threading.Thread(target=call) for _ in range(4)]
-        for t in threads:
+        for i, t in enumerate(threads):
             t.start()
-            time.sleep(0.2)
+            if i < len(held):
+                name, value = held[i]
+                deadline = time.monotonic() + 30
+                while metric(url, name) != value:
+                    assert time.monotonic() < deadline, f"{name} never reached {value}"
+                    time.sleep(0.01)
         for t in threads:
             t.join()
         rejected = [r for r in results if r != "busy" and r.status_code == 503]

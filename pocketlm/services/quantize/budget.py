@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pocketlm.errors import EngineError, PocketError, UsageError
+from pocketlm.errors import EngineError, PocketError, UsageError, option
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services.machine import default_threads
 from pocketlm.services.quantize import types
@@ -193,7 +193,7 @@ def choose(
             raise PocketError(
                 f"none of the types tried fits {budget_bytes / 1e6:.1f} MB once "
                 "written: " + _tried(candidates),
-                "raise --budget",
+                f"raise {option('budget')}",
             )
         manifest = search.keep(best, candidates, name)
     winner = Quantized(
@@ -322,7 +322,9 @@ def plan(
     eligible.sort(key=lambda t: t[1])
     fitting = [t for t in eligible if t[1] <= budget_bytes]
     if not fitting:
-        raise PocketError(_too_small(source, estimates, budget_bytes, calibrate), "raise --budget")
+        raise PocketError(
+            _too_small(source, estimates, budget_bytes, calibrate), f"raise {option('budget')}"
+        )
     over = [t for t in eligible if budget_bytes < t[1] <= budget_bytes * NEAR_MISS_LIMIT]
     tries = [t for t in fitting if t[1] >= BAND * fitting[-1][1]] + over[:NEAR_MISSES]
     for qt, _ in eligible:
@@ -340,7 +342,7 @@ def _skip_reason(
     if qt.family == "ternary" and source.info.architecture != "bitnet":
         return "for ternary-trained models"
     if qt.needs_imatrix and calibrate is None:
-        return "needs --calibrate"
+        return f"needs {option('calibrate', True)}"
     if est.error:
         return f"llama.cpp cannot write it for this model: {est.error}"
     if est.size_bytes > source.info.size_bytes:
@@ -361,7 +363,8 @@ def _too_small(
         text += f": the smallest is {usable[1]} at about {usable[0] / 1e6:.1f} MB"
     calibrated = smallest(lambda n: types.get(n).needs_imatrix)
     if calibrate is None and calibrated and (not usable or calibrated[0] < usable[0]):
-        text += f" ({calibrated[1]}, about {calibrated[0] / 1e6:.1f} MB, with --calibrate)"
+        size = f"about {calibrated[0] / 1e6:.1f} MB"
+        text += f" ({calibrated[1]}, {size}, with {option('calibrate', True)})"
     return text
 
 

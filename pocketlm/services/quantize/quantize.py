@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pocketlm.errors import EngineError, PocketError, UsageError
+from pocketlm.errors import EngineError, PocketError, UsageError, option
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services.child import json_child
 from pocketlm.services.machine import default_threads
@@ -144,7 +144,7 @@ def quantize(
         if estimate.error:
             raise EngineError(
                 f"llama.cpp cannot quantize {source.name} to {qt.name}: {estimate.error}",
-                "choose another --type",
+                f"choose another {option('type')}",
             )
         check_disk(store, estimate.size_bytes)
 
@@ -231,7 +231,7 @@ def check_free_name(store: Store, name: str) -> str:
         raise PocketError(
             f"a model named '{name}' already exists ({existing.quantization}, "
             f"from {existing.parent or existing.source})",
-            f"choose another with --name, or remove it first: pocketlm rm {name}",
+            f"choose another {option('name')}, or remove it first: pocketlm rm {name}",
         )
     return name
 
@@ -244,7 +244,7 @@ def check_calibration(qt: QuantType | None, calibrate: Calibration | None) -> No
         raise UsageError(
             f"{qt.name} needs an importance matrix: llama.cpp refuses to write it "
             "without one (the result would be garbage)",
-            "quantize with --calibrate [TEXT_FILE], or choose another --type "
+            f"quantize with {option('calibrate', True)}, or choose another {option('type')} "
             "(pocketlm quantize --list)",
         )
 
@@ -255,7 +255,7 @@ def warn_same_text(
     if calibrate is not None and calibrate.text == text[1]:
         progress.note(
             "note: the quality is measured on the calibration text itself, which "
-            "flatters a calibrated model; measure on other text with --eval-text"
+            f"flatters a calibrated model; measure on other text with {option('eval_text')}"
         )
 
 
@@ -319,7 +319,7 @@ def _calibrated() -> Callable[..., None]:
             raise
         raise PocketError(
             "calibrated quantization is not available in this version of pocketlm",
-            "quantize without --calibrate",
+            f"quantize without {option('calibrate', True)}",
         ) from None
     return quantize_calibrated
 
@@ -437,10 +437,10 @@ def _estimate(source: Source, raw: dict[str, Any]) -> Estimate:
 def _failure_hint(qt: QuantType) -> str:
     if qt.family == "i-quant":
         return (
-            "some I-quants need an importance matrix for some models: try --calibrate, "
-            "or another --type"
+            f"some I-quants need an importance matrix for some models: try "
+            f"{option('calibrate', True)}, or another {option('type')}"
         )
-    return "choose another --type (pocketlm quantize --list)"
+    return f"choose another {option('type')} (pocketlm quantize --list)"
 
 
 # -- the child process ------------------------------------------------------------------
