@@ -342,7 +342,7 @@ def _skip_reason(
     if qt.family == "ternary" and source.info.architecture != "bitnet":
         return "for ternary-trained models"
     if qt.needs_imatrix and calibrate is None:
-        return f"needs {option('calibrate', True)}"
+        return "needs --calibrate"  # a line of the CLI's table
     if est.error:
         return f"llama.cpp cannot write it for this model: {est.error}"
     if est.size_bytes > source.info.size_bytes:
