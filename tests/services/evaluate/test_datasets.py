@@ -45,7 +45,7 @@ def test_piqa_with_labels_file(tmp_path):
     assert datasets.detect_format(f) == "piqa"
     assert items[0].context == "Question: Open a jar\nAnswer:"
     assert items[0].choices == (" twist", " hit") and [i.answer for i in items] == [0, 1]
-    with pytest.raises(UsageError, match="--labels"):
+    with pytest.raises(UsageError, match="labels="):  # the Python spelling
         datasets.load(f)
     (tmp_path / "bad.lst").write_text("0\n")
     with pytest.raises(UsageError, match="1 labels for 2"):

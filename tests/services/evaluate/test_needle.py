@@ -116,7 +116,7 @@ def test_haystack_file_errors_are_usage_errors(model, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lengths": [5000]}, "--ctx"),
+        ({"lengths": [5000]}, "ctx="),  # the Python spelling: run_needle is Python
         ({"lengths": [20]}, "too short"),
         ({"depths": [1.5]}, "invalid depth"),
         ({"trials": 0}, "invalid trials"),
