@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pocketlm.cli.flags import add_flags, collect
 from pocketlm.cli.fmt import table
 from pocketlm.errors import UsageError
+from pocketlm.params import LoadParams, validate
 
 if TYPE_CHECKING:
     from pocketlm.services.evaluate.evaluate import EvalOptions
@@ -59,7 +61,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     nd.add_argument("--trials", type=int, default=D.trials, help="needles per cell")
     nd.add_argument("--quick", action="store_true", help="a small grid (about 1.5 min here)")
     nd.add_argument("--heatmap", help="write the recall heatmap PNG here")
-    nd.add_argument("--ctx", type=int, help="context to load the model with")
     res = p.add_argument_group("results")
     res.add_argument("--history", action="store_true", help="list past results")
     res.add_argument("--compare", nargs="+", metavar="ID|MODEL", help="results side by side")
@@ -71,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="fetch ARC-Easy and PIQA into DIR (default ~/.pocketlm/benchmarks)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    add_flags(p, LoadParams, only=("ctx", "threads"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -85,7 +86,8 @@ def main(args: argparse.Namespace) -> int:
         return show_results(args)
     if not args.model:
         raise UsageError("name a model to evaluate", "see pocketlm eval --help")
-    for name in ("limit", "trials", "window", "max_tokens", "threads", "ctx"):
+    validate(LoadParams, collect(args, LoadParams))  # --ctx and --threads: their ranges
+    for name in ("limit", "trials", "window", "max_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"invalid --{name.replace('_', '-')} {value}: must be at least 1")

@@ -8,8 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+from pocketlm.cli.flags import add_flags, collect
 from pocketlm.cli.fmt import human_bytes, table
 from pocketlm.errors import UsageError
+from pocketlm.params import LoadParams, validate
 
 HELP = (
     "quantize a model to any llama.cpp type, with a measured quality report; or find the "
@@ -84,12 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument(
             flag, dest=name, type=int, metavar="N", help=f"{f.description} (default: {f.default})"
         )
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="CPU threads for quantizing and measuring (default: physical cores)",
-    )
+    add_flags(p, LoadParams, only=("threads",))
     p.add_argument(
         "--chart",
         metavar="FILE.png",
@@ -99,7 +96,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pocketlm.params import validate
     from pocketlm.services.quantize import types
     from pocketlm.services.quantize.budget import parse_size
     from pocketlm.services.quantize.report import QualityParams
@@ -112,8 +108,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("choose a --type (pocketlm quantize --list) or a --budget SIZE")
     qt = types.get(args.type) if args.type else None  # a bad name fails before any work
     budget = parse_size(args.budget) if args.budget else None
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"invalid --threads {args.threads}: must be at least 1")
+    validate(LoadParams, collect(args, LoadParams))  # --threads: its range
     values = {k: getattr(args, k) for k in QualityParams.model_fields}
     params = validate(
         QualityParams, {k: v for k, v in values.items() if v is not None}, flag_names=True
