@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import os
 import socket
 import sys
@@ -55,15 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_port(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -80,6 +70,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pocketlm.server.app import is_loopback
+
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
         raise UsageError(
@@ -113,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         api_key=api_key,
         hosts=HostCheck(args.host, args.allowed_host),
         origins=args.allowed_origin,
-        limits=Limits(max_body_bytes=serve.max_body << 20, body_idle_s=serve.body_timeout),
+        limits=Limits.of(serve),
     )
     print(
         f"pocketlm {args.host}:{args.port}: OpenAI API at /v1, Ollama API at /api, "

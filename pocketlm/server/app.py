@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pocketlm import __version__
 from pocketlm.engine.batch import Overloaded
 from pocketlm.errors import PocketError
+from pocketlm.params import ServeParams
 from pocketlm.server import ollama_api, openai_api
 from pocketlm.services.serving import ModelPool
 
@@ -106,11 +107,16 @@ PAGE_HEADERS = [
 
 @dataclass
 class Limits:
-    """What one HTTP request may cost before any route sees it."""
+    """What one HTTP request may cost before any route sees it, in bytes and seconds; the
+    defaults are ServeParams' (`serve --max-body`, `--body-timeout`)."""
 
-    max_body_bytes: int = 8 << 20  # a 32k-token context is ~128 kB of text
-    body_idle_s: float = 10.0  # the longest wait for the next piece of a request body
+    max_body_bytes: int = ServeParams().max_body << 20  # 32k tokens of text are ~128 kB
+    body_idle_s: float = ServeParams().body_timeout  # the longest wait for a body's next piece
     body_total_s: float = 60.0  # the longest a whole body may take to arrive
+
+    @classmethod
+    def of(cls, serve: ServeParams) -> Limits:
+        return cls(max_body_bytes=serve.max_body << 20, body_idle_s=serve.body_timeout)
 
 
 class _Refused(Exception):
@@ -305,13 +311,27 @@ class HostCheck:
         name = _host_name(header)
         if name is None:
             return False
-        if name in self.names or name.endswith(".localhost"):
+        if name in self.names or name.endswith(".localhost") or is_loopback(name):
             return True
-        try:
-            ip = ipaddress.ip_address(name)
-        except ValueError:
-            return False
-        return ip.is_loopback or self.wildcard
+        return self.wildcard and _is_ip(name)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_name(header: str) -> str | None:

@@ -3,19 +3,17 @@
 uvicorn times out idle keep-alive connections, but not a request whose headers never end:
 300 clients that sent half a request line each held a connection (a socket and a parser)
 for as long as they liked. Each connection here must finish a request's headers within
-``HEADER_TIMEOUT_S`` of opening, or of the request's first byte (between requests, uvicorn's
-keep-alive timeout closes an idle connection); else it is closed. The body has limits of
-its own (``app.Limits``), enforced where it is read.
+``header_timeout_s`` (``serve --header-timeout``) of opening, or of the request's first
+byte (between requests, uvicorn's keep-alive timeout closes an idle connection); else it is
+closed. The body has limits of its own (``app.Limits``), enforced where it is read.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-HEADER_TIMEOUT_S = 10.0
 
-
-def guarded_protocol(header_timeout_s: float = HEADER_TIMEOUT_S) -> type:
+def guarded_protocol(header_timeout_s: float) -> type:
     """The protocol class to pass to ``uvicorn.run(http=...)``."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 

@@ -515,20 +515,18 @@ class ModelPool:
         name = name or config.default_model()
         served = self.models.get(name)
         if served is None:
-            self.resolve(name)  # an unknown name fails here, before it gets a lock
-            lock = self._locks.setdefault(name, asyncio.Lock())
-            async with lock:
+            # an unknown name fails here, before it gets a lock (so the locks are at most one
+            # per model the store or the operator has)
+            path, manifest = self.resolve(name)
+            async with self._locks.setdefault(name, asyncio.Lock()):
                 served = self.models.get(name)
                 if served is None:
-                    served = await asyncio.to_thread(self._load, name)
+                    served = await asyncio.to_thread(self._load, name, path, manifest)
                     self.models[name] = served
-            if not lock.locked():
-                self._locks.pop(name, None)
         served.touch(keep_alive_s)
         return served
 
-    def _load(self, name: str) -> ServedModel:
-        path, manifest = self.resolve(name)
+    def _load(self, name: str, path: Path, manifest: Manifest | None) -> ServedModel:
         info = inspect_gguf(path)
         need = budget_bytes(info, self.cfg)
         used = sum(m.budget_bytes for m in [*self.models.values(), *self._retiring])
