@@ -126,3 +126,15 @@ def scheduler_held(engine):
         yield
     finally:
         gate.set()
+
+
+def run_request(engine, req) -> tuple[list[int], object]:
+    """Submit ``req`` to a BatchEngine and wait for it: (the token ids drawn, its Finished)."""
+    out: list[int] = []
+    done = threading.Event()
+    box: list = []
+    req.on_token = lambda e: out.append(e.token) or True
+    req.on_done = lambda f: (box.append(f), done.set())
+    engine.submit(req)
+    assert done.wait(120), "no answer in 120 s"
+    return out, box[0]

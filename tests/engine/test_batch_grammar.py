@@ -8,9 +8,10 @@ import threading
 import llama_cpp as ll
 import pytest
 
-from pocketlm.engine.batch import BatchEngine, Finished, Request
+from pocketlm.engine.batch import BatchEngine, Request
 from pocketlm.engine.llama import Grammar, Model
 from pocketlm.params import GenerationParams
+from tests.conftest import run_request
 
 YES_NO = 'root ::= "yes" | "no"'
 
@@ -29,17 +30,6 @@ def engine(model):
     e.close()
 
 
-def generate(engine: BatchEngine, req: Request) -> tuple[list[int], Finished]:
-    out: list[int] = []
-    done = threading.Event()
-    box: list[Finished] = []
-    req.on_token = lambda e: out.append(e.token) or True
-    req.on_done = lambda f: (box.append(f), done.set())
-    engine.submit(req)
-    assert done.wait(120), "no answer in 120 s"
-    return out, box[0]
-
-
 def answers(model: Model, engine: BatchEngine, grammar, seeds=range(4)) -> set[str]:
     got = set()
     for seed in seeds:
@@ -48,7 +38,7 @@ def answers(model: Model, engine: BatchEngine, grammar, seeds=range(4)) -> set[s
             GenerationParams(temperature=1.0, seed=seed, max_tokens=8, repeat_penalty=1.0),
             grammar=grammar,
         )
-        tokens, done = generate(engine, req)
+        tokens, done = run_request(engine, req)
         assert done.reason == "stop", done
         got.add(model.detokenize(tokens))
     return got
@@ -97,7 +87,7 @@ def test_one_grammar_serves_sequences_at_once(model, engine):
 def test_a_grammar_for_another_vocabulary_fails_its_request_only(model, engine):
     grammar = Grammar(YES_NO, model)
     grammar.n_vocab = model.n_vocab - 1  # as if prepared for another model
-    tokens, done = generate(
+    tokens, done = run_request(
         engine,
         Request(
             model.tokenize("the cat"),

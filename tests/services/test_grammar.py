@@ -17,7 +17,7 @@ from pocketlm.engine.llama import Model
 from pocketlm.errors import UsageError
 from pocketlm.params import GenerationParams
 from pocketlm.services.grammar import GrammarBuilder, Limits, json_grammar
-from tests.conftest import REPO
+from tests.conftest import REPO, run_request
 
 PERSON = {
     "type": "object",
@@ -200,17 +200,6 @@ def test_the_same_schema_asked_at_once_is_checked_once(tiny_gguf):
     assert builder.checks_run == 1
 
 
-def generate(engine: BatchEngine, req: Request) -> tuple[list[int], Finished]:
-    out: list[int] = []
-    done = threading.Event()
-    box: list[Finished] = []
-    req.on_token = lambda e: out.append(e.token) or True
-    req.on_done = lambda f: (box.append(f), done.set())
-    engine.submit(req)
-    assert done.wait(120), "no answer in 120 s"
-    return out, box[0]
-
-
 def test_a_schema_constrains_generation_end_to_end(model, tiny_gguf):
     grammar = json_grammar(PERSON, str(tiny_gguf))
     engine = BatchEngine(model, n_seq=2, n_ctx_seq=512, n_threads=1)
@@ -221,7 +210,7 @@ def test_a_schema_constrains_generation_end_to_end(model, tiny_gguf):
                 GenerationParams(temperature=1.0, seed=seed, max_tokens=300, repeat_penalty=1.0),
                 grammar=grammar,
             )
-            tokens, done = generate(engine, req)
+            tokens, done = run_request(engine, req)
             assert done.reason == "stop", done
             value = json.loads(model.detokenize(tokens))
             assert set(value) == {"name", "age", "color", "ok"}
@@ -241,7 +230,7 @@ def test_no_schema_means_any_json_object(model, tiny_gguf):
             GenerationParams(temperature=1.0, max_tokens=400, repeat_penalty=1.0, seed=0),
             grammar=grammar,
         )
-        tokens, done = generate(engine, req)
+        tokens, done = run_request(engine, req)
     finally:
         engine.close()
     text = model.detokenize(tokens)
@@ -286,7 +275,7 @@ def test_preparing_a_schema_does_not_stall_other_sequences(model, tiny_gguf):
         assert started.wait(60)
         t0 = time.perf_counter()
         grammar = GrammarBuilder().build(schema, str(tiny_gguf))
-        _, done = generate(
+        _, done = run_request(
             engine,
             Request(
                 model.tokenize("hello"),
