@@ -9,7 +9,7 @@ drift apart. Each field's ``description`` is its help text; ``cli`` in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -92,6 +92,22 @@ class LoadParams(BaseModel):
         description="use flash attention (off by default: on CPUs it made decoding "
         "up to 2x slower in benchmarks/run_overhead.py)",
     )
+    speculate: Literal["auto", "off"] | None = Field(
+        None,
+        description="speculative decoding: auto (prompt lookup, and the --draft model if "
+        "given, each only while it pays on this machine; the default) or off",
+    )
+    lookup: bool = Field(
+        False,
+        description="draft by prompt lookup at every step it has a guess (n-grams of the "
+        "prompt and the answer so far; the output is the same)",
+    )
+    draft: str | None = Field(
+        None,
+        description="a smaller model with the same vocabulary that drafts tokens for this one "
+        "(the output is the same)",
+        json_schema_extra={"metavar": "MODEL"},
+    )
 
 
 class ServeParams(BaseModel):
@@ -158,6 +174,9 @@ class LoadOverrides(TypedDict, total=False):
     threads: int | None
     batch: int
     flash_attn: bool
+    speculate: Literal["auto", "off"] | None
+    lookup: bool
+    draft: str | None
 
 
 def with_overrides(model: type[M], base: M | None, overrides: Mapping[str, Any]) -> M:

@@ -98,7 +98,7 @@ def test_unknown_parameter_lists_the_known_ones():
     with pytest.raises(UsageError) as e:
         validate(LoadParams, {"tempreature": 1})
     assert e.value.message == "unknown parameter 'tempreature'"
-    assert e.value.hint == "known: ctx, threads, batch, flash_attn"
+    assert e.value.hint == "known: ctx, threads, batch, flash_attn, speculate, lookup, draft"
 
 
 def test_validate_returns_the_model():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -51,6 +51,9 @@ def add_flags(
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
+        elif get_origin(kind) is Literal:
+            choices = get_args(kind)
+            group.add_argument(flag, dest=name, choices=choices, help=help_text)
         elif get_origin(kind) is tuple:
             group.add_argument(flag, dest=name, action="append", metavar="TEXT", help=help_text)
         else:

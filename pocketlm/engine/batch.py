@@ -53,6 +53,7 @@ import llama_cpp as ll
 import numpy as np
 
 from pocketlm.engine.llama import Context, Grammar, Model, Sampler
+from pocketlm.engine.speculative import Draft, Speculator
 from pocketlm.errors import PocketError
 from pocketlm.params import GenerationParams
 
@@ -86,6 +87,9 @@ class Finished:
     # per prompt token: (logprob, top alternatives) given the tokens before it; None for the first
     prompt_logprobs: list[tuple[float, list[tuple[int, float]]] | None] | None = None
     error: str | None = None
+    speculative: str = "off"  # the engine's speculative decoding mode
+    drafted_tokens: int = 0  # drafted for this sequence and verified
+    accepted_tokens: int = 0  # of those, kept
 
 
 @dataclass(eq=False)
@@ -126,6 +130,8 @@ class _Slot:
         self.prompt_lp: list | None = None
         self.carry: np.ndarray | None = None  # logprobs from the last evaluated prompt token
         self.last_used = 0.0
+        self.drafted = 0
+        self.accepted = 0
 
 
 class BatchEngine:
@@ -141,11 +147,15 @@ class BatchEngine:
         flash_attn: bool = False,
         after_step: Callable[[], None] | None = None,
         cache_ram_bytes: int = 0,
+        speculator: Speculator | None = None,
     ):
         """``after_step`` runs on the scheduler thread after each step's callbacks (a consumer
         can gather its wakeups there). ``cache_ram_bytes``: host memory for the KV of evicted
-        sequences (0: none)."""
+        sequences (0: none). ``speculator``: drafts for a sequence decoding alone (with
+        several, continuous batching already uses the compute a draft would)."""
         self.model = model
+        self.speculator = speculator
+        self._spec_req: Request | None = None
         self._host = _HostCache(cache_ram_bytes)
         self._after_step = after_step
         self.n_ctx_seq = n_ctx_seq
@@ -169,6 +179,8 @@ class BatchEngine:
         self.tokens_evaluated = 0  # counters for metrics
         self.tokens_generated = 0
         self.tokens_restored = 0  # prompt tokens copied back from the RAM tier
+        self.tokens_drafted = 0
+        self.tokens_accepted = 0
         self._thread = threading.Thread(target=self._loop, name="pocketlm-batch", daemon=True)
         self._thread.start()
 
@@ -239,6 +251,8 @@ class BatchEngine:
         for req in self._queue:
             req.on_done(_unstarted(req, "cancelled"))
         self._queue.clear()
+        if self.speculator is not None:
+            self.speculator.close()
         self.ctx.close()
 
     # -- scheduler thread -------------------------------------------------------------------
@@ -336,6 +350,7 @@ class BatchEngine:
         slot.t_started, slot.t_first, slot.next_token = time.perf_counter(), None, None
         slot.prompt_lp = [None] if req.prompt_logprobs else None
         slot.carry = None
+        slot.drafted = slot.accepted = 0
         try:
             slot.sampler = Sampler.for_params(req.params, self.model, grammar=req.grammar)
         except Exception as e:  # this sequence fails; the scheduler thread must live on
@@ -358,10 +373,13 @@ class BatchEngine:
             batch.seq_id[n][0], batch.logits[n] = seq, logits
             n += 1
 
-        for slot in self._slots:  # generating sequences: one token each
+        alone, draft = self._speculation()
+        for slot in self._slots:  # generating sequences: one token each (and its drafts)
             if slot.req is not None and slot.next_token is not None:
-                plan.append((slot, n, 1, False))
-                put(slot.next_token, len(slot.tokens), slot.seq, True)
+                drafts = draft.tokens if slot is alone and draft is not None else []
+                plan.append((slot, n, 1 + len(drafts), False))
+                for i, tok in enumerate([slot.next_token, *drafts]):
+                    put(tok, len(slot.tokens) + i, slot.seq, True)
         # Prompts fill the rest, in chunks. While others are generating, a step carries at most
         # PREFILL_WHILE_DECODING prompt tokens, so a long prompt cannot stall their streams.
         room = self.n_batch - n if n == 0 else min(self.n_batch - n, PREFILL_WHILE_DECODING)
@@ -378,15 +396,20 @@ class BatchEngine:
         if n == 0:
             return
         batch.n_tokens = n
+        started = time.perf_counter()
         rc = ll.llama_decode(self.ctx._ptr, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed (code {rc})")
+        seconds = time.perf_counter() - started
         self.tokens_evaluated += n
-        drawn: list[tuple[_Slot, TokenEvent]] = []
+        drawn: list[tuple[_Slot, TokenEvent | None]] = []  # None: the slot ends (end of turn)
         for slot, first, count, is_prompt in plan:
             if not is_prompt:
                 slot.tokens.append(slot.next_token)
-                self._sample_or_fail(slot, first, drawn)
+                if slot is alone and draft is not None:
+                    self._verify(slot, first, draft, seconds, drawn)
+                else:
+                    self._sample_or_fail(slot, first, drawn)
                 continue
             chunk = slot.pending[:count]
             if slot.prompt_lp is not None:
@@ -395,14 +418,66 @@ class BatchEngine:
             del slot.pending[:count]
             if not slot.pending:
                 self._sample_or_fail(slot, first + count - 1, drawn)
+        if alone is not None and draft is None and n == 1:
+            self.speculator.verified(None, 0, seconds)  # a plain one-token step: its cost
         # The consumers hear of the tokens once all are drawn. The first callback wakes their
         # event loop, which then takes the GIL whenever this thread is in C (every draw is a
         # llama.cpp call): woken mid-step, it handed the GIL back and forth with the draws
         # still to come, while ggml's other threads waited for the next decode.
         for slot, event in drawn:
-            self._deliver(slot, event)
+            if slot.req is None:
+                continue  # it ended at an earlier token of this step
+            if event is None:
+                self._finish(slot, "stop")
+            else:
+                self._deliver(slot, event)
         if self._after_step is not None:
             self._after_step()
+
+    def _speculation(self) -> tuple[_Slot | None, Draft | None]:
+        """The sequence decoding alone (nothing else running or waiting), and its draft."""
+        spec = self.speculator
+        if spec is None or not spec.sources or self._queue:
+            return None, None
+        active = [s for s in self._slots if s.req is not None]
+        if len(active) != 1 or active[0].pending or active[0].next_token is None:
+            return None, None
+        slot = active[0]
+        req = slot.req
+        if req is not self._spec_req:
+            spec.reset()
+            self._spec_req = req
+        room = min(
+            (req.max_tokens or self.n_ctx_seq) - slot.n_out - 1,
+            self.n_ctx_seq - len(slot.tokens) - 3,
+        )
+        try:
+            return slot, spec.propose(slot.tokens + [slot.next_token], room)
+        except Exception:  # a draft model that failed: decode plainly
+            return slot, None
+
+    def _verify(self, slot: _Slot, first: int, draft: Draft, seconds: float, drawn: list) -> None:
+        """Draw the slot's tokens at the draft's positions while they match it (see
+        pocketlm.engine.speculative); forget the KV of the drafts that did not."""
+        accepted = 0
+        for i in range(len(draft.tokens) + 1):
+            try:
+                event = self._sample(slot, first + i, finish_at_end=False)
+            except Exception as e:
+                self._fail(slot, e)
+                break
+            end = self.model.is_eog(event.token)
+            drawn.append((slot, None if end else event))
+            if end or i == len(draft.tokens) or event.token != draft.tokens[i]:
+                break
+            slot.tokens.append(draft.tokens[i])  # accepted: its KV is in the cache
+            accepted += 1
+        ll.llama_memory_seq_rm(self.ctx._memory, slot.seq, len(slot.tokens), -1)
+        slot.drafted += len(draft.tokens)
+        slot.accepted += accepted
+        self.tokens_drafted += len(draft.tokens)
+        self.tokens_accepted += accepted
+        self.speculator.verified(draft, accepted, seconds)
 
     def _prompt_logprobs(self, slot: _Slot, first: int, chunk: list[int]) -> None:
         # logits at position i predict token i + 1: the chunk's first token is scored by the
@@ -427,9 +502,10 @@ class BatchEngine:
         if event is not None:
             drawn.append((slot, event))
 
-    def _sample(self, slot: _Slot, index: int) -> TokenEvent | None:
+    def _sample(self, slot: _Slot, index: int, finish_at_end: bool = True) -> TokenEvent | None:
         """Draw the slot's next token; None if the sequence ended here (end of turn, or a
-        prompt evaluated for scoring only)."""
+        prompt evaluated for scoring only). ``finish_at_end=False``: an end-of-turn token is
+        returned, the caller ends the sequence (after delivering the tokens before it)."""
         req = slot.req
         if slot.t_first is None:
             slot.t_first = time.perf_counter()
@@ -445,7 +521,7 @@ class BatchEngine:
         if req.n_logprobs is not None:
             event.logprob = float(lp[tok])
             event.top = _top(lp, req.n_logprobs)
-        if self.model.is_eog(tok):
+        if finish_at_end and self.model.is_eog(tok):
             self._finish(slot, "stop")
             return None
         return event
@@ -490,6 +566,9 @@ class BatchEngine:
                 t_end=slot.last_used,
                 prompt_logprobs=slot.prompt_lp,
                 error=error,
+                speculative=self.speculator.mode if self.speculator else "off",
+                drafted_tokens=slot.drafted,
+                accepted_tokens=slot.accepted,
             )
         )
 

@@ -240,6 +240,16 @@ class Context:
         """Append one token (the one just sampled) to the sequence."""
         self._decode((token,), len(self.tokens), want_logits=True)
 
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Append ``tokens``, keeping the logits of every one (batch index i: the
+        distribution after ``tokens[i]``): the verification step of speculative decoding."""
+        self._decode(tokens, len(self.tokens), want_logits=True, all_outputs=True)
+
+    def truncate(self, n: int) -> None:
+        """Forget every token after the first ``n`` (drafts that were not accepted)."""
+        ll.llama_memory_seq_rm(self._memory, 0, n, -1)
+        del self.tokens[n:]
+
     def reset(self) -> None:
         ll.llama_memory_clear(self._memory, True)
         self.tokens.clear()

@@ -59,6 +59,16 @@ class Metrics:
             "prompt tokens copied back from the prefix cache's RAM tier instead of evaluated",
             registry=r,
         )
+        self.drafted = Gauge(
+            "pocketlm_drafted_tokens_total",
+            "tokens drafted by speculative decoding (prompt lookup or a draft model) and verified",
+            registry=r,
+        )
+        self.accepted = Gauge(
+            "pocketlm_accepted_draft_tokens_total",
+            "drafted tokens the model kept (each saved a decode step)",
+            registry=r,
+        )
         self.cache_ram = Gauge(
             "pocketlm_prompt_cache_ram_bytes", "bytes the prefix cache's RAM tier holds", registry=r
         )
@@ -79,6 +89,8 @@ class Metrics:
         self.prompt_tokens.set(sum(e.tokens_evaluated for e in engines))
         self.generated.set(generated)
         self.restored.set(sum(e.tokens_restored for e in engines))
+        self.drafted.set(sum(e.tokens_drafted for e in engines))
+        self.accepted.set(sum(e.tokens_accepted for e in engines))
         self.cache_ram.set(sum(e.cache_ram_used for e in engines))
         self.queue.set(sum(e.queued for e in engines))
         self.active.set(sum(e.active for e in engines))

@@ -178,6 +178,10 @@ async def _run(request: Request, body, served: ServedModel, tokens, started, loa
             "prompt_eval_duration": _ns(t_first - done.t_started),
             "eval_count": done.completion_tokens,
             "eval_duration": _ns(done.t_end - t_first),
+            # pocketlm's own: what speculative decoding did (Ollama has no such fields)
+            "speculative": done.speculative,
+            "drafted_count": done.drafted_tokens,
+            "accepted_draft_count": done.accepted_tokens,
             **wrap("", final=True),
         }
 

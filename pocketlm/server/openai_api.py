@@ -95,11 +95,32 @@ def _sse(events) -> EventSourceResponse:
     return EventSourceResponse(events, sep="\n")
 
 
-def _usage(prompt_tokens: int, completion: int) -> dict:
+class _Tally:
+    """Completion tokens of a request's choices, and what speculative decoding did for them."""
+
+    def __init__(self) -> None:
+        self.tokens = self.drafted = self.accepted = 0
+        self.mode = "off"
+
+    def add(self, done) -> None:
+        self.tokens += done.completion_tokens
+        self.drafted += done.drafted_tokens
+        self.accepted += done.accepted_tokens
+        self.mode = done.speculative
+
+
+def _usage(prompt_tokens: int, completion: _Tally) -> dict:
+    """OpenAI's usage; drafts as its predicted outputs count them (accepted and rejected
+    prediction tokens), and the speculative decoding mode."""
     return {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
+        "completion_tokens": completion.tokens,
+        "total_tokens": prompt_tokens + completion.tokens,
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": completion.accepted,
+            "rejected_prediction_tokens": completion.drafted - completion.accepted,
+        },
+        "speculative": completion.mode,
     }
 
 
@@ -141,7 +162,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return _sse(_chat_events(served, streams, head, len(tokens), n_lp, include_usage))
     texts, reasons = [""] * body.n, ["stop"] * body.n
     lps: list[list] = [[] for _ in range(body.n)]
-    completion = 0
+    completion = _Tally()
     async for i, piece in merge(streams):
         texts[i] += piece.text
         if piece.event is not None and n_lp is not None:
@@ -149,7 +170,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             lps[i].append(_token_logprob(served, e.token, e.logprob, e.top))
         if piece.done is not None:
             reasons[i] = _finish_reason(piece)
-            completion += piece.done.completion_tokens
+            completion.add(piece.done)
     choices = [
         {
             "index": i,
@@ -172,7 +193,7 @@ async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage
     for i in range(len(streams)):
         first = {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         yield json.dumps({**chunk, "choices": [first]})
-    completion = 0
+    completion = _Tally()
     async for i, piece in merge(streams):
         choice: dict[str, Any] = {"index": i, "delta": {}, "finish_reason": None}
         if piece.text:
@@ -186,7 +207,7 @@ async def _chat_events(served, streams, head, prompt_tokens, n_lp, include_usage
             except GenerationFailed as e:
                 yield _error_event(e)
                 return
-            completion += piece.done.completion_tokens
+            completion.add(piece.done)
         if piece.text or piece.done is not None or "logprobs" in choice:
             yield json.dumps({**chunk, "choices": [choice]})
     if include_usage:
@@ -224,7 +245,7 @@ async def completions(body: CompletionRequest, request: Request):
     texts = ["" for _ in streams]
     toks: list[list] = [[] for _ in streams]
     reasons, prompt_lps = ["stop"] * len(streams), [None] * len(streams)
-    completion = 0
+    completion = _Tally()
     async for i, piece in merge(streams):
         texts[i] += piece.text
         if piece.event is not None:
@@ -232,7 +253,7 @@ async def completions(body: CompletionRequest, request: Request):
         if piece.done is not None:
             reasons[i] = _finish_reason(piece)
             prompt_lps[i] = piece.done.prompt_logprobs
-            completion += piece.done.completion_tokens
+            completion.add(piece.done)
     choices = []
     for i in range(len(streams)):
         text = (served.model.detokenize(plan[i]) if body.echo else "") + texts[i]

@@ -52,6 +52,9 @@ class Stats:
     seed: int | None = None
     truncated_tokens: int = 0  # prompt tokens dropped to fit the context (--truncate)
     truncated_messages: int = 0
+    speculative: str = "off"  # the speculative decoding mode: auto, lookup, draft or off
+    drafted_tokens: int = 0  # tokens drafted (prompt lookup or the draft model) and verified
+    accepted_tokens: int = 0  # of those, the ones the model kept
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,29 @@ def peak_rss_bytes() -> int:
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
+
+
+def load_draft(
+    ref: str,
+    target,
+    target_name: str,
+    *,
+    n_ctx: int,
+    n_threads: int,
+    store=None,
+    progress: Progress | None = None,
+):
+    """The draft model ``ref`` for ``target`` (an engine Model): resolved, checked, loaded,
+    its vocabulary the target's (else a one-line error naming both)."""
+    from pocketlm.engine.speculative import DraftModel, check_vocabulary
+
+    name, _, _, model = open_engine_model(ref, store, progress)
+    try:
+        check_vocabulary(target, model, target_name, name)
+        return DraftModel(name, model, n_ctx=n_ctx, n_threads=n_threads)
+    except BaseException:
+        model.close()
+        raise
 
 
 def open_engine_model(ref: str, store: Store | None = None, progress: Progress | None = None):
@@ -126,15 +152,37 @@ class LoadedModel:
             n_batch=min(self.params.batch, n_ctx),
             flash_attn=self.params.flash_attn,
         )
+        self._spec = self._speculator(store, progress)
         # A base (not instruction-tuned) model completes text: no template unless asked.
         chat = self.manifest.chat if self.manifest else True
         self.template = self._model.chat_template() if chat else None
         self.load_s = time.perf_counter() - started
 
+    def _speculator(self, store: Store, progress: Progress | None):
+        from pocketlm.engine.speculative import Speculator, mode_for
+
+        p = self.params
+        mode = mode_for(p.speculate, p.lookup, p.draft is not None)
+        draft = None
+        if p.draft:
+            draft = load_draft(
+                p.draft,
+                self._model,
+                self.name,
+                n_ctx=self._ctx.n_ctx,
+                n_threads=self.params.threads or default_threads(),
+                store=store,
+                progress=progress,
+            )
+        return Speculator(mode=mode, draft_model=draft)
+
     # -- life cycle ---------------------------------------------------------------
 
     def close(self) -> None:
         """Free the context and the weights (idempotent)."""
+        if getattr(self, "_spec", None) is not None:
+            self._spec.close()
+            self._spec = None
         for part in ("_ctx", "_model"):  # the context first: it points into the model
             if getattr(self, part, None) is not None:
                 getattr(self, part).close()
@@ -316,6 +364,9 @@ class Stream:
         self._started = time.perf_counter()
         ctx, vocab = model._ctx, model._model
         sampler = Sampler.for_params(p.model_copy(update={"seed": stats.seed}), vocab)
+        spec = model._spec
+        spec.reset()
+        stats.speculative = spec.mode
         text = TextAssembler(p.stop)
         finish = "length"
         n_out = 0
@@ -327,8 +378,7 @@ class Stream:
             evaluated = stats.prompt_tokens - stats.cached_tokens
             stats.prefill_tps = evaluated / max(t_prefilled - self._started, 1e-9)
             limit = min(p.max_tokens or ctx.n_ctx, ctx.n_ctx - len(self.tokens))
-            while True:
-                tok = sampler.sample(ctx)
+            for tok in _decode(ctx, sampler, spec, limit):
                 if vocab.is_eog(tok):
                     finish = "stop"
                     break
@@ -345,17 +395,49 @@ class Stream:
                 if n_out >= limit:
                     finish = "length" if p.max_tokens and n_out >= p.max_tokens else "context"
                     break
-                ctx.step(tok)
             if rest := text.flush():
                 yield rest
         finally:
             sampler.close()
             t_end = time.perf_counter()
             stats.completion_tokens = n_out
+            stats.drafted_tokens = spec.counts.drafted
+            stats.accepted_tokens = spec.counts.accepted
             if t_first is not None and n_out > 1:
                 stats.decode_tps = (n_out - 1) / max(t_end - t_first, 1e-9)
             stats.peak_rss_bytes = peak_rss_bytes()
             self.completion = Completion(text.text, finish, stats)
+
+
+def _decode(ctx, sampler, spec, limit: int) -> Iterator[int]:
+    """The model's tokens after a prefilled prompt, at most ``limit``: each drawn by
+    ``sampler`` from the model's logits, as one plain step per token would, with drafts from
+    ``spec`` verified in batches (see pocketlm.engine.speculative)."""
+    vocab = ctx.model
+    tok, n = sampler.sample(ctx), 1
+    while True:
+        yield tok
+        room = min(limit - n - 1, ctx.n_ctx - len(ctx.tokens) - 2)
+        draft = spec.propose(ctx.tokens + [tok], room) if n < limit else None
+        started = time.perf_counter()
+        if draft is None:
+            ctx.step(tok)
+            spec.verified(None, 0, time.perf_counter() - started)
+            tok, n = sampler.sample(ctx), n + 1
+            continue
+        base = len(ctx.tokens)
+        ctx.extend([tok, *draft.tokens])
+        seconds = time.perf_counter() - started
+        drawn: list[int] = []
+        for i in range(len(draft.tokens) + 1):  # batch index i: the logits after token i
+            drawn.append(sampler.sample(ctx, i))
+            if i == len(draft.tokens) or drawn[-1] != draft.tokens[i] or vocab.is_eog(drawn[-1]):
+                break
+        accepted = len(drawn) - 1
+        ctx.truncate(base + 1 + accepted)
+        spec.verified(draft, accepted, seconds)
+        yield from drawn[:-1]
+        tok, n = drawn[-1], n + len(drawn)
 
 
 def _overflow_hint(model: LoadedModel, prompt_tokens: int, want: int) -> str:

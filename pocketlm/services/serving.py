@@ -6,6 +6,7 @@ thread to asyncio streams.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import weakref
@@ -26,6 +27,8 @@ from pocketlm.store.names import shown, valid_name
 from pocketlm.store.pull import user_path
 from pocketlm.store.refs import resolve
 from pocketlm.store.store import Store
+
+log = logging.getLogger("pocketlm.serve")
 
 
 class InsufficientMemory(PocketError):
@@ -208,6 +211,8 @@ class ServedModel:
         init_backend()
         self.model = Model(str(path), use_extra_bufts=probe.extra_bufts_safe(str(path)))
         self.n_ctx_seq = ctx_per_seq(self.info, cfg)
+        n_threads = cfg.load.threads or machine.default_threads()
+        speculator = _speculator(name, self.model, cfg, self.n_ctx_seq, n_threads)
         self.engine = BatchEngine(
             self.model,
             n_seq=cfg.n_seq,
@@ -218,12 +223,15 @@ class ServedModel:
             flash_attn=cfg.load.flash_attn,
             after_step=self._flush,
             cache_ram_bytes=cfg.cache_ram_bytes,
+            speculator=speculator,
         )
         self._unflushed: set[_Mailbox] = set()  # the engine's thread only
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
-        self._base_bytes = resident_bytes(self.info, cfg)
-        self.budget_bytes = budget_bytes(self.info, cfg)
+        draft = speculator.draft_model
+        extra = estimate_bytes(inspect_gguf(draft.model.path), self.n_ctx_seq) if draft else 0
+        self._base_bytes = resident_bytes(self.info, cfg) + extra
+        self.budget_bytes = budget_bytes(self.info, cfg) + extra
         self.load_s = time.perf_counter() - started
         self.loaded_at = time.time()
         self.keep_alive_s = cfg.keep_alive_s
@@ -451,6 +459,28 @@ def estimate_bytes(info, n_ctx_total: int) -> int:
         + fit.kv_bytes_per_token(info) * n_ctx_total
         + fit.compute_bytes(info)
     )
+
+
+def _speculator(name: str, model, cfg: ServeConfig, n_ctx: int, n_threads: int):
+    """The model's speculative decoding, as the load options ask: ``draft`` serves every
+    model whose vocabulary it shares (the others decode without it, unless the draft model
+    was asked for alone: then it is an error)."""
+    from pocketlm.engine.speculative import Speculator, mode_for
+    from pocketlm.services.runtime import load_draft
+
+    p = cfg.load
+    mode = mode_for(p.speculate, p.lookup, p.draft is not None)
+    draft = None
+    if p.draft and p.draft != name:
+        try:
+            draft = load_draft(p.draft, model, name, n_ctx=n_ctx, n_threads=n_threads)
+        except UsageError:
+            if mode == "draft":
+                raise
+            log.warning("serving %s without the draft model %s (another vocabulary)", name, p.draft)
+    if mode == "draft" and draft is None:
+        mode = "off"
+    return Speculator(mode=mode, draft_model=draft)
 
 
 def ctx_per_seq(info, cfg: ServeConfig) -> int:

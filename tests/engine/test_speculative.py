@@ -1,0 +1,259 @@
+"""Speculative decoding: the drafting policy, and outputs unchanged by it (greedy: the same
+tokens; sampled: the same seed gives the same tokens, and the distribution is unchanged)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import pocketlm
+from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
+from pocketlm.engine.llama import Model
+from pocketlm.engine.speculative import (
+    DraftModel,
+    Lookup,
+    Speculator,
+    StepCosts,
+    expected_tokens,
+    mode_for,
+)
+from pocketlm.errors import UsageError
+from pocketlm.params import GenerationParams
+
+# -- the policy, without a model --------------------------------------------------------
+
+
+def test_lookup_proposes_what_followed_the_longest_matching_ngram():
+    lk = Lookup(ngram_max=3)
+    lk.sync([1, 2, 3, 4, 9, 2, 3, 5, 7, 1, 2, 3])
+    # "2 3" was followed by 4 and by 5; "1 2 3" (longer) only by 4
+    assert lk.propose(3) == ([4, 9, 2], 3)
+    lk.sync([1, 2, 3, 4, 9, 2, 3, 5, 7, 1, 2, 3, 5])  # extended in place
+    assert lk.propose(2) == ([7, 1], 3)  # "2 3 5" -> 7
+    lk.sync([8, 8])  # another sequence: rebuilt
+    assert lk.propose(4) == ([8], 1)
+    lk.sync([6])
+    assert lk.propose(4) == ([], 0)
+
+
+def test_expected_tokens_of_a_draft():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_step_costs_extrapolate_from_the_largest_measured_size_below():
+    costs = StepCosts()
+    assert costs(1) is None
+    costs.observe(1, 0.1)
+    assert costs(1) == 0.1
+    assert costs(3) == pytest.approx(0.1 * 1.2)
+    costs.observe(3, 0.3)
+    assert costs(5) == pytest.approx(0.3 * 1.4 / 1.2)
+
+
+def _spec(mode: str, step_cost) -> Speculator:
+    spec = Speculator(mode=mode)
+    for n in range(1, 10):
+        spec.costs.observe(n, step_cost(n))
+    return spec
+
+
+def test_auto_drafts_when_verifying_is_cheap_and_the_text_repeats():
+    spec = _spec("auto", lambda n: 0.1 + 0.005 * n)  # a batch costs little more than a token
+    tokens = [5, 6, 7, 8] * 10
+    draft = spec.propose(tokens, room=8)
+    assert draft is not None and draft.source == "lookup"
+    assert draft.tokens and draft.tokens == [5, 6, 7, 8][: len(draft.tokens)]
+
+
+def test_auto_does_not_draft_when_a_step_costs_what_its_tokens_cost_one_by_one():
+    spec = _spec("auto", lambda n: 0.1 * n)  # no batching gain: a draft can only lose
+    assert spec.propose([5, 6, 7, 8] * 10, room=8) is None
+
+
+def test_auto_stops_drafting_a_source_that_is_never_right():
+    spec = _spec("auto", lambda n: 0.1 + 0.03 * n)
+    tokens = [1, 2, 3] * 5
+    for _ in range(30):  # every draft rejected at its first token
+        draft = spec.propose(tokens, room=8)
+        if draft is None:
+            break
+        spec.verified(draft, 0, 0.1 + 0.03 * (len(draft.tokens) + 1))
+        tokens = tokens + [9]
+    else:
+        pytest.fail("kept drafting although nothing was ever accepted")
+    # ... and a forced mode keeps drafting (its length adapted), as asked
+    forced = _spec("lookup", lambda n: 0.1 * n)
+    assert forced.propose([1, 2, 3] * 5, room=8) is not None
+
+
+def test_unverified_lookup_guesses_are_scored_against_the_token_that_came():
+    spec = _spec("auto", lambda n: 0.1 * n)  # never drafts, but keeps score
+    tokens = [4, 5] * 6
+    before = spec._lookup_p[3].p
+    for _ in range(10):
+        assert spec.propose(tokens, room=4) is None
+        spec.verified(None, 0, 0.1)
+        tokens = tokens + [tokens[-2]]  # the guess was right
+    assert spec._lookup_p[3].p > before
+
+
+def test_mode_from_the_options():
+    assert mode_for(None, False, False) == "auto"
+    assert mode_for(None, True, False) == "lookup"
+    assert mode_for(None, False, True) == "draft"
+    assert mode_for(None, True, True) == "auto"
+    assert mode_for("auto", False, True) == "auto"
+    assert mode_for("off", False, False) == "off"
+    with pytest.raises(UsageError, match="cannot be combined"):
+        mode_for("off", True, False)
+
+
+# -- lossless, on a tiny real model -------------------------------------------------------
+
+PROMPT = "one two three four five one two three four five one two three"
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_run_gives_the_same_tokens_with_and_without_a_draft_model(tiny_gguf, sampled):
+    """The tiny model drafts for itself: greedy drafts are all kept at temperature 0, and
+    some are refused when sampling."""
+    gen = dict(max_tokens=48, repeat_penalty=1.0)
+    gen |= dict(temperature=1.5, top_k=3, seed=7) if sampled else dict(temperature=0.0)
+    with pocketlm.load(str(tiny_gguf), speculate="off") as m:
+        plain = m.generate(PROMPT, raw=True, **gen)
+    with pocketlm.load(str(tiny_gguf), draft=str(tiny_gguf)) as m:
+        spec = m.generate(PROMPT, raw=True, **gen)
+    assert spec.text == plain.text
+    s = spec.stats
+    assert s.speculative == "draft" and plain.stats.speculative == "off"
+    assert s.drafted_tokens > 0 and 0 < s.accepted_tokens <= s.drafted_tokens
+    assert (s.accepted_tokens < s.drafted_tokens) == sampled
+    assert s.completion_tokens == plain.stats.completion_tokens
+
+
+def test_prompt_lookup_on_a_real_model_gives_the_same_text(default_model):
+    text = (
+        "Copy this list exactly, one item per line:\n"
+        "apples, pears, plums, cherries, lemons, limes, oranges, grapes, melons, figs"
+    )
+    gen = dict(max_tokens=48, temperature=0.0)
+    with pocketlm.load(str(default_model), speculate="off") as m:
+        plain = m.generate(text, **gen)
+    with pocketlm.load(str(default_model), lookup=True) as m:
+        spec = m.generate(text, **gen)
+    assert spec.text == plain.text
+    assert spec.stats.accepted_tokens > 0
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf):
+    m = Model(str(tiny_gguf))
+    yield m
+    m.close()
+
+
+def _generate(engine: BatchEngine, tokens, params: GenerationParams) -> tuple[list[int], Finished]:
+    out: list[int] = []
+    box: list[Finished] = []
+    done = threading.Event()
+
+    def on_done(f: Finished) -> None:
+        box.append(f)
+        done.set()
+
+    def on_token(e: TokenEvent) -> bool:
+        out.append(e.token)
+        return True
+
+    engine.submit(Request(list(tokens), params, on_token=on_token, on_done=on_done))
+    assert done.wait(60), "no answer in 60 s"
+    return out, box[0]
+
+
+def _engine(model, mode: str | None) -> BatchEngine:
+    """An engine; mode "draft": the tiny model drafts for itself."""
+    spec = None
+    if mode == "draft":
+        own = DraftModel("tiny", Model(model.path), n_ctx=256, n_threads=1)
+        spec = Speculator(mode=mode, draft_model=own)
+    elif mode:
+        spec = Speculator(mode=mode)
+    return BatchEngine(model, n_seq=2, n_ctx_seq=256, n_threads=1, speculator=spec)
+
+
+def test_the_batch_engine_drafts_for_a_sequence_alone_and_keeps_its_tokens(model):
+    tokens = model.tokenize(PROMPT, add_special=True)
+    params = GenerationParams(temperature=0.0, max_tokens=40, repeat_penalty=1.0)
+    plain_engine, spec_engine = _engine(model, None), _engine(model, "draft")
+    try:
+        plain, _ = _generate(plain_engine, tokens, params)
+        spec, done = _generate(spec_engine, tokens, params)
+        assert spec == plain
+        assert done.speculative == "draft" and done.drafted_tokens > 0 < done.accepted_tokens
+        assert done.completion_tokens == len(spec) == 40
+        assert spec_engine.tokens_accepted == done.accepted_tokens
+        # the cache holds what the slot says (no rejected draft left behind): the same
+        # prompt again reuses it and gives the same tokens
+        again, done2 = _generate(spec_engine, tokens, params)
+        assert again == plain and done2.cached_tokens == len(tokens) - 1
+    finally:
+        plain_engine.close()
+        spec_engine.close()
+
+
+def test_the_batch_engine_honours_max_tokens_and_the_end_inside_a_draft(model):
+    tokens = model.tokenize(PROMPT, add_special=True)
+    engine = _engine(model, "draft")
+    try:
+        for n in (1, 2, 3, 5, 8, 13):
+            params = GenerationParams(temperature=0.0, max_tokens=n, repeat_penalty=1.0)
+            out, done = _generate(engine, tokens, params)
+            assert len(out) == done.completion_tokens <= n
+            assert done.reason == "length" or len(out) < n
+    finally:
+        engine.close()
+
+
+def _chi2_same_distribution(a: Counter, b: Counter) -> tuple[float, float]:
+    """Chi-square statistic of two samples drawn from one distribution, and its 0.999
+    quantile (Wilson-Hilferty)."""
+    keys = sorted(set(a) | set(b))
+    table = np.array([[a[k] for k in keys], [b[k] for k in keys]], dtype=float)
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    stat = float(((table - expected) ** 2 / expected).sum())
+    df = len(keys) - 1
+    z = 3.09
+    quantile = df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+    return stat, quantile
+
+
+def test_sampled_drafts_leave_the_output_distribution_unchanged(model):
+    """Different seeds for the two runs: the same distribution, not the same draws."""
+    tokens = model.tokenize(PROMPT, add_special=True)
+    n, length = 300, 4
+    plain_engine, spec_engine = _engine(model, None), _engine(model, "draft")
+    plain, spec = Counter(), Counter()
+    drafted = accepted = 0
+    try:
+        for i in range(n):
+            p = GenerationParams(temperature=1.5, top_k=3, max_tokens=length, repeat_penalty=1.0)
+            out, _ = _generate(plain_engine, tokens, p.model_copy(update={"seed": i}))
+            plain.update((pos, t) for pos, t in enumerate(out))
+            out, done = _generate(spec_engine, tokens, p.model_copy(update={"seed": 10_000 + i}))
+            spec.update((pos, t) for pos, t in enumerate(out))
+            drafted, accepted = drafted + done.drafted_tokens, accepted + done.accepted_tokens
+    finally:
+        plain_engine.close()
+        spec_engine.close()
+    assert 0 < accepted < drafted  # drafts were both kept and refused
+    for pos in range(1, length):
+        a = Counter({t: c for (p_, t), c in plain.items() if p_ == pos})
+        b = Counter({t: c for (p_, t), c in spec.items() if p_ == pos})
+        stat, limit = _chi2_same_distribution(a, b)
+        assert stat < limit, f"position {pos}: chi2 {stat:.1f} >= {limit:.1f}"
