@@ -11,7 +11,7 @@ from pathlib import Path
 
 HOME_ENV = "POCKETLM_HOME"
 DEFAULT_MODEL_ENV = "POCKETLM_MODEL"
-DEFAULT_MODEL = "smollm2-135m-instruct"
+SMALL_MODEL = "smollm2-135m-instruct"  # the smallest chat model: tests, examples, hints
 
 
 def home() -> Path:
@@ -21,7 +21,11 @@ def home() -> Path:
 
 
 def default_model() -> str:
-    return os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_MODEL
+    """The model used when none is named: ``$POCKETLM_MODEL``, ``model`` in the store's
+    config.toml, or the largest model this machine runs well (pocketlm.services.ladder)."""
+    from pocketlm.services import ladder  # not at import: ladder imports the store, and config
+
+    return ladder.default_model().name
 
 
 CACHE_ENV = "POCKETLM_CACHE"

@@ -51,7 +51,9 @@ def session_cache(tmp_path_factory) -> Path:
 def isolated_store(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "store"
     monkeypatch.setenv("POCKETLM_HOME", str(home))
-    monkeypatch.delenv("POCKETLM_MODEL", raising=False)
+    # the small model, never one the machine would choose (tests of that choice unset it)
+    monkeypatch.setenv("POCKETLM_MODEL", "smollm2-135m-instruct")
+    monkeypatch.delenv("POCKETLM_CATALOG", raising=False)
     monkeypatch.delenv("POCKETLM_OFFLINE", raising=False)
     return home
 

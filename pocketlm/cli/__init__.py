@@ -25,6 +25,7 @@ VERBS = {
     "ps": "ps",
     "bench": "bench",
     "quantize": "quantize",
+    "package": "package",
 }
 
 

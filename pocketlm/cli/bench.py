@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="MODEL",
         help="model names or GGUF paths, compared side by side (default: "
-        f"$POCKETLM_MODEL or {config.DEFAULT_MODEL})",
+        "$POCKETLM_MODEL, or the largest model this machine runs well)",
     )
     group = p.add_argument_group(BenchParams.__doc__.strip().rstrip(".").lower())
     fields = BenchParams.model_fields
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             metavar=metavar,
             help=f"{fields[name].description} (default: {shown})",
         )
-    add_flags(p, LoadParams)
+    add_flags(p, LoadParams, only=("ctx", "threads", "batch", "flash_attn"))
     out = p.add_argument_group("output")
     out.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"

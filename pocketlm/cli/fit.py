@@ -19,19 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pocketlm.services.fit import fit
-    from pocketlm.store.gguf_check import inspect_gguf
-    from pocketlm.store.refs import resolve
-
-    path, name = resolve(args.model).path, args.model
     load = validate(LoadParams, collect(args, LoadParams))
-    r = fit(name, inspect_gguf(path), load.ctx)
+    r = report(args.model, load.ctx)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0 if r.fits else 1
     verdict = "fits" if r.fits else "does NOT fit"
     limit = f" (model maximum {r.context_length})" if r.context_length else ""
     print(f"{r.model} at {r.ctx} tokens of context{limit}: {verdict} in memory")
+    if r.source == "catalog":
+        print("  (not pulled yet: the sizes are those its catalog entry records, not the file's)")
     print(f"  weights        {human_bytes(r.weights_bytes):>10}")
     print(f"  KV cache       {human_bytes(r.kv_bytes):>10}   (f16, {r.ctx} tokens)")
     print(f"  compute        {human_bytes(r.compute_bytes):>10}   (estimate)")
@@ -48,3 +45,21 @@ def main(args: argparse.Namespace) -> int:
     if not r.fits:
         print("to fit: use a smaller --ctx, or a smaller quantization of the model")
     return 0 if r.fits else 1
+
+
+def report(ref: str, ctx: int | None):
+    """The fit of a model in the store or a GGUF path; of a catalog model not pulled yet, from
+    its catalog entry."""
+    from pocketlm.services.fit import fit, fit_catalog
+    from pocketlm.store import catalog
+    from pocketlm.store.gguf_check import inspect_gguf
+    from pocketlm.store.pull import looks_like_path
+    from pocketlm.store.refs import resolve
+    from pocketlm.store.store import Store
+
+    store = Store()
+    if not looks_like_path(ref) and store.find(ref) is None:
+        entry = catalog.entries(store.root).get(ref)
+        if entry is not None:
+            return fit_catalog(entry, ctx)
+    return fit(ref, inspect_gguf(resolve(ref, store).path), ctx)

@@ -11,7 +11,11 @@ HELP = "list the models in the store (--catalog: the models that can be pulled)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--catalog", action="store_true", help="list the built-in catalog instead")
+    p.add_argument(
+        "--catalog",
+        action="store_true",
+        help="list the catalog instead (built-in, catalog.toml, $POCKETLM_CATALOG)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -21,25 +25,7 @@ def main(args: argparse.Namespace) -> int:
 
     store = Store()
     if args.catalog:
-        pulled = set(store.names())
-        entries = list(catalog.CATALOG.values())
-        if args.json:
-            print(
-                json.dumps([{**e.__dict__, "pulled": e.name in pulled} for e in entries], indent=2)
-            )
-            return 0
-        rows = [
-            [
-                e.name,
-                human_bytes(e.size_bytes),
-                "yes" if e.name in pulled else "",
-                e.license,
-                e.description,
-            ]
-            for e in entries
-        ]
-        print(table(rows, ["NAME", "SIZE", "PULLED", "LICENSE", "DESCRIPTION"]))
-        return 0
+        return print_catalog(catalog.entries(store.root).values(), set(store.names()), args.json)
     manifests = store.list()
     if args.json:
         print(json.dumps([m.summary() for m in manifests], indent=2))
@@ -62,4 +48,33 @@ def main(args: argparse.Namespace) -> int:
         for m in manifests
     ]
     print(table(rows, ["NAME", "SIZE", "QUANT", "PARAMS", "ARCH", "SOURCE"]))
+    return 0
+
+
+def print_catalog(entries, pulled: set[str], as_json: bool) -> int:
+    """The catalog as a table (or JSON: every field of every entry, and whether it is pulled)."""
+    from pocketlm.store.catalog import BUILT_IN
+
+    entries = list(entries)
+    if as_json:
+        print(json.dumps([{**e.to_dict(), "pulled": e.name in pulled} for e in entries], indent=2))
+        return 0
+    header = ["NAME", "SIZE", "PARAMS", "QUANT", "LICENSE", "PULLED", "DESCRIPTION"]
+    rows = [
+        [
+            e.name,
+            human_bytes(e.size_bytes),
+            human_count(e.shape.parameters) if e.shape and e.shape.parameters else "",
+            (e.shape.quantization or "") if e.shape else "",
+            e.license,
+            "yes" if e.name in pulled else "",
+            e.description,
+        ]
+        for e in entries
+    ]
+    if any(e.origin != BUILT_IN for e in entries):  # where the others come from
+        header.append("ORIGIN")
+        for row, e in zip(rows, entries):
+            row.append("" if e.origin == BUILT_IN else e.origin)
+    print(table(rows, header))
     return 0

@@ -20,9 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "words",
         nargs="*",
         metavar="[MODEL] PROMPT",
-        help="model name or GGUF path (default: $POCKETLM_MODEL or "
-        f"{config.DEFAULT_MODEL}), then the prompt; piped stdin is "
-        "appended",
+        help="model name or GGUF path (default: $POCKETLM_MODEL, or the largest model this "
+        "machine runs well: docs/models.md), then the prompt; piped stdin is appended",
     )
     p.add_argument("-m", "--model", help="model name or GGUF path (instead of the first word)")
     p.add_argument("-s", "--system", help="system prompt")
@@ -47,7 +46,7 @@ def split_model_and_prompt(words: list[str], model: str | None) -> tuple[str, st
     if not model and words:
         first = words[0]
         store = Store()
-        if first in catalog.CATALOG or store.find(first) or looks_like_path(first):
+        if first in catalog.entries(store.root) or store.find(first) or looks_like_path(first):
             model, words = first, words[1:]
         elif len(words) > 1 and first and " " not in first:
             store.get(first)  # an unknown model name: fails naming the closest ones
@@ -59,13 +58,25 @@ def split_model_and_prompt(words: list[str], model: str | None) -> tuple[str, st
                     f"did you mean '{close[0]}'? (to send '{first}' as the prompt: "
                     f"pocketlm run {config.default_model()} {first})",
                 )
-    return model or config.default_model(), " ".join(words) if words else None
+    return model or default_model(), " ".join(words) if words else None
+
+
+def default_model() -> str:
+    """The model to use when none is named (pocketlm.services.ladder); the first time the
+    ladder picks it for this store, a note on stderr says which and why."""
+    from pocketlm.services import ladder
+
+    choice = ladder.default_model()
+    note = ladder.announce(choice)
+    if note:
+        print(f"note: using {note}", file=sys.stderr)
+    return choice.name
 
 
 def known_names(store) -> list[str]:
     from pocketlm.store import catalog
 
-    return sorted(set(store.names()) | set(catalog.CATALOG))
+    return sorted(set(store.names()) | set(catalog.entries(store.root)))
 
 
 def read_stdin() -> str:

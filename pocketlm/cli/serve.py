@@ -88,18 +88,20 @@ def main(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from pocketlm.cli.run import default_model
     from pocketlm.server.app import HostCheck, Limits, create_app
     from pocketlm.server.http import guarded_protocol
     from pocketlm.services.serving import ModelPool, ServeConfig
     from pocketlm.store.pull import looks_like_path
 
     cfg = ServeConfig(load=load, serve=serve)
-    pool = ModelPool(cfg=cfg)
+    pool = ModelPool(cfg=cfg, default=None if args.preload else default_model())
     if args.preload:
         name = pool.add_file(args.preload) if looks_like_path(args.preload) else args.preload
         asyncio.run(pool.acquire(name, float("inf")))
         if name != args.preload:
             print(f"serving {args.preload} as '{name}'", file=sys.stderr)
+        pool.default = name
     app = create_app(
         pool,
         api_key=api_key,

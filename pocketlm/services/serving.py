@@ -506,6 +506,7 @@ class ModelPool:
 
     store: Store = field(default_factory=Store)
     cfg: ServeConfig = field(default_factory=ServeConfig)
+    default: str | None = None  # for requests that name no model (else config.default_model())
 
     def __post_init__(self) -> None:
         self.models: dict[str, ServedModel] = {}
@@ -542,7 +543,7 @@ class ModelPool:
         return m.path, m.manifest
 
     async def acquire(self, name: str | None, keep_alive_s: float | None = None) -> ServedModel:
-        name = name or config.default_model()
+        name = name or self.default or config.default_model()
         served = self.models.get(name)
         if served is None:
             # an unknown name fails here, before it gets a lock (so the locks are at most one

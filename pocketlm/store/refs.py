@@ -52,7 +52,7 @@ def resolve(
         raise ModelNotFoundError(f"unknown model '{shown(ref)}'", hint)
     manifest = store.find(ref)
     if manifest is None:
-        if pull_missing and ref in catalog.CATALOG:
+        if pull_missing and ref in catalog.entries(store.root):
             manifest = pull(ref, store=store, progress=progress or NullProgress()).manifest
         else:
             manifest = store.get(ref)  # raises: unknown (close names) or not pulled (the command)

