@@ -63,22 +63,28 @@ def tiny_gguf(tmp_path_factory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=1)
 
 
-@pytest.fixture(scope="session")
-def default_model() -> Path:
-    """Path of the real default model's GGUF, pulled (once per machine) with `pocketlm pull`."""
+def pulled(name: str) -> Path:
+    """Path of a catalog model's GGUF, pulled (once per machine) with `pocketlm pull` into the
+    shared test store."""
     root = shared_store_root()
     env = dict(os.environ, POCKETLM_HOME=str(root))
     proc = subprocess.run(
-        [sys.executable, "-m", "pocketlm", "pull", "smollm2-135m-instruct"],
+        [sys.executable, "-m", "pocketlm", "pull", name],
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr
     from pocketlm.store.store import Store
 
-    return Path(Store(root).get("smollm2-135m-instruct").path)
+    return Path(Store(root).get(name).path)
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """Path of the real default model's GGUF, pulled (once per machine) with `pocketlm pull`."""
+    return pulled("smollm2-135m-instruct")
 
 
 def run_cli(

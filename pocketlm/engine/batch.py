@@ -452,7 +452,8 @@ class BatchEngine:
             self.n_ctx_seq - len(slot.tokens) - 3,
         )
         try:
-            return slot, spec.propose(slot.tokens + [slot.next_token], room)
+            greedy = req.params.temperature <= 0
+            return slot, spec.propose(slot.tokens + [slot.next_token], room, greedy)
         except Exception:  # a draft model that failed: decode plainly
             return slot, None
 

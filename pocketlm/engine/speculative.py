@@ -10,12 +10,19 @@ differs is kept too and the rest is dropped. Each step yields 1 to k + 1 tokens.
 
 Lossless. Every emitted token is the target's own draw from its own logits given the same
 prefix, with the same sampler chain (penalties, grammar) and one random number per token,
-as in plain decoding: greedy output is identical, and a seeded sampled output too (up to
-floating-point differences between a batch and single tokens). Drafts here are
+as in plain decoding. Drafts here are
 deterministic (n-grams, or the draft model's greedy choice), and for a deterministic draft
 the standard rejection rule (accept d with probability min(1, p(d) / q(d)) = p(d), else draw
 from p without d, renormalised) is the same distribution as "draw from p, keep d if the draw
 is d": the output distribution is unchanged.
+
+Greedy decoding is never speculative. llama.cpp's CPU kernels change paths with the number
+of tokens in a step and the length of the KV cache (repacked GEMM, llamafile's tinyBLAS,
+attention over several queries) and round differently: measured here, a step of several
+tokens moved logits by up to 0.5 on Qwen2.5 Q4_K_M files and, at some cache lengths, on
+SmolLM2's Q4_1 file too, and the KV it wrote moved later logits further. That is harmless to
+a sampled distribution but flips greedy near-ties: the text would differ from plain
+decoding's (tests/test_speculative_e2e.py shows it), so greedy requests decode plainly.
 
 Drafts come from
   - prompt lookup (``Lookup``): the continuation of the last earlier occurrence of the
@@ -32,14 +39,18 @@ machine. When no draft pays, the step is plain.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pocketlm.engine.llama import Context, Model, Sampler
 from pocketlm.errors import UsageError, option
+from pocketlm.store.store import write_atomic
 
-MAX_DRAFT = 8  # most tokens drafted in one step
+MAX_DRAFT = 16  # most tokens drafted in one step
+CALIBRATION_SIZES = (2, 3, 4, 5, 6, 8, 12, MAX_DRAFT + 1)  # step sizes timed once per model
 NGRAM_MAX = 4
 PRIOR_STEP_SLOPE = 0.1  # until measured: a step of n tokens costs (1 + 0.1 (n - 1)) x one
 DECAY = 0.97  # weight of older observations in the acceptance and cost estimates
@@ -249,11 +260,18 @@ class Speculator:
         self._shadow = None
         self._pending = None
 
-    def propose(self, tokens: Sequence[int], room: int) -> Draft | None:
+    def calibrated(self, cal: Calibration) -> Speculator:
+        """Start from what ``calibrate`` measured of this model on this machine."""
+        for n, seconds in cal.costs.items():
+            self.costs.observe(n, seconds)
+        return self
+
+    def propose(self, tokens: Sequence[int], room: int, greedy: bool = False) -> Draft | None:
         """The draft for the step after ``tokens`` (the sequence so far, including the token
-        about to be evaluated), at most ``room`` tokens; None: a plain step."""
+        about to be evaluated), at most ``room`` tokens; None: a plain step (always for
+        ``greedy`` decoding: see the module's docstring)."""
         room = min(room, self.max_draft)
-        if not self.sources or room <= 0:
+        if not self.sources or room <= 0 or greedy:
             return None
         self.lookup.sync(tokens)
         self._score_shadow(tokens)
@@ -334,3 +352,71 @@ class Speculator:
         if self.draft_model is not None:
             self.draft_model.close()
             self.draft_model = None
+
+
+# -- what this machine's kernels do with a step of n tokens -------------------------------
+
+
+@dataclass
+class Calibration:
+    """Seconds of a decode step of n tokens of one sequence, for this model on this machine."""
+
+    costs: dict[int, float]
+
+
+def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
+    """Time steps of CALIBRATION_SIZES tokens once per engine build, CPU, file and settings
+    (cached): the Speculator then chooses draft lengths from this machine's figures from the
+    first step on (a 1.5B model took 35 ms for 1 token and 107 ms for 4 on one 2-core
+    machine, 88 and 100-130 ms on another)."""
+    from pocketlm.engine import probe
+
+    st = os.stat(model.path)
+    key = (
+        f"{probe.engine_fingerprint()}:{os.path.realpath(model.path)}:{st.st_size}:"
+        f"{st.st_mtime_ns}:{n_threads}:{flash_attn}"
+    )
+    cache = _read_cache()
+    if key in cache:
+        return Calibration({int(n): t for n, t in cache[key].items()})
+    cal = _measure(model, n_threads, flash_attn)
+    cache = _read_cache()
+    cache[key] = cal.costs
+    write_atomic(_cache_file(), json.dumps(cache, indent=1).encode())
+    return cal
+
+
+def _measure(model: Model, n_threads: int, flash_attn: bool, base: int = 64) -> Calibration:
+    n_max = max(CALIBRATION_SIZES)
+    text = "def mean(xs):\n    return sum(xs) / len(xs)\n\nThe quick brown fox jumps over the dog. "
+    tokens = model.tokenize(text * (8 + base // 8), add_special=True)[: base + n_max]
+    ctx = Context(model, n_ctx=base + 64, n_threads=n_threads, n_batch=512, flash_attn=flash_attn)
+    try:
+        ctx.prefill(tokens[:base])
+        one = []
+        for tok in tokens[base : base + 4]:
+            started = time.perf_counter()
+            ctx.step(tok)
+            one.append(time.perf_counter() - started)
+        costs = {1: sorted(one)[len(one) // 2]}
+        for n in CALIBRATION_SIZES:
+            ctx.truncate(base)
+            started = time.perf_counter()
+            ctx.extend(tokens[base : base + n])
+            costs[n] = time.perf_counter() - started
+        return Calibration(costs)
+    finally:
+        ctx.close()
+
+
+def _cache_file():
+    from pocketlm import config
+
+    return config.cache_dir() / "speculation.json"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}

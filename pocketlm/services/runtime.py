@@ -159,7 +159,7 @@ class LoadedModel:
         self.load_s = time.perf_counter() - started
 
     def _speculator(self, store: Store, progress: Progress | None):
-        from pocketlm.engine.speculative import Speculator, mode_for
+        from pocketlm.engine.speculative import Speculator, calibrate, mode_for
 
         p = self.params
         mode = mode_for(p.speculate, p.lookup, p.draft is not None)
@@ -174,7 +174,16 @@ class LoadedModel:
                 store=store,
                 progress=progress,
             )
-        return Speculator(mode=mode, draft_model=draft)
+        spec = Speculator(mode=mode, draft_model=draft)
+        if mode != "off":
+            spec.calibrated(
+                calibrate(
+                    self._model,
+                    n_threads=self.params.threads or default_threads(),
+                    flash_attn=self.params.flash_attn,
+                )
+            )
+        return spec
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -378,7 +387,7 @@ class Stream:
             evaluated = stats.prompt_tokens - stats.cached_tokens
             stats.prefill_tps = evaluated / max(t_prefilled - self._started, 1e-9)
             limit = min(p.max_tokens or ctx.n_ctx, ctx.n_ctx - len(self.tokens))
-            for tok in _decode(ctx, sampler, spec, limit):
+            for tok in _decode(ctx, sampler, spec, limit, greedy=p.temperature <= 0):
                 if vocab.is_eog(tok):
                     finish = "stop"
                     break
@@ -409,21 +418,22 @@ class Stream:
             self.completion = Completion(text.text, finish, stats)
 
 
-def _decode(ctx, sampler, spec, limit: int) -> Iterator[int]:
+def _decode(ctx, sampler, spec, limit: int, greedy: bool) -> Iterator[int]:
     """The model's tokens after a prefilled prompt, at most ``limit``: each drawn by
     ``sampler`` from the model's logits, as one plain step per token would, with drafts from
     ``spec`` verified in batches (see pocketlm.engine.speculative)."""
     vocab = ctx.model
     tok, n = sampler.sample(ctx), 1
-    while True:
-        yield tok
+    yield tok
+    while n < limit:
         room = min(limit - n - 1, ctx.n_ctx - len(ctx.tokens) - 2)
-        draft = spec.propose(ctx.tokens + [tok], room) if n < limit else None
+        draft = spec.propose(ctx.tokens + [tok], room, greedy)
         started = time.perf_counter()
         if draft is None:
             ctx.step(tok)
             spec.verified(None, 0, time.perf_counter() - started)
             tok, n = sampler.sample(ctx), n + 1
+            yield tok
             continue
         base = len(ctx.tokens)
         ctx.extend([tok, *draft.tokens])
@@ -433,10 +443,9 @@ def _decode(ctx, sampler, spec, limit: int) -> Iterator[int]:
             drawn.append(sampler.sample(ctx, i))
             if i == len(draft.tokens) or drawn[-1] != draft.tokens[i] or vocab.is_eog(drawn[-1]):
                 break
-        accepted = len(drawn) - 1
-        ctx.truncate(base + 1 + accepted)
-        spec.verified(draft, accepted, seconds)
-        yield from drawn[:-1]
+        ctx.truncate(base + len(drawn))
+        spec.verified(draft, len(drawn) - 1, seconds)
+        yield from drawn
         tok, n = drawn[-1], n + len(drawn)
 
 

@@ -465,7 +465,7 @@ def _speculator(name: str, model, cfg: ServeConfig, n_ctx: int, n_threads: int):
     """The model's speculative decoding, as the load options ask: ``draft`` serves every
     model whose vocabulary it shares (the others decode without it, unless the draft model
     was asked for alone: then it is an error)."""
-    from pocketlm.engine.speculative import Speculator, mode_for
+    from pocketlm.engine.speculative import Speculator, calibrate, mode_for
     from pocketlm.services.runtime import load_draft
 
     p = cfg.load
@@ -480,7 +480,10 @@ def _speculator(name: str, model, cfg: ServeConfig, n_ctx: int, n_threads: int):
             log.warning("serving %s without the draft model %s (another vocabulary)", name, p.draft)
     if mode == "draft" and draft is None:
         mode = "off"
-    return Speculator(mode=mode, draft_model=draft)
+    spec = Speculator(mode=mode, draft_model=draft)
+    if mode != "off":
+        spec.calibrated(calibrate(model, n_threads=n_threads, flash_attn=p.flash_attn))
+    return spec
 
 
 def ctx_per_seq(info, cfg: ServeConfig) -> int:

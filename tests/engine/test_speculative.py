@@ -14,15 +14,18 @@ import pocketlm
 from pocketlm.engine.batch import BatchEngine, Finished, Request, TokenEvent
 from pocketlm.engine.llama import Model
 from pocketlm.engine.speculative import (
+    CALIBRATION_SIZES,
     DraftModel,
     Lookup,
     Speculator,
     StepCosts,
+    calibrate,
     expected_tokens,
     mode_for,
 )
 from pocketlm.errors import UsageError
 from pocketlm.params import GenerationParams
+from tests.tinymodel import write_tiny_gguf
 
 # -- the policy, without a model --------------------------------------------------------
 
@@ -119,41 +122,61 @@ def test_mode_from_the_options():
 PROMPT = "one two three four five one two three four five one two three"
 
 
-@pytest.mark.parametrize("sampled", [False, True])
-def test_run_gives_the_same_tokens_with_and_without_a_draft_model(tiny_gguf, sampled):
-    """The tiny model drafts for itself: greedy drafts are all kept at temperature 0, and
-    some are refused when sampling."""
-    gen = dict(max_tokens=48, repeat_penalty=1.0)
-    gen |= dict(temperature=1.5, top_k=3, seed=7) if sampled else dict(temperature=0.0)
-    with pocketlm.load(str(tiny_gguf), speculate="off") as m:
+@pytest.fixture(scope="module")
+def tiny_q4(tmp_path_factory):
+    """A tiny model whose kernels compute a short batch exactly as one-token steps (Q4_1,
+    as SmolLM2's file), so a seeded sampled run gives the plain run's tokens."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("tq") / "tiny-q4.gguf", seed=1, qtype="Q4_1")
+
+
+def test_calibration_times_each_step_size_once_per_machine(tiny_q4, monkeypatch):
+    m = Model(str(tiny_q4))
+    try:
+        cal = calibrate(m, n_threads=1, flash_attn=False)
+        assert set(cal.costs) == {1, *CALIBRATION_SIZES} and min(cal.costs.values()) > 0
+        monkeypatch.setattr("pocketlm.engine.speculative._measure", None)  # cached now
+        assert calibrate(m, n_threads=1, flash_attn=False) == cal
+    finally:
+        m.close()
+
+
+def test_greedy_decoding_is_never_speculative(tiny_q4):
+    with pocketlm.load(str(tiny_q4), speculate="off") as m:
+        plain = m.generate(PROMPT, raw=True, temperature=0.0, max_tokens=24)
+    with pocketlm.load(str(tiny_q4), draft=str(tiny_q4)) as m:
+        done = m.generate(PROMPT, raw=True, temperature=0.0, max_tokens=24)
+    assert done.text == plain.text and done.stats.drafted_tokens == 0
+
+
+def test_a_seeded_sampled_run_gives_the_same_tokens_with_a_draft_model(tiny_q4):
+    """The tiny model drafts for itself; some drafts are kept, some refused."""
+    gen = dict(max_tokens=48, repeat_penalty=1.0, temperature=1.5, top_k=3, seed=7)
+    with pocketlm.load(str(tiny_q4), speculate="off") as m:
         plain = m.generate(PROMPT, raw=True, **gen)
-    with pocketlm.load(str(tiny_gguf), draft=str(tiny_gguf)) as m:
+    with pocketlm.load(str(tiny_q4), draft=str(tiny_q4)) as m:
         spec = m.generate(PROMPT, raw=True, **gen)
     assert spec.text == plain.text
     s = spec.stats
     assert s.speculative == "draft" and plain.stats.speculative == "off"
-    assert s.drafted_tokens > 0 and 0 < s.accepted_tokens <= s.drafted_tokens
-    assert (s.accepted_tokens < s.drafted_tokens) == sampled
+    assert 0 < s.accepted_tokens < s.drafted_tokens
     assert s.completion_tokens == plain.stats.completion_tokens
 
 
-def test_prompt_lookup_on_a_real_model_gives_the_same_text(default_model):
+def test_greedy_text_of_a_real_model_is_plain_decodings(default_model):
     text = (
         "Copy this list exactly, one item per line:\n"
         "apples, pears, plums, cherries, lemons, limes, oranges, grapes, melons, figs"
     )
-    gen = dict(max_tokens=48, temperature=0.0)
     with pocketlm.load(str(default_model), speculate="off") as m:
-        plain = m.generate(text, **gen)
+        plain = m.generate(text, max_tokens=48, temperature=0.0)
     with pocketlm.load(str(default_model), lookup=True) as m:
-        spec = m.generate(text, **gen)
-    assert spec.text == plain.text
-    assert spec.stats.accepted_tokens > 0
+        greedy = m.generate(text, max_tokens=48, temperature=0.0)
+    assert greedy.text == plain.text and greedy.stats.drafted_tokens == 0
 
 
 @pytest.fixture(scope="module")
-def model(tiny_gguf):
-    m = Model(str(tiny_gguf))
+def model(tiny_q4):
+    m = Model(str(tiny_q4))
     yield m
     m.close()
 
@@ -189,7 +212,7 @@ def _engine(model, mode: str | None) -> BatchEngine:
 
 def test_the_batch_engine_drafts_for_a_sequence_alone_and_keeps_its_tokens(model):
     tokens = model.tokenize(PROMPT, add_special=True)
-    params = GenerationParams(temperature=0.0, max_tokens=40, repeat_penalty=1.0)
+    params = GenerationParams(temperature=1.5, top_k=3, seed=5, max_tokens=40, repeat_penalty=1.0)
     plain_engine, spec_engine = _engine(model, None), _engine(model, "draft")
     try:
         plain, _ = _generate(plain_engine, tokens, params)
@@ -212,7 +235,7 @@ def test_the_batch_engine_honours_max_tokens_and_the_end_inside_a_draft(model):
     engine = _engine(model, "draft")
     try:
         for n in (1, 2, 3, 5, 8, 13):
-            params = GenerationParams(temperature=0.0, max_tokens=n, repeat_penalty=1.0)
+            params = GenerationParams(temperature=1.0, seed=n, max_tokens=n, repeat_penalty=1.0)
             out, done = _generate(engine, tokens, params)
             assert len(out) == done.completion_tokens <= n
             assert done.reason == "length" or len(out) < n
