@@ -176,13 +176,9 @@ class LoadedModel:
             )
         spec = Speculator(mode=mode, draft_model=draft)
         if mode != "off":
-            spec.calibrated(
-                calibrate(
-                    self._model,
-                    n_threads=self.params.threads or default_threads(),
-                    flash_attn=self.params.flash_attn,
-                )
-            )
+            threads, fa = self.params.threads or default_threads(), self.params.flash_attn
+            own = calibrate(draft.model, n_threads=threads, flash_attn=False) if draft else None
+            spec.calibrated(calibrate(self._model, n_threads=threads, flash_attn=fa), own)
         return spec
 
     # -- life cycle ---------------------------------------------------------------

@@ -482,7 +482,8 @@ def _speculator(name: str, model, cfg: ServeConfig, n_ctx: int, n_threads: int):
         mode = "off"
     spec = Speculator(mode=mode, draft_model=draft)
     if mode != "off":
-        spec.calibrated(calibrate(model, n_threads=n_threads, flash_attn=p.flash_attn))
+        own = calibrate(draft.model, n_threads=n_threads, flash_attn=False) if draft else None
+        spec.calibrated(calibrate(model, n_threads=n_threads, flash_attn=p.flash_attn), own)
     return spec
 
 
