@@ -60,13 +60,19 @@ def _read_cache() -> dict[str, bool]:
         return {}
 
 
+def file_key(model_path: str) -> str:
+    """What a fact measured of a model file on this machine depends on: the engine build and
+    CPU, and the file (path, size, modification time)."""
+    st = os.stat(model_path)
+    return f"{engine_fingerprint()}:{os.path.realpath(model_path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def extra_bufts_safe(model_path: str) -> bool:
     """True if the model may use extra buffer types; raises EngineError if it cannot run at all."""
     forced = os.environ.get("POCKETLM_EXTRA_BUFTS")
     if forced in ("0", "1"):
         return forced == "1"
-    st = os.stat(model_path)
-    key = f"{engine_fingerprint()}:{os.path.realpath(model_path)}:{st.st_size}:{st.st_mtime_ns}"
+    key = file_key(model_path)
     cache = _read_cache()
     if key in cache:
         return cache[key]

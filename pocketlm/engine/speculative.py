@@ -40,7 +40,6 @@ machine. When no draft pays, the step is plain.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -313,9 +312,7 @@ class Speculator:
         a plain step); ``forced``: at least one token."""
         best_k, best = 0, 0.0
         for k in range(0 if not forced else 1, most + 1):
-            t = self.costs(k + 1)
-            if t is None:
-                t = self.costs(1) * (1 + PRIOR_STEP_SLOPE * k)  # type: ignore[operator]
+            t = self.costs(k + 1)  # known: extrapolated from the measured one-token step
             rate = expected_tokens(p, k) / (t + draft_s * k)
             if rate > best:
                 best_k, best = k, rate
@@ -373,11 +370,7 @@ def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
     machine, 88 and 100-130 ms on another)."""
     from pocketlm.engine import probe
 
-    st = os.stat(model.path)
-    key = (
-        f"{probe.engine_fingerprint()}:{os.path.realpath(model.path)}:{st.st_size}:"
-        f"{st.st_mtime_ns}:{n_threads}:{flash_attn}"
-    )
+    key = f"{probe.file_key(model.path)}:{n_threads}:{flash_attn}"
     cache = _read_cache()
     try:
         return Calibration({int(n): float(t) for n, t in cache[key].items()})

@@ -8,6 +8,7 @@ token, with stop strings, UTF-8 reassembly and the context limit handled here.
 
 from __future__ import annotations
 
+import logging
 import resource
 import secrets
 import sys
@@ -35,6 +36,8 @@ from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import GGUFInfo, inspect_gguf
 from pocketlm.store.refs import resolve
 from pocketlm.store.store import Store
+
+log = logging.getLogger("pocketlm")
 
 
 @dataclass
@@ -107,6 +110,59 @@ def load_draft(
         raise
 
 
+def make_speculator(
+    name: str,
+    model,
+    p: LoadParams,
+    *,
+    n_ctx: int,
+    n_threads: int,
+    store: Store | None = None,
+    progress: Progress | None = None,
+    lenient: bool = False,
+):
+    """The speculative decoding ``p`` asks for, for the engine Model ``model`` (calibrate it
+    with ``calibrate_speculator`` on the thread that decodes). ``lenient`` (a server, whose
+    ``draft`` serves every model it fits): a model of another vocabulary, or the draft model
+    itself, decodes without it, unless the draft model was asked for alone (then it is an
+    error, as it always is otherwise)."""
+    from pocketlm.engine.speculative import Speculator, mode_for
+
+    mode = mode_for(p.speculate, p.lookup, p.draft is not None)
+    draft = None
+    if p.draft and not (lenient and p.draft == name):
+        try:
+            draft = load_draft(
+                p.draft,
+                model,
+                name,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                store=store,
+                progress=progress,
+            )
+        except UsageError:
+            if not lenient or mode == "draft":
+                raise
+            log.warning("serving %s without the draft model %s (another vocabulary)", name, p.draft)
+    if mode == "draft" and draft is None:
+        mode = "off"
+    return Speculator(mode=mode, draft_model=draft)
+
+
+def calibrate_speculator(spec, model, *, n_threads: int, flash_attn: bool) -> None:
+    """Give ``spec`` this machine's step costs (measured once, then cached). It decodes: call
+    it on the thread that decodes the model, or that thread's OpenMP team gets a twin (see
+    pocketlm.engine.batch)."""
+    from pocketlm.engine.speculative import calibrate
+
+    if spec.mode == "off":
+        return
+    draft = spec.draft_model
+    own = calibrate(draft.model, n_threads=n_threads, flash_attn=False) if draft else None
+    spec.calibrated(calibrate(model, n_threads=n_threads, flash_attn=flash_attn), own)
+
+
 def open_engine_model(ref: str, store: Store | None = None, progress: Progress | None = None):
     """(name, path, manifest, engine Model) for a reference, checked and CPU-probed first."""
     from pocketlm.engine import probe
@@ -152,34 +208,22 @@ class LoadedModel:
             n_batch=min(self.params.batch, n_ctx),
             flash_attn=self.params.flash_attn,
         )
-        self._spec = self._speculator(store, progress)
+        threads = self.params.threads or default_threads()
+        self._spec = make_speculator(
+            self.name,
+            self._model,
+            self.params,
+            n_ctx=self._ctx.n_ctx,
+            n_threads=threads,
+            store=store,
+            progress=progress,
+        )
+        fa = self.params.flash_attn
+        calibrate_speculator(self._spec, self._model, n_threads=threads, flash_attn=fa)
         # A base (not instruction-tuned) model completes text: no template unless asked.
         chat = self.manifest.chat if self.manifest else True
         self.template = self._model.chat_template() if chat else None
         self.load_s = time.perf_counter() - started
-
-    def _speculator(self, store: Store, progress: Progress | None):
-        from pocketlm.engine.speculative import Speculator, calibrate, mode_for
-
-        p = self.params
-        mode = mode_for(p.speculate, p.lookup, p.draft is not None)
-        draft = None
-        if p.draft:
-            draft = load_draft(
-                p.draft,
-                self._model,
-                self.name,
-                n_ctx=self._ctx.n_ctx,
-                n_threads=self.params.threads or default_threads(),
-                store=store,
-                progress=progress,
-            )
-        spec = Speculator(mode=mode, draft_model=draft)
-        if mode != "off":
-            threads, fa = self.params.threads or default_threads(), self.params.flash_attn
-            own = calibrate(draft.model, n_threads=threads, flash_attn=False) if draft else None
-            spec.calibrated(calibrate(self._model, n_threads=threads, flash_attn=fa), own)
-        return spec
 
     # -- life cycle ---------------------------------------------------------------
 

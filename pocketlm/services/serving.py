@@ -6,7 +6,6 @@ thread to asyncio streams.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 import weakref
@@ -20,6 +19,7 @@ from pocketlm.engine.llama import Grammar
 from pocketlm.errors import ContextOverflowError, ModelNotFoundError, PocketError, UsageError
 from pocketlm.params import GenerationParams, LoadParams, ServeParams, context_size
 from pocketlm.services import chat_template, fit, machine
+from pocketlm.services.runtime import calibrate_speculator, make_speculator
 from pocketlm.services.text import TextAssembler
 from pocketlm.store.gguf_check import inspect_gguf
 from pocketlm.store.manifest import Manifest
@@ -27,8 +27,6 @@ from pocketlm.store.names import shown, valid_name
 from pocketlm.store.pull import user_path
 from pocketlm.store.refs import resolve
 from pocketlm.store.store import Store
-
-log = logging.getLogger("pocketlm.serve")
 
 
 class InsufficientMemory(PocketError):
@@ -212,7 +210,9 @@ class ServedModel:
         self.model = Model(str(path), use_extra_bufts=probe.extra_bufts_safe(str(path)))
         self.n_ctx_seq = ctx_per_seq(self.info, cfg)
         n_threads = cfg.load.threads or machine.default_threads()
-        speculator = _speculator(name, self.model, cfg, self.n_ctx_seq, n_threads)
+        speculator = make_speculator(
+            name, self.model, cfg.load, n_ctx=self.n_ctx_seq, n_threads=n_threads, lenient=True
+        )
         self.engine = BatchEngine(
             self.model,
             n_seq=cfg.n_seq,
@@ -225,6 +225,14 @@ class ServedModel:
             cache_ram_bytes=cfg.cache_ram_bytes,
             speculator=speculator,
         )
+        calibrating = lambda: calibrate_speculator(  # noqa: E731
+            speculator, self.model, n_threads=n_threads, flash_attn=cfg.load.flash_attn
+        )
+        try:
+            self.engine.call(calibrating).result()  # on the scheduler thread, which decodes
+        except BaseException:
+            self.engine.close()
+            raise
         self._unflushed: set[_Mailbox] = set()  # the engine's thread only
         chat = manifest.chat if manifest else True
         self.template = self.model.chat_template() if chat else None
@@ -459,32 +467,6 @@ def estimate_bytes(info, n_ctx_total: int) -> int:
         + fit.kv_bytes_per_token(info) * n_ctx_total
         + fit.compute_bytes(info)
     )
-
-
-def _speculator(name: str, model, cfg: ServeConfig, n_ctx: int, n_threads: int):
-    """The model's speculative decoding, as the load options ask: ``draft`` serves every
-    model whose vocabulary it shares (the others decode without it, unless the draft model
-    was asked for alone: then it is an error)."""
-    from pocketlm.engine.speculative import Speculator, calibrate, mode_for
-    from pocketlm.services.runtime import load_draft
-
-    p = cfg.load
-    mode = mode_for(p.speculate, p.lookup, p.draft is not None)
-    draft = None
-    if p.draft and p.draft != name:
-        try:
-            draft = load_draft(p.draft, model, name, n_ctx=n_ctx, n_threads=n_threads)
-        except UsageError:
-            if mode == "draft":
-                raise
-            log.warning("serving %s without the draft model %s (another vocabulary)", name, p.draft)
-    if mode == "draft" and draft is None:
-        mode = "off"
-    spec = Speculator(mode=mode, draft_model=draft)
-    if mode != "off":
-        own = calibrate(draft.model, n_threads=n_threads, flash_attn=False) if draft else None
-        spec.calibrated(calibrate(model, n_threads=n_threads, flash_attn=p.flash_attn), own)
-    return spec
 
 
 def ctx_per_seq(info, cfg: ServeConfig) -> int:
