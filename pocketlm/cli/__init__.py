@@ -26,6 +26,7 @@ VERBS = {
     "bench": "bench",
     "quantize": "quantize",
     "package": "package",
+    "task": "task",
 }
 
 
@@ -51,6 +52,7 @@ def build_parser(verb: str) -> ArgumentParser:
     parser = ArgumentParser(prog=f"pocketlm {verb}", description=module.HELP)
     module.add_arguments(parser)
     parser.set_defaults(_main=module.main)
+    parser.intermixed = getattr(module, "INTERMIXED", True)  # argparse's subcommands cannot be
     return parser
 
 
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     # Intermixed: options may come before, between or after the words of a prompt.
-    args = build_parser(argv[0]).parse_intermixed_args(argv[1:])
+    parser = build_parser(argv[0])
+    parse = parser.parse_intermixed_args if parser.intermixed else parser.parse_args
+    args = parse(argv[1:])
     try:
         return args._main(args) or 0
     except PocketError as e:

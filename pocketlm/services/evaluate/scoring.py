@@ -97,6 +97,7 @@ class Scorer:
         self.model = model
         n_batch = min(n_batch, n_ctx)
         self.n_batch = n_batch
+        self.prefix: list[int] = []  # kept in sequence 0 for every group that starts with it
         self.n_seq = n_seq
         self.n_ctx = n_ctx
         self.ctx = Context(
@@ -139,6 +140,24 @@ class Scorer:
             g.context = g.context[len(g.context) - budget :]
         return g
 
+    def cache_prefix(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` once and keep them in the KV cache: every later group whose
+        context starts with them (a job's instructions and examples) attends to this copy
+        instead of evaluating its own. Sequence 0 holds it; groups use the others."""
+        import llama_cpp as ll
+
+        ll.llama_memory_clear(self.ctx._memory, True)
+        self.prefix = []
+        tokens = list(tokens)
+        for at in range(0, len(tokens), self.n_batch):
+            chunk = tokens[at : at + self.n_batch]
+            self._decode([(t, at + i, [0], []) for i, t in enumerate(chunk)], [])
+        self.prefix = tokens
+
+    def _shares_prefix(self, g: Group) -> bool:
+        n = len(self.prefix)
+        return 0 < n < len(g.context) and g.context[:n] == self.prefix
+
     def score(
         self, groups: Sequence[Group], on_group: Callable[[int], None] | None = None
     ) -> list[list[Scored]]:
@@ -146,40 +165,52 @@ class Scorer:
         results = [[Scored(0.0, len(k), True) for k in g.continuations] for g in groups]
         pending = list(range(len(groups)))
         trees = {}
+        n_seq = self.n_seq - (1 if self.prefix else 0)
         while pending:
             pack, tokens, seqs = [], 0, 0
             for gi in pending:
                 g = groups[gi]
                 if gi not in trees:
-                    trees[gi] = prefix_tree(g)
+                    skip = len(self.prefix) if self._shares_prefix(g) else 0
+                    trees[gi] = [n for n in prefix_tree(g) if n[1] >= skip]
                 need = len(trees[gi])
-                if pack and (
-                    tokens + need > self.n_batch or seqs + len(g.continuations) > self.n_seq
-                ):
+                if pack and (tokens + need > self.n_batch or seqs + len(g.continuations) > n_seq):
                     break
                 pack.append(gi)
                 tokens += need
                 seqs += len(g.continuations)
-            self._run_pack([trees.pop(i) for i in pack], [results[i] for i in pack])
+            self._run_pack(
+                [trees.pop(i) for i in pack], [results[i] for i in pack], [groups[i] for i in pack]
+            )
             pending = pending[len(pack) :]
             if on_group:
                 on_group(len(pack))
         return results
 
-    def _run_pack(self, trees: list[list[Node]], out: list[list[Scored]]) -> None:
+    def _run_pack(
+        self, trees: list[list[Node]], out: list[list[Scored]], groups: Sequence[Group]
+    ) -> None:
         """Evaluate groups whose tokens are placed into one or more consecutive batches."""
         import llama_cpp as ll
 
         mem = self.ctx._memory
-        ll.llama_memory_clear(mem, True)
+        if self.prefix:  # keep sequence 0's prefix; each group's choices attend to it
+            for s in range(1, self.n_seq):
+                ll.llama_memory_seq_rm(mem, s, -1, -1)
+        else:
+            ll.llama_memory_clear(mem, True)
         entries = []  # (token, pos, seqs, targets): targets = [(group, choice, next token)]
-        seq = 0
+        seq = 1 if self.prefix else 0
         for gi, nodes in enumerate(trees):
+            n_choices = len(groups[gi].continuations)
+            if self._shares_prefix(groups[gi]):
+                for c in range(n_choices):
+                    ll.llama_memory_seq_cp(mem, 0, seq + c, 0, len(self.prefix))
             for tok, pos, choices, targets in nodes:
                 entries.append(
                     (tok, pos, [seq + c for c in choices], [(gi, c, nxt) for c, nxt in targets])
                 )
-            seq += len(nodes[0][2])  # the first context token is in every choice's sequence
+            seq += n_choices
         for at in range(0, len(entries), self.n_batch):
             self._decode(entries[at : at + self.n_batch], out)
 

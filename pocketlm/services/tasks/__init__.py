@@ -1,0 +1,1 @@
+"""pocketlm task: routine work over a user's files."""

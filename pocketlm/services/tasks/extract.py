@@ -1,0 +1,109 @@
+"""`pocketlm task extract`: a JSON object per record, forced into a schema, then checked.
+
+The schema becomes a grammar (the server's structured-output path: its limits and its
+check process, so a hostile schema costs a bounded time), so the model can only write JSON
+of the schema's shape; the answer is then parsed and validated with ``jsonschema`` for
+what a grammar does not enforce (formats, numeric ranges it approximates). A record whose
+answer fails (cut off at the token limit, or invalid) is tried again with sampling (a new
+seed per try), then reported as failed with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from pocketlm.errors import UsageError
+from pocketlm.params import GenerationParams
+from pocketlm.services.grammar import json_grammar
+from pocketlm.services.tasks.engine import GREEDY, TaskEngine
+from pocketlm.services.tasks.job import RecordFailed
+from pocketlm.services.tasks.records import Record
+
+MAX_SCHEMA_BYTES = 64 * 1024
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """A JSON Schema from a file, checked against its metaschema: one-line errors."""
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}", "give --schema a JSON Schema file")
+    if path.stat().st_size > MAX_SCHEMA_BYTES:
+        raise UsageError(f"{path} is larger than {MAX_SCHEMA_BYTES // 1024} KiB", "simplify it")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not valid JSON: {e}", "fix the schema file") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"{path} is not a JSON Schema (an object)", "fix the schema file")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(map(str, e.path)) or "the top level"
+        raise UsageError(
+            f"{path} is not a valid JSON Schema: {e.message} (at {where})", "fix the schema"
+        ) from None
+    return schema
+
+
+def instructions(schema: dict[str, Any], task: str | None = None) -> str:
+    return (
+        (task or "Extract the information from the text.")
+        + " Answer with one JSON object that follows this JSON Schema; use null where the"
+        " text does not say.\n" + json.dumps(schema, ensure_ascii=False)
+    )
+
+
+class Extractor:
+    def __init__(
+        self,
+        engine: TaskEngine,
+        schema: dict[str, Any],
+        *,
+        task: str | None = None,
+        retries: int = 1,
+        max_tokens: int = 512,
+    ):
+        self.engine = engine
+        self.schema = schema
+        self.validator = jsonschema.validators.validator_for(schema)(schema)
+        self.grammar = json_grammar(schema, str(engine.path), field="--schema")
+        self.system = instructions(schema, task)
+        self.retries = retries
+        self.max_tokens = max_tokens
+
+    def __call__(self, record: Record) -> dict[str, Any]:
+        tokens = self.engine.prompt(
+            [{"role": "system", "content": self.system}, {"role": "user", "content": record.text}]
+        )
+        reason = ""
+        for attempt in range(self.retries + 1):
+            params = self._params(attempt)
+            out = self.engine.generate(tokens, params, grammar=self.grammar)
+            data, reason = self.check(out.text, out.finish)
+            if reason is None:
+                return {"data": data, **({"attempts": attempt + 1} if attempt else {})}
+        raise RecordFailed(f"no valid JSON after {self.retries + 1} tries: {reason}")
+
+    def _params(self, attempt: int) -> GenerationParams:
+        if attempt == 0:
+            return GREEDY.model_copy(update={"max_tokens": self.max_tokens})
+        return GenerationParams(max_tokens=self.max_tokens, temperature=0.7, seed=attempt)
+
+    def check(self, text: str, finish: str) -> tuple[Any, str | None]:
+        """(the parsed object, None), or (None, why it is not valid)."""
+        if finish == "length":
+            return None, f"the answer did not end within {self.max_tokens} tokens"
+        if finish not in ("stop",):
+            return None, f"generation ended: {finish}"
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            return None, f"not JSON: {e}"
+        errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.path))
+        if errors:
+            where = "/".join(map(str, errors[0].path)) or "the top level"
+            return None, f"does not match the schema at {where}: {errors[0].message}"
+        return data, None

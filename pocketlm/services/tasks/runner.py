@@ -1,0 +1,181 @@
+"""The one entry point of `pocketlm task` (CLI, Python API, Ray workers): a job described by a
+``JobSpec`` is read, run and written here.
+
+Per-record tasks (classify, extract, summarize, emails) run through ``job.run_job`` on a
+``TaskEngine``; logs and security read their file as a stream of lines (``logs_job``,
+``security_job`` in their own modules).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pocketlm.errors import UsageError
+from pocketlm.progress import NullProgress, Progress
+from pocketlm.services.tasks import records as readers
+from pocketlm.services.tasks.job import JobSummary, run_job
+from pocketlm.services.tasks.output import Output
+
+# Each task's default model: the ladder model its labelled test files showed to be the best
+# trade of accuracy and speed on this kind of machine (docs/tasks.md has the table).
+DEFAULT_MODELS = {
+    "classify": "qwen2.5-coder-0.5b-instruct",
+    "extract": "qwen2.5-coder-1.5b-instruct",
+    "summarize": "qwen2.5-coder-1.5b-instruct",
+    "emails": "qwen2.5-coder-1.5b-instruct",
+    "logs": "qwen2.5-coder-0.5b-instruct",
+    "security": "qwen2.5-coder-0.5b-instruct",
+}
+SCORING_ONLY = ("classify",)  # tasks that generate nothing: one sequence is enough
+
+
+@dataclass
+class JobSpec:
+    """One `pocketlm task` run. ``options`` are the verb's own (labels, schema...)."""
+
+    verb: str
+    input: Path
+    out: Path | None = None
+    out_format: str = "jsonl"
+    fmt: str = "auto"
+    field: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    model: str | None = None
+    threads: int | None = None
+    parallel: int = 8
+    ctx: int = 4096
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def model_for(spec: JobSpec) -> str:
+    """``--model``, else ``POCKETLM_MODEL``, else the task's default."""
+    return spec.model or os.environ.get("POCKETLM_MODEL") or DEFAULT_MODELS[spec.verb]
+
+
+def read(spec: JobSpec) -> Iterator[readers.Record]:
+    email = spec.verb == "emails"
+    return readers.read_records(spec.input, fmt=spec.fmt, field=spec.field, email=email)
+
+
+def count(spec: JobSpec) -> int | None:
+    """How many records the input holds, when counting is cheap (line formats), for the
+    progress bar's ETA; None otherwise."""
+    path = spec.input
+    if not path.is_file() or readers.detect_format(path) not in ("jsonl", "text", "syslog"):
+        return None
+    n = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
+
+
+def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
+    """Run a per-record job from ``spec`` (see module docstring) and return its summary."""
+    from pocketlm.services.tasks.engine import TaskEngine
+
+    progress = progress or NullProgress()
+    build = _TASKS.get(spec.verb)
+    if build is None:
+        raise UsageError(f"unknown task '{spec.verb}'", f"choose one of: {', '.join(_TASKS)}")
+    build, count_fields, columns = build
+    records = read(spec)
+    first = next(records, None)  # reading errors (a missing or binary file) before the load
+    out = Output(
+        spec.out, spec.out_format, resume=spec.resume, overwrite=spec.overwrite, columns=columns
+    )
+    n_seq = 1 if spec.verb in SCORING_ONLY else spec.parallel
+    try:
+        engine = TaskEngine(
+            model_for(spec),
+            n_seq=n_seq,
+            n_ctx_seq=spec.ctx,
+            threads=spec.threads,
+            progress=progress,
+        )
+    except BaseException:
+        out.close()
+        raise
+    try:
+        work = build(engine, spec)
+        try:
+            summary = run_job(
+                _chain(first, records),
+                work,
+                out.write,
+                workers=2 * spec.parallel,
+                done=out.done,
+                count_fields=count_fields,
+                total=count(spec),
+                progress=progress,
+            )
+        finally:
+            out.close()
+        c = engine.counters
+        summary.generated_tokens = c.generated_tokens
+        summary.prompt_tokens = c.prompt_tokens + c.scored_tokens
+        summary.cached_tokens = c.cached_tokens
+        summary.model = engine.name
+        return summary
+    finally:
+        engine.close()
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+    yield from rest
+
+
+Builder = Callable[[Any, JobSpec], Callable]
+
+
+def _classify(engine, spec: JobSpec):
+    from pocketlm.services.tasks import classify
+
+    o = spec.options
+    labels = classify.parse_labels(o["labels"]) if o.get("labels") else None
+    if labels is None:
+        raise UsageError("no labels given", "pass --labels A,B,C or --labels FILE")
+    examples = classify.load_examples(Path(o["examples"]), labels) if o.get("examples") else []
+    work = classify.Classifier(
+        engine, labels, examples=examples, task=o.get("instruction"), calibrate=o.get("calibrate")
+    )
+    return work
+
+
+def _extract(engine, spec: JobSpec):
+    from pocketlm.services.tasks import extract
+
+    o = spec.options
+    if not o.get("schema"):
+        raise UsageError("no schema given", "pass --schema SCHEMA.json")
+    schema = extract.load_schema(Path(o["schema"]))
+    work = extract.Extractor(
+        engine, schema, task=o.get("instruction"), max_tokens=o.get("max_tokens") or 512
+    )
+    return work
+
+
+def _summarize(engine, spec: JobSpec):
+    from pocketlm.services.tasks import summarize
+
+    o = spec.options
+    work = summarize.Summarizer(
+        engine, length=o.get("length") or "2-3 sentences", max_tokens=o.get("max_tokens") or 200
+    )
+    return work
+
+
+# verb -> (builder, fields counted in the summary, output columns for CSV)
+_TASKS: dict[str, tuple[Builder, tuple[str, ...], list[str]]] = {
+    "classify": (_classify, ("label",), ["label", "probs", "truncated", "error"]),
+    "extract": (_extract, (), ["data", "attempts", "error"]),
+    "summarize": (_summarize, (), ["summary", "parts", "error"]),
+}
