@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketlm.errors import UsageError
-from pocketlm.services.tasks.engine import TaskEngine, softmax
+from pocketlm.services.tasks.engine import TaskEngine
 from pocketlm.services.tasks.records import Record
 
 MAX_LABELS = 100
@@ -142,7 +142,7 @@ class Classifier:
         self.system = instructions(labels, task)
         self.examples = list(examples)
         self._choices = engine.label_tokens([label.name for label in labels])
-        self._longest = max(map(len, self._choices))
+        self._longest = max(map(len, self._choices.continuations))
         self._prior: list[float] | None = None
         self._room = engine.n_ctx_seq - len(engine.prompt(self.messages(""))) - self._longest - 8
         engine.cache_prefix(self._shared_prefix())
@@ -166,11 +166,9 @@ class Classifier:
     def probabilities(self, text: str) -> tuple[list[float], bool]:
         """(probability of each label, whether the text was cut to fit the context)."""
         text, cut = self._fit(text)
-        logprobs = self.engine.score(self.engine.prompt(self.messages(text)), self._choices)
-        probs = softmax(logprobs)
-        if self._prior is not None:
-            probs = _normalised([p / max(q, 1e-12) for p, q in zip(probs, self._prior)])
-        return probs, cut
+        prompt = self.engine.prompt(self.messages(text))
+        logprobs = self.engine.score(prompt, self._choices.continuations)
+        return self._choices.probs(logprobs, self._prior), cut
 
     def _fit(self, text: str) -> tuple[str, bool]:
         """The text, its end cut off when the record would not fit the scorer's context."""
@@ -189,8 +187,3 @@ class Classifier:
         if cut:
             out["truncated"] = True
         return out
-
-
-def _normalised(xs: list[float]) -> list[float]:
-    total = sum(xs)
-    return [x / total for x in xs]

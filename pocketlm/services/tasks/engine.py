@@ -166,16 +166,21 @@ class TaskEngine:
 
     # -- label scoring ----------------------------------------------------------------------
 
-    def label_tokens(self, labels: Sequence[str]) -> list[list[int]]:
-        """Each label's tokens as an answer: its text, then the end of the answer."""
+    def label_tokens(self, labels: Sequence[str]) -> LabelSet:
+        """The labels as answers: each as written and, where it differs, with its first
+        letter in the other case ("yes", "Yes": models prefer one, the user cannot know
+        which), each followed by the end of the answer."""
         end = [self._end] if self._end is not None else []
-        out = []
-        for label in labels:
-            toks = self.tokenize(label if self.template else " " + label)
-            if not toks:
-                raise UsageError(f"the label {label!r} has no tokens", "give non-empty labels")
-            out.append(toks + end)
-        return out
+        conts, owner = [], []
+        for i, label in enumerate(labels):
+            variants = dict.fromkeys([label, label[:1].swapcase() + label[1:]])
+            for v in variants:
+                toks = self.tokenize(v if self.template else " " + v)
+                if not toks:
+                    raise UsageError(f"the label {label!r} has no tokens", "give non-empty labels")
+                conts.append(toks + end)
+                owner.append(i)
+        return LabelSet(list(labels), conts, owner)
 
     def cache_prefix(self, tokens: list[int]) -> None:
         """Keep a job's shared prompt start in the scorer's cache (see ``score``)."""
@@ -237,6 +242,36 @@ class TaskEngine:
             self._scorer.close()
             self._scorer = None
         self.model.close()
+
+
+@dataclass
+class LabelSet:
+    """Labels and the token sequences that spell each (``owner[i]``: the label of
+    ``continuations[i]``)."""
+
+    labels: list[str]
+    continuations: list[list[int]]
+    owner: list[int]
+
+    def probs(self, logprobs: Sequence[float], prior: Sequence[float] | None = None) -> list[float]:
+        """Each label's probability from its spellings' log-probabilities (summed), over the
+        labels; divided by ``prior`` (contextual calibration) when given."""
+        per = [-math.inf] * len(self.labels)
+        for lp, i in zip(logprobs, self.owner):
+            per[i] = _logaddexp(per[i], lp)
+        p = softmax(per)
+        if prior is not None:
+            p = [x / max(q, 1e-12) for x, q in zip(p, prior)]
+            total = sum(p)
+            p = [x / total for x in p]
+        return p
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    hi, lo = max(a, b), min(a, b)
+    return hi + math.log1p(math.exp(lo - hi))
 
 
 def softmax(logprobs: Sequence[float]) -> list[float]:

@@ -3,20 +3,19 @@
 Records are read lazily and handed to worker threads (a few more than the engine's parallel
 sequences, so the engine never waits for work); results are written in input order as soon
 as the oldest record in flight is done, so memory holds a window of records, never the
-file. A record that fails is written with its ``error``; none is dropped. ``done`` ids (from
-an output being resumed) are skipped.
+file. A record that fails is written with its ``error``; none is dropped.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pocketlm.errors import PocketError
+from pocketlm.errors import PocketError, UsageError
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services.tasks.records import Record
 
@@ -37,6 +36,7 @@ class JobSummary:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     failures: list[tuple[Any, str]] = field(default_factory=list)  # the first few
+    report_lines: list[str] = field(default_factory=list)  # a task's own report, for people
 
     @property
     def records_per_s(self) -> float:
@@ -69,7 +69,7 @@ def run_job(
     write: Callable[[dict[str, Any]], None],
     *,
     workers: int = 8,
-    done: set[str] = frozenset(),
+    done: Sequence[str] = (),
     count_fields: tuple[str, ...] = (),
     total: int | None = None,
     progress: Progress | None = None,
@@ -91,7 +91,8 @@ def run_job(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pocketlm-task")
     try:
         for record in records:
-            if str(record.id) in done:
+            if summary.skipped < len(done):  # resuming: this one is written already
+                _check_same(record, done[summary.skipped], summary.skipped)
                 summary.skipped += 1
                 task.advance(1)
                 continue
@@ -106,6 +107,15 @@ def run_job(
         pool.shutdown(wait=False, cancel_futures=True)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_same(record: Record, written: str, index: int) -> None:
+    if str(record.id) != written:
+        raise UsageError(
+            f"the results being resumed do not belong to this input: result {index + 1} is "
+            f"for id {written}, record {index + 1} has id {record.id}",
+            "resume with the same input, or pass --overwrite to start again",
+        )
 
 
 def _guarded(work: Callable[[Record], dict[str, Any]], record: Record) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 JSONL (the default) or CSV. Each record's line is written in one call and flushed, so an
 interrupted run (Ctrl-C arrives between Python operations, not inside a write) leaves whole
 lines; a line cut short by a crash or a full disk is removed when the run resumes, and its
-record is done again. Resuming reads the ids already written and the job skips them.
+record is done again. Results are in input order, one per record, so resuming skips as many
+records as there are lines, checking that their ids are the ones written (the same input).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Output:
         columns: Iterable[str] = (),
     ):
         self.path, self.fmt = path, fmt
-        self.done: set[str] = set()
+        self.done: list[str] = []  # ids already written (resuming), in order
         self._columns = ["id", *[c for c in columns if c != "id"]]
         self._csv_header = True
         self._file: TextIO = sys.stdout if path is None else self._open(resume, overwrite)
@@ -89,16 +90,14 @@ class Output:
                 pos = start
             f.truncate(0)
 
-    def _read_ids(self, path: Path) -> set[str]:
-        ids: set[str] = set()
+    def _read_ids(self, path: Path) -> list[str]:
+        ids: list[str] = []
         with path.open(encoding="utf-8", errors="replace", newline="") as f:
             if self.fmt == "csv":
-                for row in csv.DictReader(f):
-                    ids.add(str(row.get("id")))
-                return ids
+                return [str(row.get("id")) for row in csv.DictReader(f)]
             for n, line in enumerate(f, 1):
                 try:
-                    ids.add(str(json.loads(line)["id"]))
+                    ids.append(str(json.loads(line)["id"]))
                 except (ValueError, KeyError, TypeError):
                     raise UsageError(
                         f"{path} line {n} is not a result record of pocketlm task",

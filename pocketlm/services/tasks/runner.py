@@ -8,9 +8,9 @@ Per-record tasks (classify, extract, summarize, emails) run through ``job.run_jo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,8 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
     from pocketlm.services.tasks.engine import TaskEngine
 
     progress = progress or NullProgress()
+    if spec.verb in _STREAMS:
+        return _run_stream(spec, progress)
     build = _TASKS.get(spec.verb)
     if build is None:
         raise UsageError(f"unknown task '{spec.verb}'", f"choose one of: {', '.join(_TASKS)}")
@@ -125,6 +127,26 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
         return summary
     finally:
         engine.close()
+
+
+def _run_stream(spec: JobSpec, progress: Progress) -> JobSummary:
+    from pocketlm.services.tasks import streams
+    from pocketlm.services.tasks.engine import TaskEngine
+
+    def make_engine():
+        return TaskEngine(
+            model_for(spec),
+            n_seq=spec.parallel,
+            n_ctx_seq=min(spec.ctx, 2048),  # a line, a few examples, a short answer
+            threads=spec.threads,
+            progress=progress,
+        )
+
+    job = streams.run_logs if spec.verb == "logs" else streams.run_security
+    return job(spec, make_engine, progress)
+
+
+_STREAMS = ("logs", "security")
 
 
 def _chain(first, rest):
@@ -173,9 +195,20 @@ def _summarize(engine, spec: JobSpec):
     return work
 
 
+def _emails(engine, spec: JobSpec):
+    from pocketlm.services.tasks import emails
+
+    return emails.EmailTriage(engine, categories=emails.categories(spec.options.get("categories")))
+
+
 # verb -> (builder, fields counted in the summary, output columns for CSV)
 _TASKS: dict[str, tuple[Builder, tuple[str, ...], list[str]]] = {
     "classify": (_classify, ("label",), ["label", "probs", "truncated", "error"]),
     "extract": (_extract, (), ["data", "attempts", "error"]),
     "summarize": (_summarize, (), ["summary", "parts", "error"]),
+    "emails": (
+        _emails,
+        ("category", "priority", "needs_reply", "spam"),
+        "subject from category priority needs_reply spam reason summary probs error".split(),
+    ),
 }
