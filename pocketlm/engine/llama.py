@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Sequence
 
 import llama_cpp as ll
+import numpy as np
 
 from pocketlm.errors import EngineError, UsageError
 from pocketlm.params import GenerationParams
@@ -317,14 +318,14 @@ class Sampler:
         self._recent: collections.deque[int] | None = None
         if repeat_penalty != 1.0 and repeat_last_n > 0:
             self._recent = collections.deque(maxlen=repeat_last_n)
-        self._grammar = grammar  # a Grammar's vocabulary must outlive its copy in the chain
+        self._grammar = grammar  # a Grammar's vocabulary must outlive its copy
+        self._gptr = None  # the grammar's sampler: outside the chain (see sample)
+        self._all = None  # candidates for a draw the grammar constrains, allocated once
         if grammar is not None:
-            # First in the chain: tokens the grammar forbids never reach the other samplers.
-            g = self._grammar_sampler(grammar, vocab)
-            if not g:
+            self._gptr = self._grammar_sampler(grammar, vocab)
+            if not self._gptr:
                 self.close()
                 raise EngineError(f"invalid grammar: {last_log_error()}")
-            add(g)
         if temperature <= 0.0:
             add(ll.llama_sampler_init_greedy())
             return
@@ -393,9 +394,52 @@ class Sampler:
                 # C float arithmetic: a penalty that rounds to 0 as a float gives +inf
                 logits[tok] = v * p if v <= 0 else (v / p if p else math.inf)
         token = ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
+        if self._gptr is not None and not self._allowed(token):
+            token = self._constrained(ctx, index)
+        if self._gptr is not None:
+            ll.llama_sampler_accept(self._gptr, token)
         if recent is not None:
             recent.append(token)
         return token
+
+    # A grammar is checked against the token drawn without it, and applied to the whole
+    # vocabulary only when it refuses that token (llama.cpp's common sampler does the same).
+    # Applied first, it checked every one of the vocabulary's entries at every draw: 8
+    # sequences extracting JSON with SmolLM2 (49k entries) made 53 tok/s together, a third
+    # of what they make without a grammar. The result is the same: greedy takes the likeliest
+    # token the grammar allows; a draw refused and drawn again among the allowed tokens has
+    # the constrained distribution (p(t) + (1 - Z) p(t) / Z = p(t) / Z, Z the allowed mass).
+
+    def _allowed(self, token: int) -> bool:
+        one = ll.llama_token_data(token, 0.0, 0.0)
+        arr = ll.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        ll.llama_sampler_apply(self._gptr, ctypes.byref(arr))
+        return one.logit != -math.inf
+
+    def _constrained(self, ctx: Context, index: int) -> int:
+        """A draw with the grammar applied to every candidate first."""
+        if self._all is None:
+            self._all = (ll.llama_token_data * self._n_vocab)()
+            view = self._view()
+            view["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        logits = ll.llama_get_logits_ith(ctx._ptr, index)
+        if not logits:
+            raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
+        view = self._view()
+        view["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        view["p"] = 0.0
+        arr = ll.llama_token_data_array(self._all, self._n_vocab, -1, False)
+        ll.llama_sampler_apply(self._gptr, ctypes.byref(arr))
+        ll.llama_sampler_apply(self._ptr, ctypes.byref(arr))
+        if arr.selected < 0:
+            raise EngineError("the grammar allows no token here")
+        token = arr.data[arr.selected].id
+        ll.llama_sampler_accept(self._ptr, token)
+        return token
+
+    def _view(self) -> np.ndarray:
+        dtype = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        return np.frombuffer(self._all, dtype=dtype)
 
     def accept_all(self, tokens: Sequence[int]) -> None:
         """Feed the tokens the model did not sample (the prompt) to the penalty's window: the
@@ -416,3 +460,6 @@ class Sampler:
         if self._ptr:
             ll.llama_sampler_free(self._ptr)
             self._ptr = None
+        if getattr(self, "_gptr", None):
+            ll.llama_sampler_free(self._gptr)
+            self._gptr = None

@@ -121,7 +121,13 @@ def _same_site(a: str, b: str) -> bool:
 
 
 class EmailTriage:
-    def __init__(self, engine: TaskEngine, *, categories: Sequence[Label] = CATEGORIES):
+    def __init__(
+        self,
+        engine: TaskEngine,
+        *,
+        categories: Sequence[Label] = CATEGORIES,
+        calibrate: bool = True,
+    ):
         self.engine = engine
         self.categories = list(categories)
         names = ", ".join(c.name for c in self.categories)
@@ -138,7 +144,8 @@ class EmailTriage:
         engine.cache_prefix(_common_prefix([self._prompt("a", first), self._prompt("b", first)]))
         # Contextual calibration: each answer's prior, on a message with no content.
         self._prior: dict[str, list[float]] | None = None
-        self._prior = self.judge(CONTENT_FREE)
+        if calibrate:
+            self._prior = self.judge(CONTENT_FREE)
 
     def _prompt(self, text: str, question: str) -> list[int]:
         user = f"{text}\n\n---\n{question}"
