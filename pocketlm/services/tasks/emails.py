@@ -32,7 +32,6 @@ from pocketlm.params import GenerationParams
 from pocketlm.services.grammar import json_grammar
 from pocketlm.services.tasks.classify import Label, parse_labels
 from pocketlm.services.tasks.engine import GREEDY, TaskEngine
-from pocketlm.services.tasks.job import RecordFailed
 from pocketlm.services.tasks.records import Record
 
 CATEGORIES = [
@@ -168,7 +167,8 @@ class EmailTriage:
             k: self._choices[k].probs(logprobs[a:b], prior.get(k)) for k, (a, b) in spans.items()
         }
 
-    def note(self, text: str, verdict: str) -> dict[str, str]:
+    def note(self, text: str, verdict: str) -> dict[str, str] | None:
+        """The model's one-line summary and reason, or None when it did not finish them."""
         tokens = self.engine.prompt(
             [
                 {"role": "system", "content": NOTE.format(verdict=verdict)},
@@ -178,9 +178,10 @@ class EmailTriage:
         params: GenerationParams = GREEDY.model_copy(update={"max_tokens": 160})
         out = self.engine.generate(tokens, params, grammar=self.grammar)
         try:
-            return json.loads(out.text)
+            note = json.loads(out.text)
         except ValueError:
-            raise RecordFailed(f"the summary was not finished ({out.finish})") from None
+            return None
+        return note if out.finish == "stop" else None
 
     def __call__(self, record: Record) -> dict[str, Any]:
         text = _cut(record.text)
@@ -189,7 +190,12 @@ class EmailTriage:
         found, settled = signs(record)
         spam = pick["spam"] == "yes" or settled
         verdict = "spam or phishing" if spam else "a legitimate email"
-        note = self.note(text, verdict)
+        # Without the model's note (it ran past its length), the record keeps its judgements:
+        # the subject stands for the summary, the probability for the reason.
+        note = self.note(text, verdict) or {
+            "summary": record.fields.get("subject", ""),
+            "reason": f"spam probability {probs['spam'][0]:.2f} (the model wrote no reason)",
+        }
         reason = note.get("reason", "").strip()
         if found:
             reason = "; ".join(found) + (f". {reason}" if reason else "")

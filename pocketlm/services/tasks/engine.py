@@ -25,7 +25,7 @@ from pocketlm.engine.llama import Grammar
 from pocketlm.errors import PocketError, UsageError
 from pocketlm.params import GenerationParams
 from pocketlm.services import chat_template
-from pocketlm.services.evaluate.scoring import Group, Scorer
+from pocketlm.services.evaluate.scoring import Group, Scorer, prefix_tree
 from pocketlm.services.machine import default_threads
 from pocketlm.services.runtime import open_engine_model
 
@@ -217,17 +217,21 @@ class TaskEngine:
             fut.set_result([s.logprob for s in scored])
 
     def _fit(self, scorer: Scorer, g: Group) -> Group:
-        if len(g.context) + sum(map(len, g.continuations)) > scorer.n_ctx:
+        need = len(prefix_tree(g))  # continuations that begin alike share their cells
+        if need > scorer.n_ctx:
             raise PocketError(
-                f"a record and its labels take {len(g.context)} tokens, more than the "
-                f"scorer's context of {scorer.n_ctx}"
+                f"a record and its answers take {need} tokens, more than the scorer's "
+                f"context of {scorer.n_ctx}"
             )
         return g
 
     def _get_scorer(self) -> Scorer:
         if self._scorer is None:
             self._scorer = Scorer(
-                self.model, n_ctx=self.n_ctx_seq * 2, n_threads=self.threads, n_seq=32
+                self.model,
+                n_ctx=max(self.n_ctx_seq * 2, 4096),
+                n_threads=self.threads,
+                n_seq=32,
             )
         return self._scorer
 
