@@ -129,7 +129,9 @@ class EmailTriage:
     ):
         self.engine = engine
         self.categories = list(categories)
-        names = ", ".join(c.name for c in self.categories)
+        names = "; ".join(
+            c.name + (f" ({c.description})" if c.description else "") for c in self.categories
+        )
         self.questions = {k: q.format(categories=names) for k, q in QUESTIONS.items()}
         self.answers = {
             "category": [c.name for c in self.categories],
