@@ -131,7 +131,9 @@ def logs(path: str, n_threads: int) -> None:
 
     pairs = loggen.generate(2000, seed=0)
     for label, with_model in (("rules only (Drain)", False), ("with the model", True)):
-        engine = TaskEngine(path, n_seq=8, n_ctx_seq=2048, threads=n_threads) if with_model else None
+        engine = (
+            TaskEngine(path, n_seq=8, n_ctx_seq=2048, threads=n_threads) if with_model else None
+        )
         try:
             miner = LogMiner(ask=template_asker(LazyEngine(lambda: engine), 8) if engine else None)
             started = time.perf_counter()

@@ -9,9 +9,9 @@ answers (the categories; high/normal/low; yes/no) are scored as continuations af
 the same pass (``TaskEngine.score``), so each comes with its probability (``probs``). Small
 models lean toward some answers whatever the message (measured: "yes" to "does it need a
 reply?" at 0.6 on an empty one), so the answers are calibrated against a content-free
-message (contextual calibration, Zhao et al., 2021), except spam's (see CALIBRATED). Then one short generation,
-forced into ``{"summary", "reason"}`` by a grammar, writes the summary and the reason for
-the spam verdict.
+message (contextual calibration, Zhao et al., 2021), except spam's (see CALIBRATED).
+Then one short generation, forced into ``{"summary", "reason"}`` by a grammar, writes the
+summary and the reason for the spam verdict.
 
 Phishing has tell-tale signs a rule finds exactly, where a small model may not: a link whose
 text shows one domain while it points to another, a link to a bare IP address, a Reply-To on
@@ -46,12 +46,12 @@ CATEGORIES = [
 ]
 PRIORITIES = ["high", "normal", "low"]
 YES_NO = ["yes", "no"]
-CONTENT_FREE = "N/A"
+CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al., 2021)
 # Calibrated questions. Not spam: on an empty message the models say "no" so firmly that,
 # divided out, every message became spam (Qwen2.5-Coder-0.5B on the 48 labelled emails:
 # spam accuracy 0.25 calibrated, 0.56 not, while category went 0.10 -> 0.63, priority
 # 0.25 -> 0.58 and needs_reply 0.21 -> 0.77 with calibration).
-CALIBRATED = ("category", "priority", "needs_reply")  # the content-free input of contextual calibration (Zhao et al., 2021)
+CALIBRATED = ("category", "priority", "needs_reply")
 MAX_CATEGORIES = 20  # a message's answers are scored together: 20 + 7 sequences at most
 MAX_BODY_CHARS = 6000  # a message's body beyond this is cut (and the model is told so)
 
