@@ -134,9 +134,10 @@ class EmailTriage:
     ):
         self.engine = engine
         self.categories = list(categories)
-        names = "; ".join(
-            c.name + (f" ({c.description})" if c.description else "") for c in self.categories
-        )
+        # Names only: with each category's description in the question, Qwen2.5-Coder-0.5B
+        # did worse on the 48 labelled emails (priority 0.58 -> 0.44, needs_reply 0.77 ->
+        # 0.35, category 0.63 -> 0.60).
+        names = ", ".join(c.name for c in self.categories)
         self.questions = {k: q.format(categories=names) for k, q in QUESTIONS.items()}
         self.answers = {
             "category": [c.name for c in self.categories],
