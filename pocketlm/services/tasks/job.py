@@ -4,6 +4,9 @@ Records are read lazily and handed to worker threads (a few more than the engine
 sequences, so the engine never waits for work); results are written in input order as soon
 as the oldest record in flight is done, so memory holds a window of records, never the
 file. A record that fails is written with its ``error``; none is dropped.
+
+A run on Ray (``distributed``) is made of the same parts: each worker runs its shard with
+``run_all``, and the driver writes, counts and resumes with ``Tally``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,13 @@ class JobSummary:
     cached_tokens: int = 0
     failures: list[tuple[Any, str]] = field(default_factory=list)  # the first few
     report_lines: list[str] = field(default_factory=list)  # a task's own report, for people
+
+    def add_tokens(self, counters: Any) -> None:
+        """Add an engine's token counts (``TaskEngine.counters``): prompt tokens include
+        the ones scored."""
+        self.generated_tokens += counters.generated_tokens
+        self.prompt_tokens += counters.prompt_tokens + counters.scored_tokens
+        self.cached_tokens += counters.cached_tokens
 
     @property
     def records_per_s(self) -> float:
@@ -76,25 +86,17 @@ def run_job(
 ) -> JobSummary:
     """Run ``work`` on each record (on ``workers`` threads) and ``write`` each result, with
     the record's ``id`` first, in input order."""
-    summary = JobSummary(counts={f: collections.Counter() for f in count_fields})
-    task = (progress or NullProgress()).task("records", total, unit="records")
-    started = time.perf_counter()
+    tally = Tally(write, done=done, count_fields=count_fields, total=total, progress=progress)
     window: collections.deque[tuple[Record, Future]] = collections.deque()
 
     def finish_oldest() -> None:
         record, fut = window.popleft()
-        result = _result(record, fut)
-        write(result)
-        _count(summary, result, count_fields)
-        task.advance(1)
+        tally.put(_result(record, fut))
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pocketlm-task")
     try:
         for record in records:
-            if summary.skipped < len(done):  # resuming: this one is written already
-                _check_same(record, done[summary.skipped], summary.skipped)
-                summary.skipped += 1
-                task.advance(1)
+            if tally.skip(record):
                 continue
             window.append((record, pool.submit(_guarded, work, record)))
             while window and (len(window) > 2 * workers or window[0][1].done()):
@@ -105,8 +107,55 @@ def run_job(
         # Interrupted: records not written are dropped (a resumed run does them); the ones
         # running end when their engine closes, which the caller does next.
         pool.shutdown(wait=False, cancel_futures=True)
-    summary.seconds = time.perf_counter() - started
-    return summary
+    return tally.finish()
+
+
+def run_all(
+    records: Sequence[Record], work: Callable[[Record], dict[str, Any]], pool: Executor
+) -> list[dict[str, Any]]:
+    """``work`` on every one of ``records`` at once, on ``pool``'s threads: the results in
+    order, as ``run_job`` writes them (a record that fails has its ``error``)."""
+    futures = [pool.submit(_guarded, work, record) for record in records]
+    return [_result(record, fut) for record, fut in zip(records, futures)]
+
+
+class Tally:
+    """A job's results as they are written, in input order: each is passed to ``write``,
+    counted in ``summary`` and shown in the progress; records already in the output
+    (``done``, when resuming) are checked and skipped."""
+
+    def __init__(
+        self,
+        write: Callable[[dict[str, Any]], None],
+        *,
+        done: Sequence[str] = (),
+        count_fields: tuple[str, ...] = (),
+        total: int | None = None,
+        progress: Progress | None = None,
+    ):
+        self.summary = JobSummary(counts={f: collections.Counter() for f in count_fields})
+        self._write, self._done, self._fields = write, done, count_fields
+        self._task = (progress or NullProgress()).task("records", total, unit="records")
+        self._started = time.perf_counter()
+
+    def skip(self, record: Record) -> bool:
+        """True when ``record`` is written already (resuming); its id must be the one written."""
+        s = self.summary
+        if s.skipped >= len(self._done):
+            return False
+        _check_same(record, self._done[s.skipped], s.skipped)
+        s.skipped += 1
+        self._task.advance(1)
+        return True
+
+    def put(self, result: dict[str, Any]) -> None:
+        self._write(result)
+        _count(self.summary, result, self._fields)
+        self._task.advance(1)
+
+    def finish(self) -> JobSummary:
+        self.summary.seconds = time.perf_counter() - self._started
+        return self.summary
 
 
 def _check_same(record: Record, written: str, index: int) -> None:

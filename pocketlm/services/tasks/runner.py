@@ -13,13 +13,16 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pocketlm.errors import UsageError
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services.tasks import records as readers
 from pocketlm.services.tasks.job import JobSummary, run_job
 from pocketlm.services.tasks.output import Output
+
+if TYPE_CHECKING:
+    from pocketlm.services.tasks.engine import TaskEngine
 
 # Each task's default model: the ladder model its labelled test files showed to be the best
 # trade of accuracy and speed on this kind of machine (docs/tasks.md has the table).
@@ -32,6 +35,7 @@ DEFAULT_MODELS = {
     "security": "qwen2.5-coder-0.5b-instruct",
 }
 SCORING_ONLY = ("classify",)  # tasks that generate nothing: one sequence is enough
+STREAMS = ("logs", "security")  # whole files read as line streams, their state spans lines
 
 
 @dataclass
@@ -78,40 +82,25 @@ def count(spec: JobSpec) -> int | None:
 
 def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
     """Run a per-record job from ``spec`` (see module docstring) and return its summary."""
-    from pocketlm.services.tasks.engine import TaskEngine
-
     progress = progress or NullProgress()
-    if spec.verb in _STREAMS:
+    if spec.verb in STREAMS:
         return _run_stream(spec, progress)
-    build = _TASKS.get(spec.verb)
-    if build is None:
-        raise UsageError(f"unknown task '{spec.verb}'", f"choose one of: {', '.join(_TASKS)}")
-    build, count_fields, columns = build
+    _, count_fields, _ = task_of(spec.verb)
     records = read(spec)
     first = next(records, None)  # reading errors (a missing or binary file) before the load
-    out = Output(
-        spec.out, spec.out_format, resume=spec.resume, overwrite=spec.overwrite, columns=columns
-    )
-    n_seq = 1 if spec.verb in SCORING_ONLY else spec.parallel
+    out = open_output(spec)
     try:
-        engine = TaskEngine(
-            model_for(spec),
-            n_seq=n_seq,
-            n_ctx_seq=spec.ctx,
-            threads=spec.threads,
-            progress=progress,
-        )
+        engine, work = build_task(spec, progress)
     except BaseException:
         out.close()
         raise
     try:
-        work = build(engine, spec)
         try:
             summary = run_job(
                 _chain(first, records),
                 work,
                 out.write,
-                workers=2 * spec.parallel,
+                workers=worker_threads(spec),
                 done=out.done,
                 count_fields=count_fields,
                 total=count(spec),
@@ -119,14 +108,55 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
             )
         finally:
             out.close()
-        c = engine.counters
-        summary.generated_tokens = c.generated_tokens
-        summary.prompt_tokens = c.prompt_tokens + c.scored_tokens
-        summary.cached_tokens = c.cached_tokens
         summary.model = engine.name
+        summary.add_tokens(engine.counters)
         return summary
     finally:
         engine.close()
+
+
+def task_of(verb: str) -> tuple[Builder, tuple[str, ...], list[str]]:
+    """A per-record task's (builder, fields counted in the summary, output columns for CSV)."""
+    task = _TASKS.get(verb)
+    if task is None:
+        raise UsageError(f"unknown task '{verb}'", f"choose one of: {', '.join(_TASKS)}")
+    return task
+
+
+def open_output(spec: JobSpec) -> Output:
+    """The job's results file, opened as ``spec`` asks (new, resumed or overwritten)."""
+    columns = task_of(spec.verb)[2]
+    return Output(
+        spec.out, spec.out_format, resume=spec.resume, overwrite=spec.overwrite, columns=columns
+    )
+
+
+def build_task(
+    spec: JobSpec, progress: Progress | None = None
+) -> tuple[TaskEngine, Callable[[readers.Record], dict[str, Any]]]:
+    """The loaded ``TaskEngine`` and the per-record callable of ``spec``'s task: what ``run``
+    and each Ray worker (``distributed``) run. The caller closes the engine."""
+    from pocketlm.services.tasks.engine import TaskEngine
+
+    build = task_of(spec.verb)[0]
+    engine = TaskEngine(
+        model_for(spec),
+        n_seq=1 if spec.verb in SCORING_ONLY else spec.parallel,
+        n_ctx_seq=spec.ctx,
+        threads=spec.threads,
+        progress=progress,
+    )
+    try:
+        return engine, build(engine, spec)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def worker_threads(spec: JobSpec) -> int:
+    """Threads that run records: twice the sequences decoded together, so that the engine
+    never waits for work."""
+    return 2 * spec.parallel
 
 
 def _run_stream(spec: JobSpec, progress: Progress) -> JobSummary:
@@ -144,9 +174,6 @@ def _run_stream(spec: JobSpec, progress: Progress) -> JobSummary:
 
     job = streams.run_logs if spec.verb == "logs" else streams.run_security
     return job(spec, make_engine, progress)
-
-
-_STREAMS = ("logs", "security")
 
 
 def _chain(first, rest):
