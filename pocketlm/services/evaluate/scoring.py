@@ -154,6 +154,16 @@ class Scorer:
             self._decode([(t, at + i, [0], []) for i, t in enumerate(chunk)], [])
         self.prefix = tokens
 
+    def _tree(self, g: Group) -> tuple[list[Node], int]:
+        """The group's nodes to evaluate (those of a cached prefix left out) and how many
+        sequences they need. Continuations of one token need no node of their own (nothing
+        attends to them): the context alone, in one sequence, predicts them all."""
+        skip = len(self.prefix) if self._shares_prefix(g) else 0
+        nodes = [n for n in prefix_tree(g) if n[1] >= skip]
+        if all(len(k) == 1 for k in g.continuations):
+            return [(t, p, [0], tg) for t, p, _, tg in nodes if p < len(g.context)], 1
+        return nodes, len(g.continuations)
+
     def _shares_prefix(self, g: Group) -> bool:
         n = len(self.prefix)
         return 0 < n < len(g.context) and g.context[:n] == self.prefix
@@ -171,14 +181,13 @@ class Scorer:
             for gi in pending:
                 g = groups[gi]
                 if gi not in trees:
-                    skip = len(self.prefix) if self._shares_prefix(g) else 0
-                    trees[gi] = [n for n in prefix_tree(g) if n[1] >= skip]
-                need = len(trees[gi])
-                if pack and (tokens + need > self.n_batch or seqs + len(g.continuations) > n_seq):
+                    trees[gi] = self._tree(g)
+                need, n_seqs = len(trees[gi][0]), trees[gi][1]
+                if pack and (tokens + need > self.n_batch or seqs + n_seqs > n_seq):
                     break
                 pack.append(gi)
                 tokens += need
-                seqs += len(g.continuations)
+                seqs += n_seqs
             self._run_pack(
                 [trees.pop(i) for i in pack], [results[i] for i in pack], [groups[i] for i in pack]
             )
@@ -188,7 +197,7 @@ class Scorer:
         return results
 
     def _run_pack(
-        self, trees: list[list[Node]], out: list[list[Scored]], groups: Sequence[Group]
+        self, trees: list[tuple[list[Node], int]], out: list[list[Scored]], groups: Sequence[Group]
     ) -> None:
         """Evaluate groups whose tokens are placed into one or more consecutive batches."""
         import llama_cpp as ll
@@ -201,16 +210,15 @@ class Scorer:
             ll.llama_memory_clear(mem, True)
         entries = []  # (token, pos, seqs, targets): targets = [(group, choice, next token)]
         seq = 1 if self.prefix else 0
-        for gi, nodes in enumerate(trees):
-            n_choices = len(groups[gi].continuations)
+        for gi, (nodes, n_seqs) in enumerate(trees):
             if self._shares_prefix(groups[gi]):
-                for c in range(n_choices):
+                for c in range(n_seqs):
                     ll.llama_memory_seq_cp(mem, 0, seq + c, 0, len(self.prefix))
             for tok, pos, choices, targets in nodes:
                 entries.append(
                     (tok, pos, [seq + c for c in choices], [(gi, c, nxt) for c, nxt in targets])
                 )
-            seq += n_choices
+            seq += n_seqs
         for at in range(0, len(entries), self.n_batch):
             self._decode(entries[at : at + self.n_batch], out)
 
