@@ -52,7 +52,8 @@ def build_parser(verb: str) -> ArgumentParser:
     parser = ArgumentParser(prog=f"pocketlm {verb}", description=module.HELP)
     module.add_arguments(parser)
     parser.set_defaults(_main=module.main)
-    parser.intermixed = getattr(module, "INTERMIXED", True)  # argparse's subcommands cannot be
+    # argparse cannot parse subcommands intermixed (`pocketlm task VERB ...`)
+    parser.intermixed = getattr(module, "INTERMIXED", True)
     return parser
 
 

@@ -170,6 +170,9 @@ def test_a_bad_schema_fails_before_the_model_loads(tiny_gguf, tmp_path):
     schema.write_text('{"type": "objekt"}')
     proc = run_cli("task", "extract", str(src), "--schema", str(schema), "--model", str(tiny_gguf))
     assert_clean_error(proc, "is not a valid JSON Schema")
+    missing = tmp_path / "no-such-model.gguf"  # read before the model: the schema is named
+    proc = run_cli("task", "extract", str(src), "--schema", str(schema), "--model", str(missing))
+    assert_clean_error(proc, "is not a valid JSON Schema")
 
 
 def test_results_are_never_overwritten_by_accident(tiny_gguf, reviews, tmp_path):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
 import socket
@@ -30,7 +29,7 @@ from pocketlm.errors import PocketError, UsageError
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services.tasks import runner
 from pocketlm.services.tasks.job import JobSummary, Tally, run_all
-from pocketlm.services.tasks.records import Record
+from pocketlm.services.tasks.records import Record, started
 
 IN_FLIGHT = 2  # shards per worker: one running, the next queued behind it (no idle engine)
 MAX_SHARD = 64  # records
@@ -66,9 +65,7 @@ def run_on_ray(
     progress = progress or NullProgress()
     threads = spec.threads or 1  # several workers share a machine
     spec = dataclasses.replace(spec, model=runner.model_for(spec), threads=threads)
-    records = runner.read(spec)
-    first = next(records, None)  # reading errors (a missing or binary file) before Ray starts
-    records = itertools.chain([first] if first is not None else [], records)
+    records = started(runner.read(spec))  # a bad input fails before Ray starts
     out = runner.open_output(spec)
     try:
         with _connected(ray, address, local_cpus=_local_cpus(workers, threads)):

@@ -20,7 +20,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from pocketlm.errors import UsageError, option
 from pocketlm.services.tasks.mail import Email, parse_email
@@ -74,6 +74,25 @@ class Record:
     fields: dict[str, Any]  # the original fields, or metadata (path, mail headers, log parts)
     error: str | None = None  # why it could not be read (one line); text is then ""
     line: int | None = None  # 1-based line in the file where it starts
+
+
+T = TypeVar("T")
+
+
+def started(items: Iterator[T]) -> Iterator[T]:
+    """``items`` with its first one read now: a missing, binary or empty input fails here,
+    with its one-line error, before a model loads or a results file is opened."""
+    first = list(itertools.islice(items, 1))
+    return itertools.chain(first, items)
+
+
+def count_lines(path: Path) -> int:
+    """Newlines in ``path``, read in 1 MiB blocks (a progress bar's total, cheaply)."""
+    n = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
 
 
 def read_records(

@@ -2,8 +2,8 @@
 ``JobSpec`` is read, run and written here.
 
 Per-record tasks (classify, extract, summarize, emails) run through ``job.run_job`` on a
-``TaskEngine``; logs and security read their file as a stream of lines (``logs_job``,
-``security_job`` in their own modules).
+``TaskEngine``; logs and security read their file as a stream of lines (``run_logs``,
+``run_security`` in ``streams``).
 """
 
 from __future__ import annotations
@@ -73,11 +73,7 @@ def count(spec: JobSpec) -> int | None:
     path = spec.input
     if not path.is_file() or readers.detect_format(path) not in ("jsonl", "text", "syslog"):
         return None
-    n = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-    return n
+    return readers.count_lines(path)
 
 
 def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
@@ -86,8 +82,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
     if spec.verb in STREAMS:
         return _run_stream(spec, progress)
     _, count_fields, _ = task_of(spec.verb)
-    records = read(spec)
-    first = next(records, None)  # reading errors (a missing or binary file) before the load
+    records = readers.started(read(spec))
     out = open_output(spec)
     try:
         engine, work = build_task(spec, progress)
@@ -97,7 +92,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
     try:
         try:
             summary = run_job(
-                _chain(first, records),
+                records,
                 work,
                 out.write,
                 workers=worker_threads(spec),
@@ -138,7 +133,7 @@ def build_task(
     and each Ray worker (``distributed``) run. The caller closes the engine."""
     from pocketlm.services.tasks.engine import TaskEngine
 
-    build = task_of(spec.verb)[0]
+    make = task_of(spec.verb)[0](spec)  # the task's options (labels, schema) read first
     engine = TaskEngine(
         model_for(spec),
         n_seq=1 if spec.verb in SCORING_ONLY else spec.parallel,
@@ -147,7 +142,7 @@ def build_task(
         progress=progress,
     )
     try:
-        return engine, build(engine, spec)
+        return engine, make(engine)
     except BaseException:
         engine.close()
         raise
@@ -176,56 +171,50 @@ def _run_stream(spec: JobSpec, progress: Progress) -> JobSummary:
     return job(spec, make_engine, progress)
 
 
-def _chain(first, rest):
-    if first is not None:
-        yield first
-    yield from rest
+# A task's builder reads its options (files included: a bad one fails before the model
+# loads) and returns what makes the per-record callable on the loaded engine.
+Builder = Callable[[JobSpec], Callable[[Any], Callable]]
 
 
-Builder = Callable[[Any, JobSpec], Callable]
-
-
-def _classify(engine, spec: JobSpec):
+def _classify(spec: JobSpec):
     from pocketlm.services.tasks import classify
 
     o = spec.options
-    labels = classify.parse_labels(o["labels"]) if o.get("labels") else None
-    if labels is None:
+    if not o.get("labels"):
         raise UsageError("no labels given", "pass --labels A,B,C or --labels FILE")
+    labels = classify.parse_labels(o["labels"])
     examples = classify.load_examples(Path(o["examples"]), labels) if o.get("examples") else []
-    work = classify.Classifier(
+    return lambda engine: classify.Classifier(
         engine, labels, examples=examples, task=o.get("instruction"), calibrate=o.get("calibrate")
     )
-    return work
 
 
-def _extract(engine, spec: JobSpec):
+def _extract(spec: JobSpec):
     from pocketlm.services.tasks import extract
 
     o = spec.options
     if not o.get("schema"):
         raise UsageError("no schema given", "pass --schema SCHEMA.json")
     schema = extract.load_schema(Path(o["schema"]))
-    work = extract.Extractor(
+    return lambda engine: extract.Extractor(
         engine, schema, task=o.get("instruction"), max_tokens=o.get("max_tokens") or 512
     )
-    return work
 
 
-def _summarize(engine, spec: JobSpec):
+def _summarize(spec: JobSpec):
     from pocketlm.services.tasks import summarize
 
     o = spec.options
-    work = summarize.Summarizer(
+    return lambda engine: summarize.Summarizer(
         engine, length=o.get("length") or "2-3 sentences", max_tokens=o.get("max_tokens") or 200
     )
-    return work
 
 
-def _emails(engine, spec: JobSpec):
+def _emails(spec: JobSpec):
     from pocketlm.services.tasks import emails
 
-    return emails.EmailTriage(engine, categories=emails.categories(spec.options.get("categories")))
+    categories = emails.categories(spec.options.get("categories"))
+    return lambda engine: emails.EmailTriage(engine, categories=categories)
 
 
 # verb -> (builder, fields counted in the summary, output columns for CSV)

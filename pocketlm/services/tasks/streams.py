@@ -55,14 +55,6 @@ def lines(path: Path) -> Iterator[tuple[int, str]]:
         yield number, text if text is not None else ""
 
 
-def _total_lines(path: Path) -> int:
-    n = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-    return n
-
-
 # -- logs ---------------------------------------------------------------------------------
 
 
@@ -96,16 +88,15 @@ def run_logs(spec, make_engine: Callable[[], Any], progress: Progress | None = N
             "`task logs` cannot resume: templates depend on every line before",
             "run it again with --overwrite (Drain-only parsing of 1M lines takes ~20 s)",
         )
-    source = lines(spec.input)
-    first = next(source, None)  # a missing or binary file fails before anything is written
+    source = readers.started(lines(spec.input))  # a bad file fails before anything is written
     out = Output(spec.out, spec.out_format, overwrite=spec.overwrite, columns=_LOG_COLUMNS)
     lazy = LazyEngine(make_engine)
     no_model = spec.options.get("no_model")
     miner = LogMiner(ask=None if no_model else template_asker(lazy, spec.parallel))
-    task = progress.task("lines", _total_lines(spec.input), unit="lines")
+    task = progress.task("lines", readers.count_lines(spec.input), unit="lines")
     summary = JobSummary()
     try:
-        for parsed in miner.parse(_counted(_texts(first, source), task)):
+        for parsed in miner.parse(_counted((text for _, text in source), task)):
             out.write(
                 {
                     "id": parsed.line,
@@ -132,13 +123,6 @@ def run_logs(spec, make_engine: Callable[[], Any], progress: Progress | None = N
 
 
 _LOG_COLUMNS = ["line", "template", "params", "template_id", "level"]
-
-
-def _texts(first, rest) -> Iterator[str]:
-    if first is not None:
-        yield first[1]
-    for _, text in rest:
-        yield text
 
 
 def _counted(texts: Iterator[str], task) -> Iterator[str]:
@@ -222,8 +206,7 @@ def run_security(spec, make_engine: Callable[[], Any], progress: Progress | None
             "`task security` cannot resume: events depend on every line before",
             "run it again with --overwrite",
         )
-    source = lines(spec.input)
-    first = next(source, None)
+    source = readers.started(lines(spec.input))
     out = Output(spec.out, spec.out_format, overwrite=spec.overwrite, columns=_EVENT_COLUMNS)
     lazy = LazyEngine(make_engine)
     no_model = spec.options.get("no_model")
@@ -231,11 +214,11 @@ def run_security(spec, make_engine: Callable[[], Any], progress: Progress | None
         brute_force_failures=spec.options.get("threshold") or 5,
         classify=None if no_model else line_classifier(lazy),
     )
-    task = progress.task("lines", _total_lines(spec.input), unit="lines")
+    task = progress.task("lines", readers.count_lines(spec.input), unit="lines")
     summary = JobSummary(counts={"type": collections.Counter()})
     started = time.perf_counter()
     try:
-        for number, text in _chain(first, source):
+        for number, text in source:
             analyzer.feed(number, text)
             task.advance(1)
         events = analyzer.finish()
@@ -253,18 +236,12 @@ def run_security(spec, make_engine: Callable[[], Any], progress: Progress | None
     summary.seconds = time.perf_counter() - started
     summary.model = engine.name if engine else "(none: rules only)"
     summary.report_lines = ["incident summary:", *incident.splitlines()]
-    report = {"events": len(events), "incident_summary": incident, "by_type": summary.counts}
-    _write_report(spec, {**report, "by_type": dict(summary.counts["type"])})
+    by_type = dict(summary.counts["type"])
+    _write_report(spec, {"events": len(events), "incident_summary": incident, "by_type": by_type})
     return summary
 
 
 _EVENT_COLUMNS = ["type", "severity", "source_ip", "user", "host", "time", "lines", "summary"]
-
-
-def _chain(first, rest):
-    if first is not None:
-        yield first
-    yield from rest
 
 
 def _incident(engine, messages: list[dict[str, str]]) -> str:
