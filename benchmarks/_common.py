@@ -21,6 +21,15 @@ def default_model_path() -> Path:
     return Path(Store().get("smollm2-135m-instruct").path)
 
 
+TASK_DATA = Path(__file__).resolve().parent / "data" / "tasks"  # the tasks' labelled files
+
+
+def jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -25,18 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import TASK_DATA, jsonl  # noqa: E402
 from pocketlm.services.tasks import authgen, loggen  # noqa: E402
 from pocketlm.services.tasks.engine import TaskEngine  # noqa: E402
 from pocketlm.services.tasks.job import run_job  # noqa: E402
 from pocketlm.services.tasks.records import Record, read_records  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data" / "tasks"
+DATA = TASK_DATA
 LADDER = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
 TASKS = ["classify", "extract", "emails", "summarize", "logs", "security"]
-
-
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_records(work, records: list[Record], parallel: int = 8) -> tuple[list[dict], float]:

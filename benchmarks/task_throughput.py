@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_load, threads  # noqa: E402
+from benchmarks._common import TASK_DATA, jsonl, machine_load, threads  # noqa: E402
 from pocketlm.services.tasks import classify as cls  # noqa: E402
 from pocketlm.services.tasks import extract as ext  # noqa: E402
 from pocketlm.services.tasks import loggen  # noqa: E402
@@ -31,11 +31,7 @@ from pocketlm.services.tasks.engine import TaskEngine  # noqa: E402
 from pocketlm.services.tasks.job import run_job  # noqa: E402
 from pocketlm.services.tasks.records import Record  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data" / "tasks"
-
-
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+DATA = TASK_DATA
 
 
 def plain_loop(llm, system: str, texts: list[str], **kwargs) -> tuple[list[str], float]:

@@ -182,16 +182,17 @@ class TaskEngine:
                     raise UsageError(f"the label {label!r} has no tokens", "give non-empty labels")
                 conts.append(toks + end)
                 owner.append(i)
-        firsts: dict[int, int] = {}
+        firsts: dict[int, set[int]] = {}  # first token -> the labels that begin with it
         for c, i in zip(conts, owner):
-            firsts.setdefault(c[0], i)
-        if all(firsts[c[0]] == i for c, i in zip(conts, owner)):
+            firsts.setdefault(c[0], set()).add(i)
+        if all(len(ls) == 1 for ls in firsts.values()):
             # Every label begins with tokens of its own: the first token decides. Scored
             # alone, the record costs one pass and one sequence (see Scorer._tree), and many
-            # records share a batch: 60 support tickets, 5 labels, on Qwen2.5-Coder-0.5B: 3.4 -> 6.5
-            # records/s, accuracy unchanged (0.517).
-            firsts = {c[0]: i for c, i in zip(conts, owner)}
-            return LabelSet(list(labels), [[t] for t in firsts], list(firsts.values()))
+            # records share a batch: benchmarks/task_throughput.py (60 tickets, 5 labels,
+            # Qwen2.5-Coder-0.5B) went 3.44 -> 5.42 records/s, accuracy unchanged (0.517).
+            return LabelSet(
+                list(labels), [[t] for t in firsts], [min(ls) for ls in firsts.values()]
+            )
         return LabelSet(list(labels), conts, owner)
 
     def cache_prefix(self, tokens: list[int]) -> None:
