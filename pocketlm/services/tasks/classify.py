@@ -25,6 +25,7 @@ from pocketlm.services.tasks.engine import TaskEngine
 from pocketlm.services.tasks.records import Record
 
 MAX_LABELS = 100
+MAX_LABELS_BYTES = 256 * 1024  # 100 labels with a long description each
 MAX_EXAMPLES = 64
 CONTENT_FREE = "N/A"
 
@@ -58,6 +59,10 @@ def parse_labels(spec: str) -> list[Label]:
 
 
 def _labels_file(path: Path) -> list[Label]:
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise UsageError(
+            f"{path} is larger than {MAX_LABELS_BYTES // 1024} KiB", "give at most 100 labels"
+        )
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix.lower() == ".json":
         try:

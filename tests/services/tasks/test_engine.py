@@ -106,6 +106,10 @@ def test_labels_and_examples_files(tmp_path):
         parse_labels("only")
     with pytest.raises(UsageError, match="given twice"):
         parse_labels("a,b,a")
+    big = tmp_path / "big.txt"
+    big.write_text("label: " + "x" * (300 * 1024))
+    with pytest.raises(UsageError, match="larger than 256 KiB"):
+        parse_labels(str(big))
     ex = tmp_path / "ex.jsonl"
     ex.write_text('{"text": "server down", "label": "urgent"}\n')
     assert load_examples(ex, parse_labels(str(f))) == [("server down", "urgent")]
