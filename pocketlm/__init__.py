@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "pull", "GenerationParams", "LoadParams", "PocketError", "__version__"]
+__all__ = ["load", "pull", "hybrid", "GenerationParams", "LoadParams", "PocketError", "__version__"]
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -50,6 +50,15 @@ def pull(model: str) -> Manifest:
         return _pull(model, progress=progress).manifest
     finally:
         progress.close()
+
+
+def hybrid(tiers: str, router: str | None = None):
+    """Route between the local models and remote tiers of a tiers file (docs/hybrid.md):
+    ``pocketlm.hybrid("tiers.toml").chat("...")`` answers with the tier the router picks,
+    or the one ``model=`` names; personal data is pseudonymised before it leaves."""
+    from pocketlm.services.route.session import HybridSession
+
+    return HybridSession(tiers, router)
 
 
 def __getattr__(name: str) -> Any:

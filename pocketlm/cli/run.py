@@ -31,6 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="send the prompt as is, without the model's chat template",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object: model, text, stats")
+    p.add_argument(
+        "--tiers",
+        metavar="FILE",
+        help="route between local and remote tiers (docs/hybrid.md); MODEL may then be a "
+        "tier's name or 'auto' (the default)",
+    )
+    p.add_argument("--router", metavar="FILE", help="the trained router (with --tiers)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings after the answer")
     add_flags(p, GenerationParams)
     add_flags(p, LoadParams)
@@ -101,6 +108,8 @@ def check_text(text: str, what: str) -> str:
 def main(args: argparse.Namespace) -> int:
     gen = collect(args, GenerationParams)
     load = collect(args, LoadParams)
+    if args.tiers:
+        return routed(args, gen)
     model_ref, prompt = split_model_and_prompt(args.words, args.model)
     if not sys.stdin.isatty():
         piped = read_stdin()
@@ -127,6 +136,53 @@ def main(args: argparse.Namespace) -> int:
 
             return chat_loop(model, system=args.system, params=gen, verbose=args.verbose)
         return answer(model, prompt, args, gen)
+
+
+def routed(args: argparse.Namespace, gen: dict) -> int:
+    """``run --tiers FILE [auto|TIER] PROMPT``: one answer through the tiers."""
+    from pocketlm.services.route import tiers as tiers_mod
+    from pocketlm.services.route.session import HybridSession
+
+    words = list(args.words)
+    names = {t.name for t in tiers_mod.load(args.tiers).tiers} | {"auto"}
+    model = args.model or (words.pop(0) if words and words[0] in names else "auto")
+    prompt = " ".join(words) or None
+    if not sys.stdin.isatty():
+        piped = read_stdin()
+        if piped.strip() or prompt is None:
+            prompt = f"{prompt}\n\n{piped}" if prompt else piped
+    if not prompt or not prompt.strip():
+        raise UsageError(
+            "run --tiers answers one prompt", 'pocketlm run --tiers FILE "..." (chat: serve)'
+        )
+    check_text(prompt, "prompt")
+    from pocketlm.cli.serve import guard_egress
+
+    out = sys.stdout
+    with HybridSession(args.tiers, args.router) as session:
+        guard_egress(session.hybrid)
+
+        def show(piece: str) -> None:
+            if not args.json:
+                out.write(piece)
+                out.flush()
+
+        a = session.chat(prompt, model=model, system=args.system, on_text=show, **gen)
+    route = a.route
+    if args.json:
+        stats = {"prompt_tokens": a.tokens_in, "completion_tokens": a.tokens_out}
+        stats.update({"tier": route["tier"], "route_reason": route["reason"], "route": route})
+        doc = {"model": route["tier"], "text": a.text, "finish_reason": a.finish_reason}
+        print(json.dumps({**doc, "stats": stats}, ensure_ascii=False))
+    else:
+        if a.text and not a.text.endswith("\n"):
+            out.write("\n")
+        out.flush()
+        extra = " (fallback)" if route.get("fallback") else ""
+        print(
+            f"note: answered by tier '{route['tier']}'{extra}: {route['reason']}", file=sys.stderr
+        )
+    return 0
 
 
 def answer(model, prompt: str, args: argparse.Namespace, gen: dict) -> int:

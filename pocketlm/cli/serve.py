@@ -36,6 +36,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "served under its file name without .gguf)",
     )
     p.add_argument(
+        "--tiers",
+        metavar="FILE",
+        help="route between local models and remote OpenAI-compatible tiers: requests may "
+        "name a tier, or model 'auto' (docs/hybrid.md)",
+    )
+    p.add_argument(
+        "--router",
+        metavar="FILE",
+        help="the trained router (default: the tiers file's, else the store's router.json)",
+    )
+    p.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -67,6 +78,20 @@ def check_port(host: str, port: int) -> None:
                     "stop it, or choose another port with --port",
                 ) from None
             raise UsageError(f"cannot bind {host}:{port} ({e.strerror})") from None
+
+
+def guard_egress(hybrid) -> None:
+    """Nothing leaves the process but loopback and the configured remote tiers (the egress
+    guard, docs/hybrid.md); said once when remote tiers are allowed."""
+    from pocketlm.services.privacy import egress
+
+    allowed = hybrid.tiers.allowed_hosts() if hybrid is not None else []
+    if allowed and egress.offline_requested():  # POCKETLM_OFFLINE=1: not even the tiers
+        print("network: POCKETLM_OFFLINE=1, remote tiers refused (local fallback)", file=sys.stderr)
+        allowed = []
+    egress.install(allowed)
+    if allowed:
+        print(f"network: only loopback and {', '.join(allowed)}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -102,8 +127,16 @@ def main(args: argparse.Namespace) -> int:
         if name != args.preload:
             print(f"serving {args.preload} as '{name}'", file=sys.stderr)
         pool.default = name
+    hybrid = None
+    if args.tiers:
+        from pocketlm.services.route.hybrid import Hybrid
+
+        hybrid = Hybrid.from_file(args.tiers, pool, router_path=args.router)
+        print(hybrid.describe(), file=sys.stderr)
+    guard_egress(hybrid)
     app = create_app(
         pool,
+        hybrid=hybrid,
         api_key=api_key,
         hosts=HostCheck(args.host, args.allowed_host),
         origins=args.allowed_origin,
@@ -120,6 +153,9 @@ def main(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        # the standard loop, not uvloop: uvloop opens connections in libuv, where the egress
+        # guard's audit hook never sees them (remote tiers' httpx calls run on this loop)
+        loop="asyncio",
         http=guarded_protocol(serve.header_timeout),
     )
     return 0

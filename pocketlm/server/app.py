@@ -23,6 +23,7 @@ from pocketlm.engine.batch import Overloaded
 from pocketlm.errors import PocketError
 from pocketlm.params import ServeParams
 from pocketlm.server import ollama_api, openai_api
+from pocketlm.services.route.hybrid import Hybrid
 from pocketlm.services.serving import ModelPool
 
 PROTECTED = ("/v1", "/api", "/metrics")
@@ -45,8 +46,45 @@ def _error(
 
 
 class Metrics:
-    def __init__(self, pool: ModelPool):
+    def __init__(self, pool: ModelPool, hybrid: Hybrid | None = None):
         r = self.registry = CollectorRegistry()
+        self.hybrid = hybrid
+        tier = ["tier"]
+        self.tier_gauges = {
+            "requests": Gauge(
+                "pocketlm_tier_requests_total", "requests answered", tier, registry=r
+            ),
+            "tokens_in": Gauge(
+                "pocketlm_tier_prompt_tokens_total", "prompt tokens", tier, registry=r
+            ),
+            "tokens_out": Gauge(
+                "pocketlm_tier_completion_tokens_total", "completion tokens", tier, registry=r
+            ),
+            "cost": Gauge(
+                "pocketlm_tier_cost_total",
+                "price of the tokens (the tier's currency)",
+                tier,
+                registry=r,
+            ),
+            "energy_j": Gauge(
+                "pocketlm_tier_energy_joules_total",
+                "energy of local answers (RAPL, else CPU time x watts per core: an estimate)",
+                tier,
+                registry=r,
+            ),
+            "cost_if_remote": Gauge(
+                "pocketlm_tier_cost_if_remote_total",
+                "what the same tokens would have cost on the first remote tier",
+                tier,
+                registry=r,
+            ),
+            "fallbacks": Gauge(
+                "pocketlm_tier_fallbacks_total",
+                "remote failures answered locally",
+                tier,
+                registry=r,
+            ),
+        }
         self.requests = Counter(
             "pocketlm_requests", "HTTP requests", ["path", "status"], registry=r
         )
@@ -84,6 +122,10 @@ class Metrics:
         self._last = (time.monotonic(), 0)
 
     def render(self) -> bytes:
+        if self.hybrid is not None:
+            for name, stats in self.hybrid.stats.items():
+                for key, gauge in self.tier_gauges.items():
+                    gauge.labels(name).set(getattr(stats, key))
         engines = [m.engine for m in self.pool.models.values()]
         generated = sum(e.tokens_generated for e in engines)
         self.prompt_tokens.set(sum(e.tokens_evaluated for e in engines))
@@ -365,6 +407,7 @@ def create_app(
     hosts: HostCheck | None = None,
     origins: Sequence[str] = (),
     limits: Limits | None = None,
+    hybrid: Hybrid | None = None,
 ) -> FastAPI:
     pool = pool or ModelPool()
 
@@ -375,6 +418,8 @@ def create_app(
             yield
         finally:
             reaper.cancel()
+            if hybrid is not None:
+                await hybrid.aclose()
             await pool.close()
 
     # No /docs or /redoc: their pages load scripts from a CDN (never, offline); the OpenAPI
@@ -383,7 +428,8 @@ def create_app(
         title="pocketlm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.pool = pool
-    metrics = app.state.metrics = Metrics(pool)
+    app.state.hybrid = hybrid  # the tiers (serve --tiers), for model "auto" and tier names
+    metrics = app.state.metrics = Metrics(pool, hybrid)
     if origins:  # pages of these origins may call the API from a browser
         app.add_middleware(
             CORSMiddleware, allow_origins=list(origins), allow_methods=["*"], allow_headers=["*"]

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pocketlm import __version__
 from pocketlm.errors import ContextOverflowError, EngineError, PocketError, UsageError
+from pocketlm.server import routed
 from pocketlm.server.openai_api import response_grammar
 from pocketlm.server.schemas import (
     JSONSchemaSpec,
@@ -131,15 +132,21 @@ def _params(body, served: ServedModel):
     and -2) until the context ends. num_ctx cannot resize a running server's sequences: a
     smaller one limits this request, a larger one is refused."""
     o = body.options
-    if o is None:
-        return generation_params(body)
-    if o.num_ctx is not None and o.num_ctx > served.n_ctx_seq:
+    if o is not None and o.num_ctx is not None and o.num_ctx > served.n_ctx_seq:
         raise UsageError(
             f"invalid value for 'options.num_ctx': {o.num_ctx} is more than the "
             f"{served.n_ctx_seq} tokens each sequence of this server holds",
             f"leave it out, or start the server with --ctx {o.num_ctx}",
             param="options.num_ctx",
         )
+    return _options(body)
+
+
+def _options(body):
+    """The body's options as GenerationParams (num_predict <= 0: no limit)."""
+    o = body.options
+    if o is None:
+        return generation_params(body)
     stop = (o.stop,) if isinstance(o.stop, str) else o.stop
     limit = o.num_predict if o.num_predict and o.num_predict > 0 else None
     return generation_params(o, stop=stop, max_tokens=limit)
@@ -295,6 +302,9 @@ async def generate(body: OllamaGenerateRequest, request: Request):
 @router.post("/chat")
 async def chat(body: OllamaChatRequest, request: Request):
     started = time.perf_counter()
+    hybrid = routed.hybrid_for(request, body.model)
+    if hybrid is not None:  # model "auto" or a tier's name
+        return await routed.ollama_chat(hybrid, request, body, _options(body))
     if not body.messages:
         return await _load_only(request, body, {"message": {"role": "assistant", "content": ""}})
     served, load_s = await _acquire(request, body)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
 from pocketlm.errors import EngineError
+from pocketlm.server import routed
 from pocketlm.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -59,6 +60,10 @@ async def list_models(request: Request) -> dict:
         for n, s in pool.models.items()
         if n not in listed
     ]
+    hybrid = request.app.state.hybrid
+    if hybrid is not None:  # the router and every tier, by name
+        names = ["auto", *(t.name for t in hybrid.tiers.tiers)]
+        data += [{"id": n, "object": "model", "created": 0, "owned_by": "tier"} for n in names]
     return {"object": "list", "data": data}
 
 
@@ -139,15 +144,19 @@ def _token_logprob(served: ServedModel, tok: int, lp: float, top) -> dict:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    pool = _pool(request)
-    served = await pool.acquire(body.model)
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         for m in body.messages
     ]
+    max_tokens = body.max_completion_tokens or body.max_tokens  # None: until the context ends
+    hybrid = routed.hybrid_for(request, body.model)
+    if hybrid is not None:  # model "auto" or a tier's name
+        params = generation_params(body, stop=_stops(body.stop), max_tokens=max_tokens)
+        return await routed.openai_chat(hybrid, request, body, messages, params)
+    pool = _pool(request)
+    served = await pool.acquire(body.model)
     # off the event loop: a template runs for up to its time budget, a long text tokenizes
     tokens = await asyncio.to_thread(served.chat_tokens, messages)
-    max_tokens = body.max_completion_tokens or body.max_tokens  # None: until the context ends
     params = generation_params(body, stop=_stops(body.stop), max_tokens=max_tokens)
     n_lp = (body.top_logprobs or 0) if body.logprobs else None
     served.check_fits(len(tokens), params.max_tokens, "messages")  # before a grammar is built
