@@ -27,6 +27,7 @@ VERBS = {
     "quantize": "quantize",
     "package": "package",
     "task": "task",
+    "route": "route",
     "audit": "audit",
 }
 
