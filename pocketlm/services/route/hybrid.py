@@ -370,9 +370,11 @@ class Hybrid:
             )
         sent, restorer = messages, None
         if policy == "redact":
+            from pocketlm.services.privacy.pseudonym import Restorer
+
             pseudonymizer = self._pseudonymizer()
             sent = await asyncio.to_thread(pseudonymizer.redact_messages, messages)
-            restorer = pseudonymizer.restorer()
+            restorer = Restorer(pseudonymizer)
             route.replaced = pseudonymizer.counts()
         route.escalated = True
         started = time.monotonic()
