@@ -27,6 +27,7 @@ VERBS = {
     "quantize": "quantize",
     "package": "package",
     "task": "task",
+    "redact": "redact",
     "route": "route",
     "audit": "audit",
 }
