@@ -249,6 +249,9 @@ def test_run_with_tiers_says_which_tier_answered(tmp_path, tiny_gguf, remote_tin
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)["stats"]
     assert stats["tier"] == "local" and stats["route_reason"] == "requested"
+    assert stats["route"]["energy_j"] > 0  # RAPL, or CPU time x watts per core (estimated)
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert records[-1]["tier"] == "local" and records[-1]["energy_j"] > 0
 
 
 @pytest.mark.slow

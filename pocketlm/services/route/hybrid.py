@@ -58,6 +58,8 @@ class Answer:
     mean_logprob: float | None
     min_logprob: float | None
     tier: str
+    energy_j: float | None = None
+    energy_estimated: bool = True
 
 
 @dataclass
@@ -129,6 +131,8 @@ class Hybrid:
         self.stats: dict[str, TierStats] = {t.name: TierStats() for t in tiers.tiers}
         self._embedder = None
         self.audit_failures = 0
+        self._energy = None  # EnergyMeter, made on first use
+        self._measuring = 0  # local answers being measured now
 
     @classmethod
     def from_file(cls, path: str | Path, pool, *, router_path: str | Path | None = None):
@@ -267,6 +271,7 @@ class Hybrid:
             if tier.local:
                 return await self._local_reply(tier, messages, params, route)
             return await self._remote_reply(tier, messages, params, route, privacy)
+        started = time.monotonic()
         route = await self.decide(messages, privacy)
         tier = self.tier(route.tier)
         if not tier.local:
@@ -280,6 +285,8 @@ class Hybrid:
         route.confidence = answer.mean_logprob
         if ok:
             route.reason = f"{route.reason}; {why}"
+            route.energy_j, route.energy_estimated = answer.energy_j, answer.energy_estimated
+            self._audit(tier, route, answer.tokens_in, answer.tokens_out, started, "ok")
             return self._done_reply(route, answer)
         up = Route(remote.name, f"{route.reason}; {why}: escalated", route.score)
         up.confidence = answer.mean_logprob
@@ -308,7 +315,7 @@ class Hybrid:
         return served, len(tokens), merge(streams)
 
     async def _local_answer(self, tier: Tier, messages: list[dict], params) -> Answer:
-        meter = _meter()
+        meter = self._meter()
         _, n_in, pieces = await self._local_stream(tier, messages, params, n_logprobs=0)
         text, lps, n_out = [], [], 0
         async for _, piece in pieces:
@@ -320,12 +327,14 @@ class Hybrid:
                     raise PocketError(f"generation failed: {piece.done.error}")
                 n_out = piece.done.completion_tokens
         mean = sum(lps) / len(lps) if lps else None
+        energy = self._stop(meter)
         answer = Answer("".join(text), n_in, n_out, mean, min(lps) if lps else None, tier.name)
-        self._count(tier, n_in, n_out, _stop(meter))
+        answer.energy_j, answer.energy_estimated = energy
+        self._count(tier, n_in, n_out, energy)
         return answer
 
     async def _local_reply(self, tier: Tier, messages, params, route: Route) -> Reply:
-        meter = _meter()
+        meter, started = self._meter(), time.monotonic()
         _, n_in, pieces = await self._local_stream(tier, messages, params)
         reply = Reply(route, _empty(), tokens_in=n_in)
 
@@ -338,9 +347,10 @@ class Hybrid:
                         raise PocketError(f"generation failed: {piece.done.error}")
                     reply.tokens_out = piece.done.completion_tokens
                     reply.finish_reason = "length" if piece.done.reason == "length" else "stop"
-            energy = _stop(meter)
+            energy = self._stop(meter)
             self._count(tier, reply.tokens_in, reply.tokens_out, energy)
             route.energy_j, route.energy_estimated = energy
+            self._audit(tier, route, reply.tokens_in, reply.tokens_out, started, "ok")
 
         reply.pieces = gen()
         return reply
@@ -435,6 +445,23 @@ class Hybrid:
 
     # -- accounting -----------------------------------------------------------------------
 
+    def _meter(self):
+        """Starts measuring one local answer's energy (see ``_stop``)."""
+        from pocketlm.services.route.cost import EnergyMeter
+
+        if self._energy is None:
+            self._energy = EnergyMeter()
+        self._measuring += 1
+        return self._energy.start()
+
+    def _stop(self, mark) -> tuple[float, bool]:
+        """The answer's energy: the process's (RAPL: the package's) energy over its span,
+        shared evenly among the local answers measured at the same time."""
+        share = 1.0 / max(1, self._measuring)
+        self._measuring -= 1
+        energy = self._energy.stop(mark, share=share)
+        return energy.joules, energy.estimated
+
     def _count(self, tier: Tier, n_in: int, n_out: int, energy, cost: float = 0.0) -> None:
         s = self.stats[tier.name]
         s.requests += 1
@@ -449,7 +476,7 @@ class Hybrid:
     def _audit(self, tier: Tier, route: Route, n_in: int, n_out: int, started, status) -> None:
         if self.audit is None:
             return
-        reference = self.tiers.remote[0]
+        reference = self.tiers.remote[0] if self.tiers.remote else None
         record = {
             "request_id": uuid.uuid4().hex[:16],
             "tier": tier.name,
@@ -461,7 +488,9 @@ class Hybrid:
             "tokens_out": n_out,
             "cost": tier.cost(n_in, n_out),
             "currency": tier.currency,
-            "cost_if_remote": reference.cost(n_in, n_out),
+            "cost_if_remote": reference.cost(n_in, n_out) if reference else None,
+            "energy_j": None if route.energy_j is None else round(route.energy_j, 3),
+            "energy_estimated": route.energy_estimated if route.energy_j is not None else None,
             "fallback": status == "unavailable",
             "status": status,
             "latency_s": round(time.monotonic() - started, 3),
@@ -470,7 +499,7 @@ class Hybrid:
             self.audit.append({k: v for k, v in record.items() if v is not None})
         except PocketError as e:  # the answer is out already: say it loudly, keep serving
             self.audit_failures += 1
-            log.error("escalation not recorded in the audit log: %s", e)
+            log.error("request not recorded in the audit log: %s", e)
 
 
 async def _empty() -> AsyncIterator[str]:
@@ -500,19 +529,6 @@ def _remote_params(params: GenerationParams) -> dict:
     if params.seed is not None:
         out["seed"] = params.seed
     return out
-
-
-def _meter():
-    from pocketlm.services.route.cost import EnergyMeter
-
-    meter = EnergyMeter()
-    return meter, meter.start()
-
-
-def _stop(meter) -> tuple[float, bool]:
-    m, token = meter
-    energy = m.stop(token)
-    return energy.joules, energy.estimated
 
 
 def _default_router_path() -> Path:
