@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
                 _write_record(out, pseudonymizer, record, args.field or "text", args.json)
         elif args.json:
             text = _whole(source, args.input)
-            _write_json(out, pseudonymizer, 0, text)
+            _write_json(out, pseudonymizer, 1, text)  # one record: position 1
         else:
             for block in _blocks(source):
                 out.write(pseudonymizer.redact(block)[0])

@@ -44,7 +44,7 @@ def test_json_spans_point_into_the_original(tmp_path):
     path.write_text(TEXT)
     out = redact(str(path), "--json")
     record = json.loads(out.stdout)
-    assert record["id"] == 0 and "<EMAIL_ADDRESS_1>" in record["text"]
+    assert record["id"] == 1 and "<EMAIL_ADDRESS_1>" in record["text"]
     originals = {TEXT[s["start"] : s["end"]]: s["placeholder"] for s in record["spans"]}
     assert originals == {
         "John Smith": "<PERSON_1>",

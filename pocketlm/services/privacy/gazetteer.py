@@ -61,6 +61,10 @@ _NEVER = {
     "gmbh", "ag", "kg", "kgaa", "ohg", "mbh", "sa", "sas", "sarl", "sl", "spa", "srl", "bv",
     "nv", "plc", "llc", "llp", "co", "corporation", "limited", "holding", "holdings", "groep",
     "gruppe", "grupo", "gruppo", "partners", "associates", "industries", "solutions",
+    # contractions that open a sentence ("Hi, I'm Anna"): never the start of a name
+    "i'm", "i’m", "i'd", "i’d", "i'll", "i’ll", "i've", "i’ve", "it's", "it’s", "that's",
+    "that’s", "there's", "there’s", "here's", "here’s", "let's", "let’s", "we're", "we’re",
+    "you're", "you’re", "he's", "he’s", "she's", "she’s", "they're", "they’re",
 }  # fmt: skip
 
 

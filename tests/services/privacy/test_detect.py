@@ -191,3 +191,9 @@ def test_detection_never_touches_the_network(tmp_path):
     assert kinds == "['EMAIL_ADDRESS', 'PERSON']"
     assert attempts == "[]"
     assert not (tmp_path / "cache" / "python-tldextract").exists()
+
+
+def test_a_contraction_before_a_name_is_not_part_of_it():
+    text = "Hi, I'm Anna Schmidt and it's Paul Meyer here."
+    found = [(s.entity_type, text[s.start : s.end]) for s in shared().find(text)]
+    assert ("PERSON", "Anna Schmidt") in found and ("PERSON", "Paul Meyer") in found, found
