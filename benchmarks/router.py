@@ -121,7 +121,7 @@ def report(args, summary, collect_s: float) -> int:
     png = calibrate.curve_chart(
         cal,
         args.png,
-        title=f"{LOCAL} local, {REMOTE} remote: {cal.n} held-out prompts "
+        title=f"{LOCAL} local, {REMOTE} remote\n{cal.n} held-out prompts "
         f"(local {cal.local_accuracy:.1%}, remote {cal.remote_accuracy:.1%})",
     )
     if args.router_out:
