@@ -228,20 +228,26 @@ def test_embeddings_run_on_the_engine_thread_and_add_no_threads(tiny_gguf):
     ) as (url, proc):
         c = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
         model = c.models.list().data[0].id
+        done = threading.Event()
+
+        def stream() -> None:
+            for _ in c.completions.create(model=model, prompt="the", max_tokens=64, stream=True):
+                pass
+            done.set()
+
+        # two requests at once first: the event loop's executor (asyncio.to_thread, for
+        # tokenizing) then has the two threads overlapping requests need, however they overlap
+        t = threading.Thread(target=stream)
+        t.start()
         c.completions.create(model=model, prompt="the cat", max_tokens=4)
+        t.join(60)
         tasks = Path(f"/proc/{proc.pid}/task")
         before = len(list(tasks.iterdir()))
         for _ in range(3):
             r = c.embeddings.create(model=model, input=["the cat", "the dog sat"])
             assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens > 0
-        done = threading.Event()
-
-        def stream() -> None:  # embeddings interleave with a running stream
-            for _ in c.completions.create(model=model, prompt="the", max_tokens=64, stream=True):
-                pass
-            done.set()
-
-        t = threading.Thread(target=stream)
+        done.clear()
+        t = threading.Thread(target=stream)  # embeddings interleave with a running stream
         t.start()
         c.embeddings.create(model=model, input=["a b c"] * 4)
         t.join(60)

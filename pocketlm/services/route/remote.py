@@ -107,8 +107,7 @@ class RemoteClient:
             detail = await _error_text(response)
             if response.status_code not in RETRY_STATUS:
                 raise RemoteRefused(
-                    f"tier '{tier.name}' refused the request: HTTP {response.status_code}"
-                    f" {detail}",
+                    f"tier '{tier.name}' refused the request: HTTP {response.status_code} {detail}",
                     "check the tier's url, model and API key",
                 )
             last, last_response = f"HTTP {response.status_code} {detail}", response
@@ -125,9 +124,7 @@ class RemoteClient:
             raise RemoteUnavailable(f"tier '{tier.name}': the answer broke off ({e})") from None
         return _parse_reply(raw, tier)
 
-    async def stream(
-        self, tier: Tier, messages: list[dict], params: dict
-    ) -> AsyncIterator[Delta]:
+    async def stream(self, tier: Tier, messages: list[dict], params: dict) -> AsyncIterator[Delta]:
         """Text pieces as they arrive; the stream is opened (and retried) before the first
         piece is yielded, so a RemoteUnavailable comes before any output."""
         response = await self._send(tier, messages, params, stream=True)
