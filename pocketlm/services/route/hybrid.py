@@ -138,6 +138,8 @@ class Hybrid:
     def from_file(cls, path: str | Path, pool, *, router_path: str | Path | None = None):
         """A tiers file, its router (if trained) and the audit log."""
         tiers = tiers_mod.load(path)
+        if any(t.privacy == "redact" for t in tiers.remote):
+            _check_installed("presidio_analyzer", 'the privacy boundary (privacy = "redact")')
         router = None
         router_file = Path(router_path) if router_path else tiers.router
         if router_file is None:
@@ -505,6 +507,13 @@ class Hybrid:
 async def _empty() -> AsyncIterator[str]:
     return
     yield
+
+
+def _check_installed(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} is not installed", "pip install 'pocketlm[hybrid]'")
 
 
 def _decision(reason: str) -> str:
