@@ -144,7 +144,8 @@ def routed(args: argparse.Namespace, gen: dict) -> int:
     from pocketlm.services.route.session import HybridSession
 
     words = list(args.words)
-    names = {t.name for t in tiers_mod.load(args.tiers).tiers} | {"auto"}
+    tiers = tiers_mod.load(args.tiers)
+    names = {t.name for t in tiers.tiers} | {"auto"}
     model = args.model or (words.pop(0) if words and words[0] in names else "auto")
     prompt = " ".join(words) or None
     if not sys.stdin.isatty():
@@ -159,7 +160,7 @@ def routed(args: argparse.Namespace, gen: dict) -> int:
     from pocketlm.cli.serve import guard_egress
 
     out = sys.stdout
-    with HybridSession(args.tiers, args.router) as session:
+    with HybridSession(tiers, args.router) as session:
         guard_egress(session.hybrid)
 
         def show(piece: str) -> None:

@@ -90,7 +90,7 @@ async def openai_chat(hybrid: Hybrid, request: Request, body, messages, params: 
             "usage": _usage(reply),
             "route": reply.route.as_dict(),
         },
-        headers=reply.route.headers(),
+        headers=headers,
     )
 
 
@@ -126,6 +126,8 @@ async def _openai_events(reply: Reply, head: dict, include_usage: bool):
 
 
 async def ollama_chat(hybrid: Hybrid, request: Request, body, params: GenerationParams):
+    from pocketlm.server.ollama_api import _now  # (ollama_api imports this module)
+
     check_plain(format=body.format)
     messages = [m.model_dump() for m in body.messages]
     started = time.perf_counter()
@@ -164,9 +166,3 @@ async def ollama_chat(hybrid: Hybrid, request: Request, body, params: Generation
     return StreamingResponse(
         lines(), media_type="application/x-ndjson", headers=reply.route.headers()
     )
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat()

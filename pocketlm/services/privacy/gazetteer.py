@@ -136,18 +136,12 @@ class _WordRecognizer(EntityRecognizer):
         }
         return RecognizerResult(self.ENTITY, start, end, score, recognition_metadata=meta)
 
-
-class PersonRecognizer(_WordRecognizer):
-    """Person names: a known first name with capitalised words after it, or capitalised words
-    after a title or a cue."""
-
-    ENTITY = "PERSON"
-
     def analyze(self, text, entities, nlp_artifacts=None) -> list[RecognizerResult]:
+        """Left to right over the words: where a span starts, take it whole and go on after it."""
         words = list(_WORD.finditer(text))
         found, i = [], 0
         while i < len(words):
-            end, score = self._name_at(text, words, i)
+            end, score = self.span_at(text, words, i)
             if end > i:
                 found.append(self.result(words[i].start(), words[end - 1].end(), score))
                 i = end
@@ -155,7 +149,18 @@ class PersonRecognizer(_WordRecognizer):
                 i += 1
         return found
 
-    def _name_at(self, text: str, words: list[re.Match], i: int) -> tuple[int, float]:
+    def span_at(self, text: str, words: list[re.Match], i: int) -> tuple[int, float]:
+        """(index after the span that starts at word ``i``, its score); (i, 0) if none."""
+        raise NotImplementedError
+
+
+class PersonRecognizer(_WordRecognizer):
+    """Person names: a known first name with capitalised words after it, or capitalised words
+    after a title or a cue."""
+
+    ENTITY = "PERSON"
+
+    def span_at(self, text: str, words: list[re.Match], i: int) -> tuple[int, float]:
         """(index after the name that starts at word ``i``, its score); (i, 0) if none."""
         word = words[i].group()
         if not _capitalised(word) or word.lower() in _common():
@@ -201,19 +206,7 @@ class LocationRecognizer(_WordRecognizer):
     ENTITY = "LOCATION"
     LONGEST = 4  # words in a place name looked up
 
-    def analyze(self, text, entities, nlp_artifacts=None) -> list[RecognizerResult]:
-        words = list(_WORD.finditer(text))
-        found, i = [], 0
-        while i < len(words):
-            end, score = self._place_at(text, words, i)
-            if end > i:
-                found.append(self.result(words[i].start(), words[end - 1].end(), score))
-                i = end
-            else:
-                i += 1
-        return found
-
-    def _place_at(self, text: str, words: list[re.Match], i: int) -> tuple[int, float]:
+    def span_at(self, text: str, words: list[re.Match], i: int) -> tuple[int, float]:
         if not _capitalised(words[i].group()):
             return i, 0.0
         names = places()

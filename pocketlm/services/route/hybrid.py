@@ -36,7 +36,7 @@ from typing import Any
 from pocketlm.errors import PocketError, UsageError
 from pocketlm.params import GenerationParams
 from pocketlm.services.route import tiers as tiers_mod
-from pocketlm.services.route.remote import Delta, RemoteClient, RemoteUnavailable
+from pocketlm.services.route.remote import RemoteClient, RemoteReply, RemoteUnavailable
 from pocketlm.services.route.tiers import Privacy, Tier, Tiers
 
 log = logging.getLogger("pocketlm.route")
@@ -135,9 +135,9 @@ class Hybrid:
         self._measuring = 0  # local answers being measured now
 
     @classmethod
-    def from_file(cls, path: str | Path, pool, *, router_path: str | Path | None = None):
-        """A tiers file, its router (if trained) and the audit log."""
-        tiers = tiers_mod.load(path)
+    def from_file(cls, path: str | Path | Tiers, pool, *, router_path: str | Path | None = None):
+        """A tiers file (or one already loaded), its router (if trained) and the audit log."""
+        tiers = path if isinstance(path, Tiers) else tiers_mod.load(path)
         if any(t.privacy == "redact" for t in tiers.remote):
             _check_installed("presidio_analyzer", 'the privacy boundary (privacy = "redact")')
         router = None
@@ -209,26 +209,33 @@ class Hybrid:
                 return tier
         return None
 
-    async def decide(self, messages: list[dict], privacy: Privacy | None) -> Route:
-        """The tier for ``model: auto`` before any answer exists (rules, then the router).
-        ``route.cascade``: answer locally, then keep or escalate by the answer's confidence."""
+    async def decide(
+        self, messages: list[dict], privacy: Privacy | None
+    ) -> tuple[Route, list[int] | None]:
+        """The tier for ``model: auto`` before any answer exists (rules, then the router),
+        and the conversation's tokens for the local tier when the length rule needed them (a
+        local answer reuses them). ``route.cascade``: answer locally, then keep or escalate
+        by the answer's confidence."""
         local = self.local_default()
         if not self.tiers.remote:
-            return Route(local.name, "no remote tier")
+            return Route(local.name, "no remote tier"), None
         remote = self.remote_for(privacy)
         if remote is None:
-            return Route(local.name, "privacy: every remote tier is blocked for this request")
-        if await self._too_long(local, messages):
-            return Route(remote.name, "rule: the prompt is longer than the local context")
+            return Route(local.name, "privacy: every remote tier is blocked for this request"), None
+        served = await self.pool.acquire(local.model)
+        tokens = await asyncio.to_thread(served.chat_tokens, messages)
+        if len(tokens) + 16 > served.n_ctx_seq:
+            return Route(remote.name, "rule: the prompt is longer than the local context"), None
         if self.router is None:
-            return Route(local.name, "no router trained", cascade=True)
+            return Route(local.name, "no router trained", cascade=True), tokens
         score = await self.score(messages)
         t = self.router.threshold
         if score >= t:
-            return Route(local.name, f"router: {score:.2f} >= {t:.2f}", score)
+            return Route(local.name, f"router: {score:.2f} >= {t:.2f}", score), tokens
         if self.tiers.cascade:
-            return Route(local.name, f"router: {score:.2f} < {t:.2f}", score, cascade=True)
-        return Route(remote.name, f"router: {score:.2f} < {t:.2f}", score)
+            route = Route(local.name, f"router: {score:.2f} < {t:.2f}", score, cascade=True)
+            return route, tokens
+        return Route(remote.name, f"router: {score:.2f} < {t:.2f}", score), None
 
     async def score(self, messages: list[dict]) -> float:
         text = _router_text(messages)
@@ -238,11 +245,6 @@ class Hybrid:
             self._embedder = Embedder(threads=1)
         vector = await asyncio.to_thread(lambda: self._embedder.encode([text])[0])
         return float(self.router.score(vector))
-
-    async def _too_long(self, tier: Tier, messages: list[dict]) -> bool:
-        served = await self.pool.acquire(tier.model)
-        tokens = await asyncio.to_thread(served.chat_tokens, messages)
-        return len(tokens) + 16 > served.n_ctx_seq
 
     def _cascade_ok(self, route: Route, answer: Answer) -> tuple[bool, str]:
         mean = answer.mean_logprob if answer.mean_logprob is not None else -math.inf
@@ -274,15 +276,15 @@ class Hybrid:
                 return await self._local_reply(tier, messages, params, route)
             return await self._remote_reply(tier, messages, params, route, privacy)
         started = time.monotonic()
-        route = await self.decide(messages, privacy)
+        route, tokens = await self.decide(messages, privacy)
         tier = self.tier(route.tier)
         if not tier.local:
             return await self._remote_reply(tier, messages, params, route, privacy)
         remote = self.remote_for(privacy)
         if not route.cascade or remote is None:
-            return await self._local_reply(tier, messages, params, route)
+            return await self._local_reply(tier, messages, params, route, tokens)
         # the cascade: a whole local answer, kept when it is sure
-        answer = await self._local_answer(tier, messages, params)
+        answer = await self._local_answer(tier, messages, params, tokens)
         ok, why = self._cascade_ok(route, answer)
         route.confidence = answer.mean_logprob
         if ok:
@@ -308,17 +310,19 @@ class Hybrid:
             raise RemoteUnavailable(f"tier '{tier}' is unavailable: {reply.route.reason}")
         return Answer(text, reply.tokens_in, reply.tokens_out, None, None, t.name)
 
-    async def _local_stream(self, tier: Tier, messages: list[dict], params, n_logprobs=None):
+    async def _local_stream(self, tier: Tier, messages, params, tokens=None, n_logprobs=None):
+        """(prompt tokens, the answer's pieces); ``tokens``: the conversation's, if known."""
         from pocketlm.services.serving import merge
 
         served = await self.pool.acquire(tier.model)
-        tokens = await asyncio.to_thread(served.chat_tokens, messages)
+        if tokens is None:
+            tokens = await asyncio.to_thread(served.chat_tokens, messages)
         streams = served.start([tokens], params, n=1, n_logprobs=n_logprobs)
-        return served, len(tokens), merge(streams)
+        return len(tokens), merge(streams)
 
-    async def _local_answer(self, tier: Tier, messages: list[dict], params) -> Answer:
+    async def _local_answer(self, tier: Tier, messages, params, tokens=None) -> Answer:
         meter = self._meter()
-        _, n_in, pieces = await self._local_stream(tier, messages, params, n_logprobs=0)
+        n_in, pieces = await self._local_stream(tier, messages, params, tokens, n_logprobs=0)
         text, lps, n_out = [], [], 0
         async for _, piece in pieces:
             text.append(piece.text)
@@ -335,9 +339,9 @@ class Hybrid:
         self._count(tier, n_in, n_out, energy)
         return answer
 
-    async def _local_reply(self, tier: Tier, messages, params, route: Route) -> Reply:
+    async def _local_reply(self, tier: Tier, messages, params, route: Route, tokens=None) -> Reply:
         meter, started = self._meter(), time.monotonic()
-        _, n_in, pieces = await self._local_stream(tier, messages, params)
+        n_in, pieces = await self._local_stream(tier, messages, params, tokens)
         reply = Reply(route, _empty(), tokens_in=n_in)
 
         async def gen() -> AsyncIterator[str]:
@@ -409,12 +413,12 @@ class Hybrid:
                     if tail:
                         yield tail
             finally:
-                self._finish_remote(tier, route, reply, done, messages, started)
+                self._finish_remote(tier, route, reply, done, started)
 
         reply.pieces = gen()
         return reply
 
-    def _finish_remote(self, tier, route, reply, done: Delta | None, messages, started) -> None:
+    def _finish_remote(self, tier, route, reply, done: RemoteReply | None, started) -> None:
         if done is not None:
             reply.tokens_in, reply.tokens_out = done.tokens_in, done.tokens_out
             reply.finish_reason = done.finish_reason

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketlm.params import GenerationParams, validate
+from pocketlm.services.route.tiers import Tiers
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RoutedAnswer:
 class HybridSession:
     """The tiers of one file with their own model pool and event loop (blocking calls)."""
 
-    def __init__(self, tiers: str | Path, router: str | Path | None = None):
+    def __init__(self, tiers: str | Path | Tiers, router: str | Path | None = None):
         from pocketlm.services.route.hybrid import Hybrid
         from pocketlm.services.serving import ModelPool
 

@@ -25,10 +25,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pocketlm.errors import PocketError, UsageError
 from pocketlm.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from pocketlm.services.route.hybrid import Answer
 
 ANSWER_LINE = "End your reply with a line 'Answer: X'."
 LEVELS = (1, 2, 3)
@@ -490,15 +493,6 @@ def generate(n: int = 400, seed: int = 0, kinds: Iterable[str] | None = None) ->
 
 
 # -- collecting answers ---------------------------------------------------------------------
-
-
-class Answer(Protocol):
-    text: str
-    tokens_in: int
-    tokens_out: int
-    mean_logprob: float | None
-    min_logprob: float | None
-    tier: str
 
 
 class AnswerFn(Protocol):
