@@ -14,6 +14,7 @@ from typing import Protocol
 class Task(Protocol):
     def advance(self, n: int) -> None: ...
     def update(self, completed: int, total: int | None = None) -> None: ...
+    def describe(self, description: str) -> None: ...
 
 
 class Progress(Protocol):
@@ -27,6 +28,9 @@ class _NullTask:
         pass
 
     def update(self, completed: int, total: int | None = None) -> None:
+        pass
+
+    def describe(self, description: str) -> None:
         pass
 
 
@@ -52,6 +56,10 @@ class _RichTask:
         if total is not None:
             self._progress.update(self._id, total=total)
         self._progress.update(self._id, completed=completed)
+
+    def describe(self, description: str) -> None:
+        """A new description (a training loss, say) for the bar."""
+        self._progress.update(self._id, description=description)
 
 
 class _AmountColumn:
