@@ -18,6 +18,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import gguf
 import numpy as np
@@ -30,6 +31,7 @@ CHATML_TEMPLATE = (
 )
 
 QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+TINY_QWEN2 = {"arch": "qwen2", "qkv_bias": True, "tied": True}  # write_tiny_gguf(p, **TINY_QWEN2)
 VOCABS = ("bpe", "none")  # "none": no tokenizer at all, for testing the checker
 
 # Token ids as in SmolLM2: the specials come first, then the 256 byte tokens, then merges.
@@ -159,19 +161,31 @@ def _silent_tokens(tokens: tuple[str, ...]) -> list[int]:
     ]
 
 
-def _add_weights(w, rng, qtype: str, tokens, n_layer, n_embd, n_head, n_head_kv, n_ff):
+class _Variant(NamedTuple):
+    qkv_bias: bool = False
+    tied: bool = False
+    quiet_layers: tuple[int, ...] = ()
+
+
+def _add_weights(
+    w, rng, qtype: str, tokens, n_layer, n_embd, n_head, n_head_kv, n_ff, variant: _Variant
+):
     """Llama-layout tensors; numpy shapes are [out, in] (GGUF stores them reversed).
 
     The scales are large enough that greedy decoding wanders instead of repeating one
     token. output.weight has zero rows for _silent_tokens: their logit is 0 while about
     half the others are positive, so greedy decoding writes visible text and never ends
-    by itself (no EOS): generation runs to max_tokens.
+    by itself (no EOS): generation runs to max_tokens. ``variant`` adds what qwen2 has
+    (q/k/v biases, no output.weight) and near-identity layers; its defaults add nothing.
     """
     ggml_type = _GGML_TYPES[qtype]
 
-    def matrix(name: str, rows: int, cols: int, scale: float = 0.3, zero_rows=()) -> None:
+    def matrix(
+        name: str, rows: int, cols: int, scale: float = 0.3, zero_rows=(), shrink: float = 1.0
+    ) -> None:
         data = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
         data[list(zero_rows)] = 0.0
+        data *= np.float32(shrink)
         if qtype in ("F32", "F16"):
             w.add_tensor(name, gguf.quants.quantize(data, ggml_type))
         else:
@@ -180,20 +194,29 @@ def _add_weights(w, rng, qtype: str, tokens, n_layer, n_embd, n_head, n_head_kv,
     def norm(name: str) -> None:
         w.add_tensor(name, np.ones(n_embd, dtype=np.float32))
 
+    def bias(name: str, size: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(size) * 0.3).astype(np.float32))
+
     n_vocab, n_embd_kv = len(tokens), n_embd // n_head * n_head_kv
     matrix("token_embd.weight", n_vocab, n_embd, scale=1.0)
-    matrix("output.weight", n_vocab, n_embd, scale=1.0, zero_rows=_silent_tokens(tokens))
+    if not variant.tied:
+        matrix("output.weight", n_vocab, n_embd, scale=1.0, zero_rows=_silent_tokens(tokens))
     norm("output_norm.weight")
     for i in range(n_layer):
+        shrink = 1e-3 if i in variant.quiet_layers else 1.0  # what the block adds: ~nothing
         norm(f"blk.{i}.attn_norm.weight")
         matrix(f"blk.{i}.attn_q.weight", n_embd, n_embd)
         matrix(f"blk.{i}.attn_k.weight", n_embd_kv, n_embd)
         matrix(f"blk.{i}.attn_v.weight", n_embd_kv, n_embd)
-        matrix(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        matrix(f"blk.{i}.attn_output.weight", n_embd, n_embd, shrink=shrink)
+        if variant.qkv_bias:
+            bias(f"blk.{i}.attn_q.bias", n_embd)
+            bias(f"blk.{i}.attn_k.bias", n_embd_kv)
+            bias(f"blk.{i}.attn_v.bias", n_embd_kv)
         norm(f"blk.{i}.ffn_norm.weight")
         matrix(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         matrix(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
-        matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+        matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff, shrink=shrink)
 
 
 def write_tiny_gguf(
@@ -212,12 +235,19 @@ def write_tiny_gguf(
     chat_template: str | None = CHATML_TEMPLATE,
     name: str | None = "tiny-test",
     license: str | None = "apache-2.0",
+    qkv_bias: bool = False,
+    tied: bool = False,
+    quiet_layers: tuple[int, ...] = (),
 ) -> Path:
     """Write a random llama-layout model; the same arguments give the same bytes.
 
-    `arch` only names the architecture in the metadata (tensors always follow the
-    llama layout): anything but "llama" is for testing the checker. 2-D weights
-    are stored as `qtype`, norms as F32.
+    `arch` only names the architecture in the metadata (tensors follow the llama
+    layout): anything but "llama" is for testing the checker, except `**TINY_QWEN2`
+    (arch "qwen2" with q/k/v biases and the output tied to the embedding, as in
+    Qwen2.5), a model llama.cpp and transformers both run. `quiet_layers`: blocks whose
+    output projections are scaled by 1e-3, so that they hardly change the hidden state
+    (what depth pruning should drop first). 2-D weights are stored as `qtype`, biases
+    and norms as F32.
     """
     _check_args(n_embd, n_head, n_head_kv, n_ff, vocab, qtype)
     path = Path(path)
@@ -241,7 +271,8 @@ def write_tiny_gguf(
         _add_tokenizer(w, chat_template)
     w.add_vocab_size(len(tokens))
     rng = np.random.default_rng(seed)
-    _add_weights(w, rng, qtype, tokens, n_layer, n_embd, n_head, n_head_kv, n_ff)
+    variant = _Variant(qkv_bias, tied, tuple(quiet_layers))
+    _add_weights(w, rng, qtype, tokens, n_layer, n_embd, n_head, n_head_kv, n_ff, variant)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -30,6 +30,9 @@ VERBS = {
     "redact": "redact",
     "route": "route",
     "audit": "audit",
+    "data": "data",
+    "prune": "prune",
+    "distill": "distill",
 }
 
 

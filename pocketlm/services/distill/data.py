@@ -7,6 +7,9 @@ Three record shapes, found per record:
   completion is the assistant's answer; only the completion's tokens are trained on.
 - ``{"messages": [{"role": ..., "content": ...}, ...]}``: a conversation; the last
   assistant turn is trained on.
+- ``{"instruction": ..., "text": ..., "label": ...}`` (what ``pocketlm data label``
+  writes): the conversation ``pocketlm task`` prompts with (the instruction as the system
+  turn, the record as the user's) answered by the label.
 - ``{"text": ...}`` (or ``--field``): plain text, every token trained on; texts are packed
   into sequences of ``seq_len`` tokens (a text longer than that spans several).
 
@@ -154,6 +157,14 @@ def _parse(raw: bytes, field_name: str | None) -> tuple[dict[str, Any] | None, s
     messages = record.get("messages")
     if isinstance(messages, list) and _valid_messages(messages):
         return {"messages": messages}, ""
+    if _usable(record.get("instruction")) and _usable(record.get("text")):
+        if _usable(record.get("label")):  # `pocketlm data label`: the task's own prompt
+            messages = [
+                {"role": "system", "content": record["instruction"]},
+                {"role": "user", "content": record["text"]},
+                {"role": "assistant", "content": record["label"]},
+            ]
+            return {"messages": messages}, ""
     if _usable(record.get("text")):
         return {"text": record["text"]}, ""
     return None, "no text, prompt/completion or messages"

@@ -1,0 +1,96 @@
+"""`pocketlm data label`: a local teacher's labels for the user's own records, as training
+data for a student.
+
+It is `pocketlm task classify` or `extract` (``tasks.runner``: the same input layouts,
+resume, progress and failures), with each result made a training record: the record's
+``text``, the ``label`` (for extraction, the extracted object as JSON text; the object
+itself in ``data``), the label probabilities where the task scores them (``probs``), the
+instructions the teacher read (``instruction``) and the ``teacher``. The teacher is always a
+local model: the records are the user's, and they never leave the machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pocketlm.errors import UsageError
+from pocketlm.progress import NullProgress, Progress
+from pocketlm.services.data.teacher import resolve
+from pocketlm.services.tasks import runner
+from pocketlm.services.tasks.job import JobSummary, run_job
+from pocketlm.services.tasks.records import Record, started
+
+TASKS = ("classify", "extract")
+
+
+def spec_for(
+    task: str, teacher: str, tiers_file: Path | None = None, **fields: Any
+) -> runner.JobSpec:
+    """The `pocketlm task` job that labels: ``teacher`` resolved to a local model (a remote
+    tier refused), ``fields`` as ``JobSpec``'s."""
+    if task not in TASKS:
+        raise UsageError(f"unknown labelling task '{task}'", f"choose one of: {', '.join(TASKS)}")
+    tier = resolve(teacher, tiers_file, local_only=True)
+    model = tier.model if tier is not None else teacher
+    return runner.JobSpec(verb=task, model=model, **fields)
+
+
+def run(spec: runner.JobSpec, progress: Progress | None = None) -> JobSummary:
+    """Label every record of ``spec.input`` into ``spec.out`` (see the module docstring)."""
+    progress = progress or NullProgress()
+    _, count_fields, _ = runner.task_of(spec.verb)
+    records = started(runner.read(spec))
+    out = runner.open_output(spec)
+    try:
+        engine, work = runner.build_task(spec, progress)
+    except BaseException:
+        out.close()
+        raise
+    try:
+        try:
+            summary = run_job(
+                records,
+                _Training(work, engine.name, _instruction(work)),
+                out.write,
+                workers=runner.worker_threads(spec),
+                done=out.done,
+                count_fields=count_fields,
+                total=runner.count(spec),
+                progress=progress,
+            )
+        finally:
+            out.close()
+        summary.model = engine.name
+        summary.add_tokens(engine.counters)
+        return summary
+    finally:
+        engine.close()
+
+
+def _instruction(work: Any) -> str | None:
+    return getattr(work, "system", None)  # Classifier's and Extractor's instructions
+
+
+class _Training:
+    """A task's result for a record, made a training record."""
+
+    def __init__(self, work, teacher: str, instruction: str | None):
+        self.work, self.teacher, self.instruction = work, teacher, instruction
+
+    def __call__(self, record: Record) -> dict[str, Any]:
+        result = self.work(record)
+        out: dict[str, Any] = {"text": record.text}
+        if "data" in result:  # extract
+            out["label"] = json.dumps(result["data"], ensure_ascii=False)
+            out["data"] = result["data"]
+        else:
+            out["label"] = result["label"]
+            out["probs"] = result["probs"]
+        if result.get("truncated"):
+            out["truncated"] = True
+        if self.instruction:
+            out["instruction"] = self.instruction
+        out["teacher"] = self.teacher
+        return out

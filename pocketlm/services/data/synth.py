@@ -1,0 +1,257 @@
+"""`pocketlm data synth`: a teacher writes training data, one JSONL record per prompt.
+
+Two modes:
+
+- ``textbook``: seed topics crossed with audiences and formats (``topics``), as Cosmopedia
+  and phi-1 built theirs: record i writes about topic i (the topics in a seeded order, all
+  of them before any comes again) for an audience and in a format chosen at random.
+- ``task``: labelled examples for a narrow task from its description, its labels and a few
+  examples: record i is written for label i mod L (the labels balanced), in a random style.
+
+Every choice comes from ``random.Random`` seeded with (--seed, i), and so does the sampling
+seed of record i: a run is repeatable, and ``--resume`` writes exactly the records an
+uninterrupted run would have. The teacher's records decode together (``teacher``), they are
+written in order as whole lines (``tasks.output.Output``), and the job is ``pocketlm
+task``'s (``tasks.job.run_job``): the same progress with ETA, summary and failures.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pocketlm.errors import UsageError, option
+from pocketlm.params import GenerationParams
+from pocketlm.progress import NullProgress, Progress
+from pocketlm.services.data import topics as seeds
+from pocketlm.services.data.teacher import Teacher, open_teacher
+from pocketlm.services.tasks.job import JobSummary, RecordFailed, run_job
+from pocketlm.services.tasks.output import Output
+from pocketlm.services.tasks.records import Record
+
+MODES = ("textbook", "task")
+MAX_TOPICS = 100_000
+SHOWN_EXAMPLES = 3  # examples in each task prompt (a seeded sample of the file's)
+PROMPT_ROOM = 1024  # tokens of context for the prompt, above --max-tokens
+
+TEXTBOOK = (
+    'Write {what}. The topic is "{topic}" and the readers are {audience}. Write for them: '
+    "choose the words, depth and examples they need. Be accurate and self-contained, and do "
+    "not mention these instructions. Write only the {format}."
+)
+TASK = (
+    "{task}\nThe labels:\n{labels}\n{examples}\n"
+    'Write one new, realistic input for this task whose correct label is "{label}". '
+    "Make it {style}. Write only the input text itself, without its label or any comment."
+)
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """One `pocketlm data synth` run (see the module docstring for the modes)."""
+
+    out: Path
+    teacher: str
+    tiers: Path | None = None
+    n: int = 100
+    topics: Path | None = None  # textbook mode; None: topics.TOPICS
+    task: str | None = None  # task mode
+    labels: str | None = None  # A,B,C or a labels file (as `pocketlm task classify`)
+    examples: Path | None = None  # JSONL {"text", "label"}
+    max_tokens: int = 512
+    temperature: float = 0.8
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    parallel: int = 8
+    threads: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return "task" if self.task is not None else "textbook"
+
+    def __post_init__(self) -> None:
+        for name in ("n", "max_tokens", "parallel", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"invalid {option(name, value)}: must be at least 1")
+        if not 0 <= self.temperature <= 5:
+            raise UsageError(f"invalid {option('temperature', self.temperature)}", "give 0 to 5")
+        if not 0 <= self.seed < 2**31:
+            raise UsageError(f"invalid {option('seed', self.seed)}", "give 0 to 2147483647")
+        task, labels, topics = option("task"), option("labels"), option("topics")
+        if self.task is None and (self.labels or self.examples):
+            raise UsageError(f"{labels} and {option('examples')} are for {task}", f"add {task}")
+        if self.task is not None and self.topics:
+            raise UsageError(f"{topics} is for textbook data, not {task}", "drop one")
+        if self.task is not None and (not self.task.strip() or not self.labels):
+            raise UsageError(f"{task} needs a description and {labels} A,B,C")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each record of a run asks for (a function of the spec alone: ``records``)."""
+
+    spec: SynthSpec
+    topics: tuple[str, ...] = ()
+    labels: tuple[Any, ...] = ()  # classify.Label
+    examples: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, spec: SynthSpec) -> Plan:
+        """The plan, its files read and checked (before a model loads)."""
+        if spec.mode == "textbook":
+            return cls(spec, topics=_read_topics(spec.topics))
+        from pocketlm.services.tasks import classify
+
+        labels = classify.parse_labels(spec.labels or "")
+        examples = classify.load_examples(spec.examples, labels) if spec.examples else []
+        return cls(spec, labels=tuple(labels), examples=tuple(examples))
+
+    def records(self) -> Iterator[Record]:
+        """Record i (from 1): its prompt in ``text``, its seeds in ``fields``."""
+        order = list(self.topics)
+        random.Random(f"{self.spec.seed}:topics").shuffle(order)
+        for i in range(1, self.spec.n + 1):
+            rng = random.Random(f"{self.spec.seed}:{i}")
+            if self.spec.mode == "textbook":
+                fields = self._textbook(order[(i - 1) % len(order)], rng)
+            else:
+                fields = self._task(self.labels[(i - 1) % len(self.labels)], rng)
+            fields["sample_seed"] = rng.randrange(2**31)
+            yield Record(i, fields.pop("prompt"), fields)
+
+    def _textbook(self, topic: str, rng: random.Random) -> dict[str, Any]:
+        audience = rng.choice(seeds.AUDIENCES)
+        fmt = rng.choice(list(seeds.FORMATS))
+        what = seeds.FORMATS[fmt]
+        prompt = TEXTBOOK.format(what=what, topic=topic, audience=audience, format=fmt)
+        return {"prompt": prompt, "topic": topic, "audience": audience, "format": fmt}
+
+    def _task(self, label, rng: random.Random) -> dict[str, Any]:
+        style = rng.choice(seeds.STYLES)
+        shown = rng.sample(self.examples, min(SHOWN_EXAMPLES, len(self.examples)))
+        examples = "".join(f"\nText: {t}\nLabel: {lab}\n" for t, lab in shown)
+        names = "\n".join(
+            f"- {x.name}" + (f": {x.description}" if x.description else "") for x in self.labels
+        )
+        prompt = TASK.format(
+            task=self.spec.task.strip(),
+            labels=names,
+            examples=f"\nExamples:{examples}" if shown else "",
+            label=label.name,
+            style=style,
+        )
+        return {"prompt": prompt, "label": label.name, "style": style}
+
+
+def _read_topics(path: Path | None) -> tuple[str, ...]:
+    if path is None:
+        return seeds.TOPICS
+    if not path.is_file():
+        raise UsageError(f"no such topics file: {path}", "give a text file, one topic per line")
+    with path.open(encoding="utf-8", errors="replace") as f:
+        topics = [t.strip() for t in f if t.strip() and not t.lstrip().startswith("#")]
+    if not topics:
+        raise UsageError(f"{path} holds no topics", "write one seed topic per line")
+    if len(topics) > MAX_TOPICS:
+        raise UsageError(f"{path} holds over {MAX_TOPICS} topics", "give fewer")
+    return tuple(dict.fromkeys(topics))
+
+
+class Writer:
+    """The per-record work: record i's prompt through the teacher, into a training record."""
+
+    def __init__(self, spec: SynthSpec, teacher: Teacher):
+        self.spec, self.teacher = spec, teacher
+
+    def __call__(self, record: Record) -> dict[str, Any]:
+        s, fields = self.spec, dict(record.fields)
+        params = GenerationParams(
+            max_tokens=s.max_tokens, temperature=s.temperature, seed=fields["sample_seed"]
+        )
+        out = self.teacher.write(record.text, params)
+        if out.finish not in ("stop", "length"):
+            raise RecordFailed(f"the teacher failed: {out.error or out.finish}")
+        if not out.text:
+            raise RecordFailed("the teacher wrote nothing")
+        label = {"label": fields.pop("label")} if "label" in fields else {}
+        return {
+            "text": out.text,
+            **label,
+            "prompt": record.text,
+            "teacher": self.teacher.name,
+            "mode": s.mode,
+            **fields,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "seed": s.seed,
+            "finish": out.finish,
+        }
+
+
+def run(spec: SynthSpec, progress: Progress | None = None) -> JobSummary:
+    """Write ``spec.n`` records to ``spec.out`` (continuing it with ``spec.resume``)."""
+    progress = progress or NullProgress()
+    plan = Plan.of(spec)
+    check_resume(spec)
+    out = Output(spec.out, "jsonl", resume=spec.resume, overwrite=spec.overwrite)
+    try:
+        teacher = open_teacher(
+            spec.teacher,
+            spec.tiers,
+            parallel=spec.parallel,
+            ctx=spec.max_tokens + PROMPT_ROOM,
+            threads=spec.threads,
+            progress=progress,
+        )
+    except BaseException:
+        out.close()
+        raise
+    try:
+        try:
+            summary = run_job(
+                plan.records(),
+                Writer(spec, teacher),
+                out.write,
+                workers=2 * spec.parallel,
+                done=out.done,
+                count_fields=count_fields(spec),
+                total=spec.n,
+                progress=progress,
+            )
+        finally:
+            out.close()
+        summary.model = teacher.name
+        summary.add_tokens(teacher.counters)
+        return summary
+    finally:
+        teacher.close()
+
+
+def count_fields(spec: SynthSpec) -> tuple[str, ...]:
+    """The fields the summary counts: how the records spread over labels or formats."""
+    return ("label",) if spec.mode == "task" else ("format",)
+
+
+def check_resume(spec: SynthSpec) -> None:
+    """A run resumed with other settings would mix two datasets in one file: refused."""
+    if not (spec.resume and spec.out.is_file()):
+        return
+    with spec.out.open(encoding="utf-8", errors="replace") as f:
+        first = next((line for line in f if line.strip()), None)
+    try:
+        written = json.loads(first) if first else {}
+    except ValueError:
+        written = {}
+    ours = {"mode": spec.mode, "seed": spec.seed, "max_tokens": spec.max_tokens}
+    for key, value in ours.items():
+        if key in written and written[key] != value:
+            raise UsageError(
+                f"{spec.out} was written with {key} {written[key]!r}, this run has {value!r}",
+                "resume with the same settings, or pass --overwrite to start again",
+            )
