@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged at the end)")
     p.add_argument("--lora-rank", type=int, default=16, metavar="R", help="LoRA rank (16)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4, LoRA 5e-4)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5, LoRA 5e-4)")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (1)")
     p.add_argument("--seq-len", type=int, default=512, metavar="N", help="tokens (512)")
     p.add_argument(

@@ -25,7 +25,7 @@ class Need:
     @classmethod
     def of(cls, student, ds, recipe, mode: str) -> Need:
         from pocketlm.services.distill.teacher import cache_bytes
-        from pocketlm.services.distill.train import MICRO_TOKENS
+        from pocketlm.services.distill.trainer import MICRO_TOKENS
         from pocketlm.store.gguf_check import inspect_gguf
 
         info = inspect_gguf(student.path)
