@@ -103,7 +103,7 @@ def main() -> int:
     timed("distill", "distill", "--teacher", TARGET, "--student", pruned, "--data", str(curated),
           "--name", draft, "--max-minutes", str(args.minutes), "--epochs", "4", "--lr", "1e-4",
           "--batch-tokens", "2048")  # fmt: skip
-    timed("quantize", "quantize", draft, "Q8_0", "--name", f"{draft}-q8_0")
+    timed("quantize", "quantize", draft, "--type", "Q8_0", "--name", f"{draft}-q8_0")
     print("minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in clock.items()), flush=True)
     bench = [sys.executable, str(HERE / "speculative.py"), "--model", TARGET]
     bench += ["--draft", f"{draft}-q8_0", "--modes", "plain,draft"]

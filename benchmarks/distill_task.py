@@ -127,7 +127,7 @@ def main() -> int:
         timed("distill", pocketlm, "distill", "--teacher", TEACHER, "--student", student,
               "--data", str(labelled), "--name", name, "--seq-len", "384",
               "--batch-tokens", "64", *STUDENTS[student])  # fmt: skip
-        timed("quantize", pocketlm, "quantize", name, "Q4_K_M", "--name", f"{name}-q4_k_m")
+        timed("quantize", pocketlm, "quantize", name, "--type", "Q4_K_M", "--name", f"{name}-q4_k_m")
         after = timed("test", accuracy, f"{name}-q4_k_m", work)
         results[student] = {"before": before, "accuracy": after, "model": f"{name}-q4_k_m"}
         deployed.append(f"{name}-q4_k_m")

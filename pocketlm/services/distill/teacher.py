@@ -95,7 +95,10 @@ def _write_state(folder: Path, key: dict, rows: int, k: int, done: int) -> None:
 def _fill(teacher_path, examples, offsets, ids, lps, done, folder, key, threads, progress):
     k = ids.shape[1]
     longest = max(len(ex.tokens) for ex in examples)
-    model = Model(teacher_path)
+    from pocketlm.engine import probe
+
+    # repacked weights only where a child process showed they do not crash (the AMX note)
+    model = Model(teacher_path, use_extra_bufts=probe.extra_bufts_safe(teacher_path))
     ctx = Context(model, n_ctx=longest, n_threads=threads, n_batch=longest)
     remaining = sum(len(ex.tokens) for ex in examples[done:])
     task = progress.task("teacher top-k", remaining, unit="tokens")

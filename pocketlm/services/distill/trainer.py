@@ -44,7 +44,8 @@ class Trainer:
         self.run_dir, self.progress = run_dir, progress
         self.state = State()
         self.stopped_by = "data"
-        self.model = self._load_model()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = self._load_model().to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
         # teacher rows: training examples first, then held-out ones (as compute() got them)
@@ -89,17 +90,18 @@ class Trainer:
             trained = torch.tensor(ex.trained[1:], dtype=torch.bool)
             rows[b, : n - 1] = trained
             targets.append(torch.tensor(ex.tokens[1:])[trained])
+        ids, mask, rows = ids.to(self.device), mask.to(self.device), rows.to(self.device)
         hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         logits = self.model.get_output_embeddings()(hidden[rows])  # [rows, vocab]
-        return torch.log_softmax(logits.float(), dim=-1), torch.cat(targets)
+        return torch.log_softmax(logits.float(), dim=-1), torch.cat(targets).to(self.device)
 
     def _teacher_rows(self, indices: list[int]):
         import torch
 
         ids, lps = zip(*(self.topk.rows(i) for i in indices), strict=True)
         return (
-            torch.from_numpy(np.concatenate(ids).astype(np.int64)),
-            torch.from_numpy(np.concatenate(lps).astype(np.float32)),
+            torch.from_numpy(np.concatenate(ids).astype(np.int64)).to(self.device),
+            torch.from_numpy(np.concatenate(lps).astype(np.float32)).to(self.device),
         )
 
     def _losses(self, indices: list[int], examples: list[Example]):
@@ -321,7 +323,7 @@ class Trainer:
         model = self.model
         if self.recipe.lora:
             model = model.merge_and_unload()
-        model.eval()
+        model = model.to("cpu").eval()
         history = self.state.history
         recipe = {
             "method": "distill",
