@@ -76,9 +76,7 @@ def decode_speed(models: list[str]) -> dict[str, float]:
     out = pocketlm(
         "bench", *models, "--prompt-lengths", "128", "--repeat", "3", "--json", capture=True
     )
-    report = json.loads(out)
-    rows = report["models"] if isinstance(report, dict) and "models" in report else report
-    return {row["model"]: row["decode_tps"]["median"] for row in rows}
+    return {m["model"]: m["decode"]["tok_per_s"]["median"] for m in json.loads(out)["models"]}
 
 
 def main() -> int:
@@ -127,7 +125,9 @@ def main() -> int:
         timed("distill", pocketlm, "distill", "--teacher", TEACHER, "--student", student,
               "--data", str(labelled), "--name", name, "--seq-len", "384",
               "--batch-tokens", "64", *STUDENTS[student])  # fmt: skip
-        timed("quantize", pocketlm, "quantize", name, "--type", "Q4_K_M", "--name", f"{name}-q4_k_m")
+        timed(
+            "quantize", pocketlm, "quantize", name, "--type", "Q4_K_M", "--name", f"{name}-q4_k_m"
+        )
         after = timed("test", accuracy, f"{name}-q4_k_m", work)
         results[student] = {"before": before, "accuracy": after, "model": f"{name}-q4_k_m"}
         deployed.append(f"{name}-q4_k_m")

@@ -43,12 +43,23 @@ def main(args: argparse.Namespace) -> int:
             m.quantization,
             human_count(m.parameter_count),
             m.architecture,
-            "imported" if m.imported else "pulled",
+            _origin(m),
         ]
         for m in manifests
     ]
     print(table(rows, ["NAME", "SIZE", "QUANT", "PARAMS", "ARCH", "SOURCE"]))
     return 0
+
+
+def _origin(m) -> str:
+    """pulled, imported, or how it was derived: "distill of qwen2.5-coder-0.5b-instruct"."""
+    if m.imported:
+        return "imported"
+    kind, _, rest = m.source.partition(":")
+    if kind == "derived":
+        method = rest.partition(":")[0]
+        return f"{method} of {m.parent}" if m.parent else method
+    return "pulled"
 
 
 def print_catalog(entries, pulled: set[str], as_json: bool) -> int:

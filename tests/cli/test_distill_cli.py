@@ -31,7 +31,7 @@ def models(tmp_path):
     return data
 
 
-def test_distill_prints_what_it_did_and_the_model_runs(models):
+def test_distill_prints_what_it_did_and_the_model_runs_quantizes_and_packages(models, tmp_path):
     args = ["--teacher", "tteacher", "--student", "tstudent", "--data", str(models)]
     proc = run_cli("distill", *args, "--seq-len", "64", "--batch-tokens", "256", "--lr", "3e-3")
     assert proc.returncode == 0, proc.stderr_text
@@ -45,6 +45,14 @@ def test_distill_prints_what_it_did_and_the_model_runs(models):
     assert manifest["recipe"]["method"] == "distill"
     proc = run_cli("run", "tstudent-distilled", "--max-tokens", "3", "Hello")
     assert proc.returncode == 0, proc.stderr_text
+    # like any store model: calibrated quantization, then wheels for a private index
+    proc = run_cli(
+        "quantize", "tstudent-distilled", "--type", "Q4_0", "--calibrate", "--name", "tq"
+    )
+    assert proc.returncode == 0, proc.stderr_text
+    proc = run_cli("package", "tq", "--out", str(tmp_path / "wheels"))
+    assert proc.returncode == 0, proc.stderr_text
+    assert "tq" in (tmp_path / "wheels" / "catalog.toml").read_text()
 
 
 @pytest.mark.parametrize(
