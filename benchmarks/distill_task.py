@@ -33,8 +33,16 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data" / "tasks"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 STUDENTS = {
-    "qwen2.5-coder-0.5b-instruct": ["--lora", "--epochs", "2", "--lr", "3e-4"],
-    "smollm2-135m-instruct": ["--epochs", "3", "--lr", "1e-4"],
+    "qwen2.5-coder-0.5b-instruct": [
+        "--lora",
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-4",
+        "--max-minutes",
+        "15",
+    ],
+    "smollm2-135m-instruct": ["--epochs", "3", "--lr", "1e-4", "--max-minutes", "8"],
 }
 TASK = (
     "Write one message that a customer of a smart-home company (cameras, sensors, a mobile "
@@ -110,9 +118,9 @@ def main() -> int:
     rows = [json.loads(line) for line in curated.read_text().splitlines() if line.strip()]
     unlabelled.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
     labelled = work / "labelled.jsonl"
-    labelled.unlink(missing_ok=True)
+    resume = ["--resume"] if labelled.exists() else []  # the same curated records: reused
     timed("label", pocketlm, "data", "label", str(unlabelled), "--teacher", TEACHER,
-          "--task", "classify", "--labels", labels, "--out", str(labelled))  # fmt: skip
+          "--task", "classify", "--labels", labels, "--out", str(labelled), *resume)  # fmt: skip
 
     results = {TEACHER: {"accuracy": timed("test", accuracy, TEACHER, work)}}
     deployed = [TEACHER]

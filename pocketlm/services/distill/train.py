@@ -110,7 +110,10 @@ def distill(
     if mode == "logits":
         from pocketlm.services.distill import teacher as teacher_mod
 
-        key = {"teacher": teacher.sha256, "data": ds.sha256, **recipe.key()}
+        # what the top-k depend on: another learning rate or epoch count reuses them
+        same = ("top_k", "seq_len", "field", "held_out_share", "seed")
+        key = {"teacher": teacher.sha256, "data": ds.sha256, "student": student.sha256}
+        key |= {k: getattr(recipe, k) for k in same}
         topk = teacher_mod.compute(
             teacher.path,
             ds.train + ds.held_out,
