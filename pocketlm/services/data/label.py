@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from pocketlm.errors import UsageError
-from pocketlm.progress import NullProgress, Progress
+from pocketlm.progress import Progress
 from pocketlm.services.data.teacher import resolve
 from pocketlm.services.tasks import runner
-from pocketlm.services.tasks.job import JobSummary, run_job
-from pocketlm.services.tasks.records import Record, started
+from pocketlm.services.tasks.job import JobSummary
+from pocketlm.services.tasks.records import Record
 
 TASKS = ("classify", "extract")
 
@@ -39,34 +39,11 @@ def spec_for(
 
 def run(spec: runner.JobSpec, progress: Progress | None = None) -> JobSummary:
     """Label every record of ``spec.input`` into ``spec.out`` (see the module docstring)."""
-    progress = progress or NullProgress()
-    _, count_fields, _ = runner.task_of(spec.verb)
-    records = started(runner.read(spec))
-    out = runner.open_output(spec)
-    try:
-        engine, work = runner.build_task(spec, progress)
-    except BaseException:
-        out.close()
-        raise
-    try:
-        try:
-            summary = run_job(
-                records,
-                _Training(work, engine.name, _instruction(work)),
-                out.write,
-                workers=runner.worker_threads(spec),
-                done=out.done,
-                count_fields=count_fields,
-                total=runner.count(spec),
-                progress=progress,
-            )
-        finally:
-            out.close()
-        summary.model = engine.name
-        summary.add_tokens(engine.counters)
-        return summary
-    finally:
-        engine.close()
+    return runner.run(
+        spec,
+        progress,
+        wrap=lambda work, engine: _Training(work, engine.name, _instruction(work)),
+    )
 
 
 def _instruction(work: Any) -> str | None:

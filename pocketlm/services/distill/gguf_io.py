@@ -380,7 +380,7 @@ def save_to_store(
 
     The file is written in the store's scratch space, checked, hashed, then moved into
     blobs/ and its manifest written last: an error or Ctrl-C leaves nothing behind."""
-    from pocketlm.services.quantize.quantize import check_disk, check_free_name
+    from pocketlm.services.quantize.quantize import check_disk, check_free_name, keep_derived
 
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
@@ -404,8 +404,17 @@ def save_to_store(
         info = inspect_gguf(file)
         extras = {"teacher": teacher, "data_sha256": data_sha256, "recipe": recipe}
         description = description or f"{parent_name} {_PAST[method]}"
-        return _keep(
-            store, file, info, name, parent, parent_name, method, description, extras, progress
+        return keep_derived(
+            store,
+            file,
+            info,
+            name=name,
+            source=f"derived:{method}:{parent_name}",
+            parent=parent_name,
+            base=parent if isinstance(parent, Manifest) else None,
+            description=description,
+            extras=extras,
+            progress=progress,
         )
 
 
@@ -413,48 +422,6 @@ def _size_label(n_params: int) -> str:
     import gguf
 
     return gguf.size_label(n_params, 0, 0, 0)
-
-
-def _keep(
-    store: Store,
-    file: Path,
-    info: GGUFInfo,
-    name: str,
-    parent: Manifest | Path,
-    parent_name: str,
-    method: str,
-    description: str,
-    extras: dict[str, Any],
-    progress: Progress,
-) -> Manifest:
-    """Move a checked file from scratch into blobs/, then write its manifest."""
-    from pocketlm.services.quantize.quantize import check_free_name
-    from pocketlm.store.pull import manifest_from_info, sha256_file
-
-    manifest = parent if isinstance(parent, Manifest) else None
-    sha = sha256_file(file, progress, f"hashing {name}")
-    with store.lock(name):
-        check_free_name(store, name)  # another process may have taken it meanwhile
-        shared = store.blob_path(sha).exists()
-        blob = store.adopt_blob(file, sha)
-        try:
-            base = manifest_from_info(
-                info,
-                name=name,
-                path=blob,
-                sha256=sha,
-                source=f"derived:{method}:{parent_name}",
-                license=manifest.license if manifest else None,
-                description=description,
-                imported=False,
-                parent=parent_name,
-                chat=manifest.chat if manifest else None,
-            )
-            return store.put(Manifest(**(base.model_dump() | extras)))
-        except BaseException:
-            if not shared:
-                blob.unlink(missing_ok=True)
-            raise
 
 
 _PAST = {"distill": "distilled", "prune": "pruned"}

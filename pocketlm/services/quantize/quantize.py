@@ -346,6 +346,36 @@ def keep(
     progress: Progress,
 ) -> Manifest:
     """Move a checked, measured file from scratch into blobs/, then write its manifest."""
+    return keep_derived(
+        store,
+        file,
+        info,
+        name=name,
+        source=f"derived:quantize:{source.parent}",
+        parent=source.parent,
+        base=source.manifest,
+        description=f"{source.name} quantized to {qt.name}",
+        extras=extras,
+        progress=progress,
+    )
+
+
+def keep_derived(
+    store: Store,
+    file: Path,
+    info: GGUFInfo,
+    *,
+    name: str,
+    source: str,
+    parent: str,
+    base: Manifest | None,
+    description: str,
+    extras: dict[str, Any],
+    progress: Progress,
+) -> Manifest:
+    """Move a checked file derived from ``parent`` (quantized, pruned, distilled) from scratch
+    into blobs/, then write its manifest, with the license and chat flag of ``base`` (the
+    parent's manifest, when it is a store model) and ``extras``."""
     from pocketlm.store.pull import manifest_from_info, sha256_file
 
     sha = sha256_file(file, progress, f"hashing {name}")
@@ -354,19 +384,19 @@ def keep(
         shared = store.blob_path(sha).exists()  # the same bytes already kept under another name
         blob = store.adopt_blob(file, sha)
         try:
-            base = manifest_from_info(
+            manifest = manifest_from_info(
                 info,
                 name=name,
                 path=blob,
                 sha256=sha,
-                source=f"derived:quantize:{source.parent}",
-                license=source.manifest.license if source.manifest else None,
-                description=f"{source.name} quantized to {qt.name}",
+                source=source,
+                license=base.license if base else None,
+                description=description,
                 imported=False,
-                parent=source.parent,
-                chat=source.manifest.chat if source.manifest else None,
+                parent=parent,
+                chat=base.chat if base else None,
             )
-            return store.put(Manifest(**(base.model_dump() | extras)))
+            return store.put(Manifest(**(manifest.model_dump() | extras)))
         except BaseException:
             if not shared:
                 blob.unlink(missing_ok=True)

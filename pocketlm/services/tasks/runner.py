@@ -76,8 +76,14 @@ def count(spec: JobSpec) -> int | None:
     return readers.count_lines(path)
 
 
-def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
-    """Run a per-record job from ``spec`` (see module docstring) and return its summary."""
+def run(
+    spec: JobSpec,
+    progress: Progress | None = None,
+    wrap: Callable[[Callable, TaskEngine], Callable] | None = None,
+) -> JobSummary:
+    """Run a per-record job from ``spec`` (see module docstring) and return its summary.
+    ``wrap(work, engine)``, when given, makes the per-record callable out of the task's own
+    (``pocketlm data label`` turns each result into a training record)."""
     progress = progress or NullProgress()
     if spec.verb in STREAMS:
         return _run_stream(spec, progress)
@@ -93,7 +99,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobSummary:
         try:
             summary = run_job(
                 records,
-                work,
+                wrap(work, engine) if wrap else work,
                 out.write,
                 workers=worker_threads(spec),
                 done=out.done,
