@@ -18,7 +18,7 @@ command as a user would run it:
 Target (issue 16): a student within 2 points of the teacher's accuracy at >= 2x its
 decode speed. 60 test tickets: one ticket is 1.7 points.
 
-    .venv/bin/python benchmarks/distill_task.py        (about 45 minutes)
+    .venv/bin/python benchmarks/distill_task.py    (about 60 minutes; 40 with the labels cached)
 """
 
 from __future__ import annotations
@@ -32,18 +32,12 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data" / "tasks"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
+LORA = ["--lora", "--epochs", "3", "--lr", "3e-4", "--max-minutes", "15"]
 STUDENTS = {
-    "qwen2.5-coder-0.5b-instruct": [
-        "--lora",
-        "--epochs",
-        "2",
-        "--lr",
-        "3e-4",
-        "--max-minutes",
-        "15",
-    ],
-    "smollm2-135m-instruct": ["--epochs", "3", "--lr", "1e-4", "--max-minutes", "8"],
+    "qwen2.5-coder-0.5b-instruct": LORA,
+    "smollm2-135m-instruct": ["--epochs", "5", "--lr", "1e-4", "--max-minutes", "12"],
 }
+# any other store model given with --students (a pruned 0.5B, say) trains as the 0.5B does
 TASK = (
     "Write one message that a customer of a smart-home company (cameras, sensors, a mobile "
     "app, subscriptions) sends to its support team."
@@ -91,7 +85,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=300, help="synthetic tickets (300)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/pocketlm/distill-task")
-    ap.add_argument("--students", default=",".join(STUDENTS))
+    ap.add_argument(
+        "--students",
+        default=",".join(STUDENTS),
+        help="store models to distil into, comma-separated (%(default)s)",
+    )
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -132,7 +130,7 @@ def main() -> int:
         before = timed("test", accuracy, student, work)
         timed("distill", pocketlm, "distill", "--teacher", TEACHER, "--student", student,
               "--data", str(labelled), "--name", name, "--seq-len", "384",
-              "--batch-tokens", "64", *STUDENTS[student])  # fmt: skip
+              "--batch-tokens", "64", *STUDENTS.get(student, LORA))  # fmt: skip
         timed(
             "quantize", pocketlm, "quantize", name, "--type", "Q4_K_M", "--name", f"{name}-q4_k_m"
         )

@@ -8,13 +8,22 @@ is 1 - sum(exp(logprobs)): the loss treats it as one more outcome.
 
 The arrays are memory-mapped .npy files written sequence by sequence; ``state.json``
 says how many sequences are done, so an interrupted run resumes where it stopped, and a
-different teacher, data or k starts over.
+different teacher, data or k starts over. The key is what the rows depend on: the teacher
+and the token sequences (``tokens_sha256``), so another student of the same tokenizer, a
+different learning rate or epoch count, finds the rows of an earlier run (``reuse``) and
+links them instead of asking the teacher again.
+
+Consecutive sequences that open alike (a task's instruction, repeated by every record)
+keep the shared part in the teacher's KV cache: only the rest is evaluated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +55,16 @@ def trained_rows(example: Example) -> np.ndarray:
     return np.flatnonzero(np.asarray(example.trained[1:], dtype=bool))
 
 
+def tokens_sha256(examples: Iterable[Example]) -> str:
+    """A digest of the sequences and their trained positions: what the rows are of."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(np.asarray(ex.tokens, dtype=np.int64).tobytes())
+        digest.update(np.packbits(np.asarray(ex.trained, dtype=bool)).tobytes())
+        digest.update(b"|%d|" % len(ex.tokens))
+    return digest.hexdigest()
+
+
 def cache_bytes(examples: list[Example], k: int) -> int:
     return sum(ex.n_trained for ex in examples) * k * BYTES_PER_LOGPROB
 
@@ -59,15 +78,24 @@ def compute(
     key: dict,
     threads: int,
     progress: Progress | None = None,
+    reuse: Iterable[Path] = (),
 ) -> TopK:
     """The teacher's top-k over ``examples`` in ``folder``, resuming what was done for the
-    same ``key`` (teacher sha256, data sha256, k, ...)."""
+    same ``key`` (teacher sha256, tokens sha256, ...), or linking the complete rows of one
+    of the ``reuse`` folders (other runs) made for the same key."""
     progress = progress or NullProgress()
     folder.mkdir(parents=True, exist_ok=True)
     offsets = np.zeros(len(examples) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([ex.n_trained for ex in examples])
     rows = int(offsets[-1])
     done = _resume_point(folder, key, rows, k)
+    if done < len(examples):
+        for other in reuse:
+            if other != folder and _resume_point(other, key, rows, k) == len(examples):
+                _link(other, folder)
+                progress.note(f"the teacher's top-k of {other.parent.name} reused")
+                done = len(examples)
+                break
     mode = "r+" if done else "w+"
     ids = np.lib.format.open_memmap(folder / "ids.npy", mode, np.uint32, (rows, k))
     lps = np.lib.format.open_memmap(folder / "logprobs.npy", mode, np.float16, (rows, k))
@@ -84,6 +112,17 @@ def _resume_point(folder: Path, key: dict, rows: int, k: int) -> int:
     same = state.get("key") == key and state.get("rows") == rows and state.get("k") == k
     complete = (folder / "ids.npy").exists() and (folder / "logprobs.npy").exists()
     return int(state.get("done", 0)) if same and complete else 0
+
+
+def _link(source: Path, folder: Path) -> None:
+    """Hard-link (or copy) another run's complete rows into ``folder``; state last."""
+    for name in ("ids.npy", "logprobs.npy", "state.json"):
+        target = folder / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(source / name, target)
+        except OSError:
+            shutil.copyfile(source / name, target)
 
 
 def _write_state(folder: Path, key: dict, rows: int, k: int, done: int) -> None:
@@ -121,13 +160,20 @@ def _fill(teacher_path, examples, offsets, ids, lps, done, folder, key, threads,
 
 def top_k(ctx: Context, model: Model, example: Example, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids [rows, k] uint32, logprobs [rows, k] float16) at ``example``'s trained rows,
-    most likely first."""
+    most likely first. The tokens the context already holds, up to the first trained row,
+    are kept (the previous example's shared opening)."""
     import llama_cpp as ll
 
-    ctx.prefill_all(example.tokens)
-    n = len(example.tokens)
+    rows = trained_rows(example)
+    keep = 0
+    limit = min(int(rows[0]) if len(rows) else len(example.tokens) - 1, len(ctx.tokens))
+    while keep < limit and ctx.tokens[keep] == example.tokens[keep]:
+        keep += 1
+    ctx.truncate(keep)
+    ctx.extend(example.tokens[keep:])
+    n = len(example.tokens) - keep
     logits = np.ctypeslib.as_array(ll.llama_get_logits(ctx._ptr), shape=(n, model.n_vocab))
-    logits = logits[trained_rows(example)]  # [rows, vocab]
+    logits = logits[rows - keep]  # [rows, vocab]
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
     picked = np.take_along_axis(logits, top, axis=1)
     peak = logits.max(axis=1, keepdims=True)

@@ -110,18 +110,19 @@ def distill(
     if mode == "logits":
         from pocketlm.services.distill import teacher as teacher_mod
 
-        # what the top-k depend on: another learning rate or epoch count reuses them
-        same = ("top_k", "seq_len", "field", "held_out_share", "seed")
-        key = {"teacher": teacher.sha256, "data": ds.sha256, "student": student.sha256}
-        key |= {k: getattr(recipe, k) for k in same}
+        # what the rows depend on: the teacher and the token sequences (so another learning
+        # rate, epoch count or student of the same tokenizer finds an earlier run's rows)
+        sequences = ds.train + ds.held_out
+        key = {"teacher": teacher.sha256, "tokens": teacher_mod.tokens_sha256(sequences)}
         topk = teacher_mod.compute(
             teacher.path,
-            ds.train + ds.held_out,
+            sequences,
             run_dir / "teacher",
             k=recipe.top_k,
             key=key,
             threads=threads,
             progress=progress,
+            reuse=sorted((store.root / "runs").glob("*/teacher")),
         )
     trainer = Trainer(recipe, student, ds, mode, topk, threads, run_dir, progress)
     try:

@@ -3,6 +3,7 @@ held-out evaluation and checkpoints (see train.py for the run around it)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -22,6 +23,7 @@ from pocketlm.store.store import Store
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MICRO_TOKENS = 1024  # padded tokens per forward pass: bounds activation memory
+MIN_SHARED = 16  # a common prefix shorter than this is not worth a forward of its own
 
 
 class Trainer:
@@ -75,23 +77,42 @@ class Trainer:
 
     def _forward(self, examples: list[Example]):
         """Student log-probabilities [rows, vocab] at the batch's trained rows, and their
-        targets [rows]; rows in example order, then position order."""
+        targets [rows]; rows in example order, then position order.
+
+        Examples that open with the same tokens (every record of a task repeats its
+        instruction) share them: the common prefix goes through the model once and the
+        examples continue from its keys and values. The gradient still flows through the
+        prefix, so the result is the plain forward's, at a fraction of the cost."""
         import torch
 
-        longest = max(len(ex.tokens) for ex in examples)
-        ids = torch.zeros((len(examples), longest), dtype=torch.long)
-        mask = torch.zeros((len(examples), longest), dtype=torch.long)
-        rows = torch.zeros((len(examples), longest), dtype=torch.bool)
-        targets = []
-        for b, ex in enumerate(examples):
-            n = len(ex.tokens)
-            ids[b, :n] = torch.tensor(ex.tokens)
-            mask[b, :n] = 1
-            trained = torch.tensor(ex.trained[1:], dtype=torch.bool)
-            rows[b, : n - 1] = trained
-            targets.append(torch.tensor(ex.tokens[1:])[trained])
+        shared = shared_prefix(examples)
+        ids, mask, rows, targets = _padded(examples, shared)
         ids, mask, rows = ids.to(self.device), mask.to(self.device), rows.to(self.device)
-        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        decoder = self.model.get_decoder()
+        if shared:
+            from transformers import DynamicCache
+
+            # the keyword is `cache` from transformers 5.25 on (`past_key_values` before)
+            name = (
+                "cache"
+                if "cache" in inspect.signature(decoder.forward).parameters
+                else ("past_key_values")
+            )
+            cache = DynamicCache(config=self.model.config)
+            prefix = torch.tensor([examples[0].tokens[:shared]], device=self.device)
+            decoder(input_ids=prefix, use_cache=True, **{name: cache})  # fills the cache
+            cache.batch_repeat_interleave(len(examples))
+            full_mask = torch.cat([mask.new_ones((len(examples), shared)), mask], dim=1)
+            positions = torch.arange(shared, shared + ids.shape[1], device=self.device)
+            hidden = decoder(
+                input_ids=ids,
+                attention_mask=full_mask,
+                position_ids=positions.expand(len(examples), -1),
+                use_cache=True,
+                **{name: cache},
+            ).last_hidden_state
+        else:
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
         logits = self.model.get_output_embeddings()(hidden[rows])  # [rows, vocab]
         return torch.log_softmax(logits.float(), dim=-1), torch.cat(targets).to(self.device)
 
@@ -348,17 +369,57 @@ class Trainer:
         )
 
 
+def shared_prefix(examples: list[Example]) -> int:
+    """Tokens that every example opens with and that no trained row lies in (0 when fewer
+    than MIN_SHARED, or for a single example): the prefix a batch computes once."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].tokens
+    limit = min(_first_row(ex) for ex in examples)
+    n = 0
+    while n < limit and all(ex.tokens[n] == first[n] for ex in examples):
+        n += 1
+    return n if n >= MIN_SHARED else 0
+
+
+def _first_row(ex: Example) -> int:
+    """The first position whose prediction is trained (row i predicts token i + 1)."""
+    trained = ex.trained[1:]
+    return trained.index(True) if True in trained else len(ex.tokens) - 1
+
+
+def _padded(examples: list[Example], shared: int):
+    """Token ids, attention mask and trained-row mask [batch, longest - shared] of the
+    examples after their shared prefix (right-padded), and the targets of the rows."""
+    import torch
+
+    longest = max(len(ex.tokens) for ex in examples) - shared
+    ids = torch.zeros((len(examples), longest), dtype=torch.long)
+    mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    rows = torch.zeros((len(examples), longest), dtype=torch.bool)
+    targets = []
+    for b, ex in enumerate(examples):
+        n = len(ex.tokens) - shared
+        ids[b, :n] = torch.tensor(ex.tokens[shared:])
+        mask[b, :n] = 1
+        trained = torch.tensor(ex.trained[shared + 1 :], dtype=torch.bool)
+        rows[b, : n - 1] = trained
+        targets.append(torch.tensor(ex.tokens[shared + 1 :])[trained])
+    return ids, mask, rows, targets
+
+
 def _micro_batches(indices: list[int], examples: list[Example]) -> Iterator[list[int]]:
-    """Consecutive groups whose padded size (longest * count) stays within MICRO_TOKENS."""
+    """Consecutive groups whose padded size stays within MICRO_TOKENS: the shared prefix
+    once plus (longest - prefix) * count."""
     group: list[int] = []
-    longest = 0
     for i in indices:
-        n = len(examples[i].tokens)
-        if group and max(longest, n) * (len(group) + 1) > MICRO_TOKENS:
+        grown = [examples[j] for j in [*group, i]]
+        shared = shared_prefix(grown)
+        size = shared + (max(len(ex.tokens) for ex in grown) - shared) * len(grown)
+        if group and size > MICRO_TOKENS:
             yield group
-            group, longest = [], 0
+            group = []
         group.append(i)
-        longest = max(longest, n)
     if group:
         yield group
 

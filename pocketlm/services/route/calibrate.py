@@ -206,7 +206,8 @@ def held_out(model: RouterModel, records: Sequence[dict], source: dict) -> list[
 
 def model_scores(model: RouterModel, records: Sequence[dict], embed) -> dict[str, np.ndarray]:
     """Each head's scores of ``records``: router always, cascade when the model has one."""
-    p = model.scores(np.asarray(embed([r["prompt"] for r in records])))
+    texts = [r["prompt"] for r in records]
+    p = model.scores(np.asarray(embed(texts)), texts)
     out = {"router": p}
     if model.cascade is not None:
         out["cascade"] = model.cascade_scores(p, records)

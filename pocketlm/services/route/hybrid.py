@@ -244,7 +244,7 @@ class Hybrid:
 
             self._embedder = Embedder(threads=1)
         vector = await asyncio.to_thread(lambda: self._embedder.encode([text])[0])
-        return float(self.router.score(vector))
+        return float(self.router.score(vector, text))
 
     def _cascade_ok(self, route: Route, answer: Answer) -> tuple[bool, str]:
         mean = answer.mean_logprob if answer.mean_logprob is not None else -math.inf

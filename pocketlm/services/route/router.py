@@ -8,8 +8,10 @@ where escalating pays, not merely where the small model fails.
 Two heads, both logistic regressions trained with scikit-learn and stored as weights, so
 that serving needs numpy only:
 
-- the router head, over the prompt's sentence embedding ([384]): decides before any
-  answer exists (route remote when its score is below ``threshold``);
+- the router head, over the prompt's sentence embedding ([384]) and a few counts of its
+  text (PROMPT_FEATURES: length, numbers, digits, lines; the embedding sees topics well
+  and sizes badly, and a small model fails on big numbers and long inputs): decides
+  before any answer exists (route remote when its score is below ``threshold``);
 - the cascade head, over [the router head's logit, the local answer's mean and min token
   log-probability, log(1 + its length in tokens)]: decides after the local model answered
   (escalate when its score is below ``cascade_threshold``).
@@ -25,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +38,16 @@ import numpy as np
 from pocketlm.errors import UsageError
 
 FORMAT = "pocketlm-router"
-VERSION = 1
+VERSION = 2  # 2 added prompt_features; version 1 files (embedding only) still load
+PROMPT_FEATURES = (
+    "log1p_chars",
+    "log1p_words",
+    "numbers",
+    "longest_number",
+    "digit_share",
+    "lines",
+    "log1p_digits",
+)
 CASCADE_FEATURES = ("router_logit", "mean_logprob", "min_logprob", "log1p_tokens")
 LABEL_RULE = "local answer correct, or remote answer not correct either"
 DEFAULT_THRESHOLD = 0.5  # before calibration: remote when the local answer is more likely bad
@@ -109,6 +121,30 @@ def _vector(v: object, name: str, dim: int, fail: Callable) -> np.ndarray:
     return np.asarray(v, dtype=np.float64)
 
 
+_NUMBER = re.compile(r"\d+")
+
+
+def prompt_features(texts: Sequence[str]) -> np.ndarray:
+    """Counts of each prompt's text that its embedding does not see well: [n, 7] (see
+    PROMPT_FEATURES). Linear in the text's length."""
+    rows = []
+    for text in texts:
+        numbers = [len(m) for m in _NUMBER.findall(text)]
+        digits = sum(numbers)
+        rows.append(
+            [
+                math.log1p(len(text)),
+                math.log1p(len(text.split())),
+                len(numbers),
+                max(numbers, default=0),
+                digits / max(1, len(text)),
+                text.count("\n"),
+                math.log1p(digits),
+            ]
+        )
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(PROMPT_FEATURES))
+
+
 def cascade_features(
     router_p: np.ndarray | float,
     mean_logprob: np.ndarray | float,
@@ -129,18 +165,29 @@ class RouterModel:
     threshold: float = DEFAULT_THRESHOLD  # remote when score < threshold
     cascade_threshold: float = DEFAULT_THRESHOLD  # escalate when cascade score < this
     meta: dict = field(default_factory=dict)
+    features: tuple[str, ...] = PROMPT_FEATURES  # () for a version 1 file: embedding only
 
     @property
     def dim(self) -> int:
-        return len(self.router.coef)
+        """The embedding's size (the router head also reads ``features``)."""
+        return len(self.router.coef) - len(self.features)
 
-    def score(self, embedding: np.ndarray) -> float:
-        """P(the local answer is good enough) for one prompt's embedding [dim]."""
-        return float(self.router.prob(np.asarray(embedding).reshape(-1)))
+    def score(self, embedding: np.ndarray, text: str) -> float:
+        """P(the local answer is good enough) for one prompt: its embedding [dim] and text."""
+        return float(self.scores(np.asarray(embedding).reshape(1, -1), [text])[0])
 
-    def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """Scores of many prompts: [n, dim] -> [n]."""
-        return self.router.prob(np.asarray(embeddings).reshape(-1, self.dim))
+    def scores(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """Scores of many prompts: embeddings [n, dim] and their texts -> [n]."""
+        return self.router.prob(self.inputs(embeddings, texts))
+
+    def inputs(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """The router head's input: [n, dim + len(features)]."""
+        x = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.dim)
+        if not self.features:
+            return x
+        if len(texts) != len(x):
+            raise ValueError(f"{len(x)} embeddings but {len(texts)} texts")
+        return np.hstack([x, prompt_features(texts)])
 
     def sends_remote(self, score: float) -> bool:
         return score < self.threshold
@@ -174,6 +221,7 @@ class RouterModel:
             "format": FORMAT,
             "version": VERSION,
             "dim": self.dim,
+            "prompt_features": list(self.features),
             "router": self.router.to_dict(),
             "cascade": self.cascade.to_dict() if self.cascade else None,
             "cascade_features": list(CASCADE_FEATURES),
@@ -215,8 +263,12 @@ class RouterModel:
 
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise fail("format", f"must be '{FORMAT}'")
-        if data.get("version") != VERSION:
-            raise fail("version", f"must be {VERSION} (this pocketlm reads version {VERSION})")
+        version = data.get("version")
+        if version not in (1, VERSION):
+            raise fail("version", f"must be 1 or {VERSION} (this pocketlm reads those)")
+        features = tuple(data.get("prompt_features", [])) if version == VERSION else ()
+        if features != PROMPT_FEATURES[: len(features)] or (version == VERSION and not features):
+            raise fail("prompt_features", f"must be {list(PROMPT_FEATURES)}")
         dim = data.get("dim")
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise fail("dim", "must be a positive whole number")
@@ -232,8 +284,8 @@ class RouterModel:
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             raise fail("meta", "must be an object")
-        router = Logistic.from_dict(data.get("router"), "router", dim, fail)
-        return cls(router, cascade, meta=meta, **thresholds)
+        router = Logistic.from_dict(data.get("router"), "router", dim + len(features), fail)
+        return cls(router, cascade, meta=meta, features=features, **thresholds)
 
 
 def _answer_columns(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -307,8 +359,20 @@ def _folds(labels: np.ndarray, seed: int):
     return StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
 
 
+def standardise_features(x: np.ndarray, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) that standardise the last ``n_features`` columns of ``x`` and leave the
+    embedding's columns as they are (they are already on one scale)."""
+    mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    if n_features:
+        tail = x[:, -n_features:]
+        mean[-n_features:], scale[-n_features:] = tail.mean(axis=0), tail.std(axis=0)
+        scale[scale == 0] = 1.0
+    return mean, scale
+
+
 def fit_router(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[Logistic, float]:
-    """The router head, its regularisation picked by cross-validated AUROC."""
+    """The router head over (already standardised) inputs, its regularisation picked by
+    cross-validated AUROC."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
@@ -362,13 +426,18 @@ def train(
             "collect at least a few dozen (pocketlm route collect --n 300)",
         )
     y = np.array([good_enough(r) for r in records], dtype=int)
-    x = np.asarray(embed([r["prompt"] for r in records]), dtype=np.float64)
+    texts = [r["prompt"] for r in records]
+    emb = np.asarray(embed(texts), dtype=np.float64)
+    x = np.hstack([emb, prompt_features(texts)])
     tr, te = split(y, test_share, seed)
-    router, C = fit_router(x[tr], y[tr], seed)
-    cascade = fit_cascade(x[tr], y[tr], [records[i] for i in tr], C, seed)
+    mean, scale = standardise_features(x[tr], len(PROMPT_FEATURES))
+    xs = (x - mean) / scale
+    head, C = fit_router(xs[tr], y[tr], seed)
+    router = Logistic(head.coef, head.intercept, mean, scale)
+    cascade = fit_cascade(xs[tr], y[tr], [records[i] for i in tr], C, seed)
     model = RouterModel(router, cascade)
     test = [records[i] for i in te]
-    p_test = model.scores(x[te])
+    p_test = model.router.prob(x[te])
     report = TrainReport(
         n=len(records),
         n_train=len(tr),

@@ -154,6 +154,44 @@ def test_stored_top_k_is_the_teachers_full_softmax_top_k_and_resumes(tmp_path, t
     np.testing.assert_array_equal(again.ids, topk.ids)
 
 
+def test_sequences_that_open_alike_reuse_the_teachers_cache_with_the_same_rows(tmp_path, tiny_gguf):
+    vocab = Model(str(tiny_gguf))
+    rng = random.Random(2)
+    opening = [rng.randrange(3, 200) for _ in range(30)]
+    examples = []
+    for n in (4, 9, 6, 2):
+        tail = [rng.randrange(3, 200) for _ in range(n)]
+        examples.append(data.Example(opening + tail, [False] * 31 + [True] * (n - 1)))
+    examples.append(data.Example(opening[:12], [True] * 12))  # trained from the start
+    key = {"teacher": "x", "tokens": teacher.tokens_sha256(examples)}
+    topk = teacher.compute(str(tiny_gguf), examples, tmp_path / "a", k=4, key=key, threads=1)
+    ctx = Context(vocab, n_ctx=64, n_threads=1, n_batch=64)
+    for i, ex in enumerate(examples):
+        full = _log_probs(ctx, ex.tokens, vocab.n_vocab)[teacher.trained_rows(ex)]
+        expect = np.sort(full, axis=1)[:, ::-1][:, :4]
+        np.testing.assert_allclose(topk.rows(i)[1].astype(np.float32), expect, atol=2e-2)
+    ctx.close()
+    vocab.close()
+    # another run over the same sequences links these rows instead of asking the teacher
+    notes = []
+
+    class Notes:
+        def task(self, *a, **kw):
+            raise AssertionError("the teacher was asked again")
+
+        def note(self, message):
+            notes.append(message)
+
+    again = teacher.compute(
+        "/nonexistent.gguf", examples, tmp_path / "run2" / "teacher", k=4, key=key,
+        threads=1, progress=Notes(), reuse=[tmp_path / "a"],
+    )  # fmt: skip
+    np.testing.assert_array_equal(again.logprobs, topk.logprobs)
+    assert notes and "reused" in notes[0]
+    other = {"teacher": "x", "tokens": teacher.tokens_sha256(examples[:-1])}
+    assert other != key
+
+
 # -- the loop -----------------------------------------------------------------------------
 
 
@@ -235,6 +273,60 @@ def test_lora_trains_adapters_and_merges_them(pair, tmp_path):
 def test_a_time_or_token_budget_stops_the_run(pair, tmp_path):
     result = distill(_recipe(_data(tmp_path / "d.jsonl"), token_budget=600), threads=2)
     assert result.stopped_by == "tokens" and 600 <= result.state.tokens < 600 + 256 + 64
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_shared_prefix_goes_through_the_model_once_with_the_same_result(
+    tmp_path, monkeypatch, arch
+):
+    # every record of a task repeats its instruction: computed once per batch, the
+    # log-probabilities and the gradient are the plain forward's
+    from pocketlm.services.distill import trainer as tr
+    from pocketlm.services.distill.gguf_io import load_torch
+
+    _import(write_tiny_gguf(tmp_path / "s.gguf", arch=arch, seed=4), "tstudent")
+    model = load_torch(Store().get("tstudent"))
+    t = object.__new__(tr.Trainer)
+    t.model, t.device = model, torch.device("cpu")
+    rng = random.Random(1)
+    prefix = [rng.randrange(3, 200) for _ in range(24)]
+    examples = []
+    for n in (5, 9, 2):
+        tail = [rng.randrange(3, 200) for _ in range(n + 3)]
+        examples.append(data.Example(prefix + tail, [False] * (24 + n) + [True] * 3))
+    assert tr.shared_prefix(examples) == 24
+
+    def run():
+        model.zero_grad()
+        logq, targets = t._forward(examples)
+        logq.gather(1, targets.unsqueeze(1)).sum().backward()
+        return logq.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    shared, shared_grads = run()
+    monkeypatch.setattr(tr, "MIN_SHARED", 10**9)
+    assert tr.shared_prefix(examples) == 0
+    plain, plain_grads = run()
+    assert shared.shape == plain.shape == (9, model.config.vocab_size)
+    assert torch.allclose(shared, plain, atol=1e-5)
+    assert len(shared_grads) == len(plain_grads) > 0
+    for a, b in zip(shared_grads, plain_grads, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+def test_the_shared_prefix_stops_before_the_first_trained_row():
+    from pocketlm.services.distill import trainer as tr
+
+    head = list(range(40))
+    a = data.Example(head + [1, 2], [False] * 41 + [True])
+    b = data.Example(head + [3, 4], [False] * 20 + [True] * 22)  # trained from token 20
+    assert tr.shared_prefix([a, b]) == 19  # row 19 predicts token 20
+    assert tr.shared_prefix([a]) == 0  # nothing to share
+    packed = data.Example(head, [True] * 40)
+    assert tr.shared_prefix([packed, packed]) == 0  # plain text: every row trained
+    # a micro-batch counts its prefix once
+    many = [data.Example(head + [i, i], [False] * 41 + [True]) for i in range(60)]
+    groups = list(tr._micro_batches(list(range(60)), many))
+    assert sum(map(len, groups)) == 60 and len(groups[0]) > tr.MICRO_TOKENS // 42
 
 
 def test_a_teacher_with_another_vocabulary_teaches_by_its_outputs(tmp_path):

@@ -66,7 +66,36 @@ def test_train_learns_a_known_signal():
     # a score is P(local good): the easy end of the signal scores higher
     easy, hard = np.zeros(DIM), np.zeros(DIM)
     easy[0], hard[0] = -1.0, 1.0
-    assert model.score(easy) > 0.5 > model.score(hard)
+    assert model.score(easy, "prompt 1") > 0.5 > model.score(hard, "prompt 1")
+
+
+def test_router_reads_the_prompts_numbers_where_the_embedding_is_blind():
+    # the embedding is noise; the local model fails on long numbers, as small models do
+    rng = np.random.default_rng(4)
+    records, vectors = [], {}
+    for i in range(300):
+        digits = int(rng.integers(1, 7))
+        prompt = f"Compute {rng.integers(10 ** (digits - 1), 10**digits)} + 7. ({i})"
+        vectors[prompt] = rng.normal(size=DIM)
+        ok = rng.random() < (0.9 if digits <= 3 else 0.15)
+        records.append({"id": f"p{i}", "prompt": prompt, "local_ok": ok, "remote_ok": True})
+    model, report = r.train(records, lambda ps: np.stack([vectors[p] for p in ps]), seed=4)
+    assert report.auroc_router > 0.8
+    noise = np.zeros(DIM)
+    easy, hard = (
+        model.score(noise, "Compute 12 + 7. (5)"),
+        model.score(noise, "Compute 123456 + 7. (5)"),
+    )
+    assert easy > 0.5 > hard
+
+
+def test_prompt_features_are_counts_of_the_text():
+    f = r.prompt_features(["", "add 12 and 3456\nnow"])
+    assert f.shape == (2, len(r.PROMPT_FEATURES))
+    row = dict(zip(r.PROMPT_FEATURES, f[1]))
+    assert (row["numbers"], row["longest_number"], row["lines"]) == (2, 4, 1)
+    assert row["digit_share"] == pytest.approx(6 / 19)
+    assert f[0].tolist() == [0.0] * len(r.PROMPT_FEATURES)
 
 
 def test_train_without_signal_scores_near_chance():
@@ -122,8 +151,10 @@ def test_save_load_round_trip(tmp_path):
     model.threshold, model.cascade_threshold = 0.3, 0.4
     path = model.save(tmp_path / "sub" / "router.json")
     back = r.RouterModel.load(path)
-    x = embed([rec["prompt"] for rec in records])
-    assert np.allclose(back.scores(x), model.scores(x))
+    texts = [rec["prompt"] for rec in records]
+    x = embed(texts)
+    assert np.allclose(back.scores(x, texts), model.scores(x, texts))
+    assert back.features == r.PROMPT_FEATURES
     assert back.cascade_score(0.4, -1, -2, 7) == pytest.approx(model.cascade_score(0.4, -1, -2, 7))
     assert (back.threshold, back.cascade_threshold) == (0.3, 0.4)
     assert back.meta == json.loads(json.dumps(model.meta))
@@ -131,7 +162,24 @@ def test_save_load_round_trip(tmp_path):
     assert back.escalates(0.39) and not back.escalates(0.41)
     # plain JSON: readable without sklearn
     data = json.loads(path.read_text())
-    assert data["format"] == "pocketlm-router" and len(data["router"]["coef"]) == DIM
+    assert data["format"] == "pocketlm-router" and data["dim"] == DIM
+    assert len(data["router"]["coef"]) == DIM + len(r.PROMPT_FEATURES)
+
+
+def test_a_version_1_file_scores_on_the_embedding_alone(tmp_path):
+    data = {
+        "format": "pocketlm-router",
+        "version": 1,
+        "dim": 3,
+        "router": {"coef": [1.0, 0.0, 0.0], "intercept": 0.0},
+        "cascade": None,
+    }
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = r.RouterModel.load(tmp_path / "old.json")
+    assert old.features == () and old.dim == 3
+    assert old.score(np.array([2.0, 0, 0]), "Compute 123456 + 7.") == pytest.approx(
+        1 / (1 + np.exp(-2.0))
+    )
 
 
 def _broken(tmp_path, edit) -> str:
@@ -152,6 +200,8 @@ def _broken(tmp_path, edit) -> str:
     [
         (lambda d: d.update(format="other"), "format"),
         (lambda d: d.update(version=7), "version"),
+        (lambda d: d.update(prompt_features=["vibes"]), "prompt_features"),
+        (lambda d: d.pop("prompt_features"), "prompt_features"),
         (lambda d: d["router"].update(coef=[1.0, 2.0]), "router.coef"),
         (lambda d: d["router"].update(intercept="x"), "router.intercept"),
         (lambda d: d["cascade"].update(scale=[0, 1, 1, 1]), "cascade.scale"),
