@@ -21,7 +21,7 @@ pseudonymiser). Steps, each the package's own code:
 
 Targets: share for 80% of the gap <= 40% (random routing needs 80%); AUROC >= 0.75.
 
-Usage: python benchmarks/router.py [--n 400] [--seed 0] [--workload FILE] [--png FILE]
+Usage: python benchmarks/router.py [--n 600] [--seed 0] [--workload FILE] [--png FILE]
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def report(args, summary, collect_s: float) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=400, help="prompts in the workload (400)")
+    p.add_argument("--n", type=int, default=600, help="prompts in the workload (600)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=96, help="longest answer (96)")
     p.add_argument("--concurrency", type=int, default=4, help="prompts in flight (4)")

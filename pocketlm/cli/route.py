@@ -20,7 +20,7 @@ VERBS = {
 }
 
 EXAMPLES = """examples:
-  pocketlm route collect --tiers tiers.toml --n 400 --out workload.jsonl
+  pocketlm route collect --tiers tiers.toml --n 600 --out workload.jsonl
   pocketlm route train workload.jsonl                      (writes ~/.pocketlm/router.json)
   pocketlm route calibrate workload.jsonl --remote-share 0.3 --plot router.png
   pocketlm route calibrate workload.jsonl --min-quality 0.6 --router my-router.json
@@ -47,7 +47,7 @@ def _collect_args(s: argparse.ArgumentParser) -> None:
         "--remote", metavar="TIER", help="the tier to escalate to (default: first remote)"
     )
     s.add_argument("--out", required=True, metavar="FILE", help="workload JSONL (appended to)")
-    s.add_argument("--n", type=int, default=400, metavar="N", help="prompts (default 400)")
+    s.add_argument("--n", type=int, default=600, metavar="N", help="prompts (default 600)")
     s.add_argument("--seed", type=int, default=0, help="which prompts (default 0)")
     s.add_argument("--kinds", help="only these prompt kinds, e.g. arithmetic,choice")
     s.add_argument(
