@@ -9,8 +9,10 @@ command as a user would run it:
 2. `pocketlm data curate`: duplicates and near-duplicates dropped, and anything that
    overlaps the test tickets (decontamination);
 3. `pocketlm data label --task classify`: the teacher labels them (label scoring);
-4. `pocketlm distill`: the 0.5B student learns the teacher's label distributions (logits,
-   LoRA); the 135M student (another vocabulary) learns its labels (sequence level);
+4. `pocketlm distill --balance`: the 0.5B student learns the teacher's label distributions
+   (logits, LoRA); the 135M student (another vocabulary) learns its labels (sequence
+   level); each label seen equally often (the teacher's labels are skewed, and a student
+   trained on the skew answers the majority label for everything);
 5. `pocketlm quantize STUDENT Q4_K_M`: the students as they would be deployed;
 6. `pocketlm task classify` on the test tickets with the teacher and each student, before
    and after, and `pocketlm bench` for decode speed.
@@ -32,10 +34,10 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data" / "tasks"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
-LORA = ["--lora", "--epochs", "3", "--lr", "3e-4", "--max-minutes", "15"]
+LORA = ["--lora", "--epochs", "3", "--lr", "3e-4", "--max-minutes", "12"]
 STUDENTS = {
     "qwen2.5-coder-0.5b-instruct": LORA,
-    "smollm2-135m-instruct": ["--epochs", "5", "--lr", "1e-4", "--max-minutes", "12"],
+    "smollm2-135m-instruct": ["--epochs", "5", "--lr", "1e-4", "--max-minutes", "10"],
 }
 # any other store model given with --students (a pruned 0.5B, say) trains as the 0.5B does
 TASK = (
@@ -130,7 +132,7 @@ def main() -> int:
         before = timed("test", accuracy, student, work)
         timed("distill", pocketlm, "distill", "--teacher", TEACHER, "--student", student,
               "--data", str(labelled), "--name", name, "--seq-len", "384",
-              "--batch-tokens", "64", *STUDENTS.get(student, LORA))  # fmt: skip
+              "--batch-tokens", "64", "--balance", *STUDENTS.get(student, LORA))  # fmt: skip
         timed(
             "quantize", pocketlm, "quantize", name, "--type", "Q4_K_M", "--name", f"{name}-q4_k_m"
         )

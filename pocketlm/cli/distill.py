@@ -61,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--train-embeddings", action="store_true", help="train the embeddings too (frozen)"
     )
+    p.add_argument(
+        "--balance",
+        action="store_true",
+        help="see each label equally often: answers that repeat (the labels of classify "
+        "records) are drawn to their median count, larger ones subsampled, smaller repeated",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (default: the physical cores)")
     p.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
@@ -96,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         train_embeddings=args.train_embeddings,
         field=args.field,
+        balance=args.balance,
         seed=args.seed,
     )
     progress = RichProgress()

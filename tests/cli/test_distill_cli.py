@@ -74,3 +74,25 @@ def test_a_missing_data_file_is_a_one_line_error(models, tmp_path):
     args = ["--student", "tstudent", "--teacher", "tteacher"]
     proc = run_cli("distill", *args, "--data", str(tmp_path / "none.jsonl"))
     assert_clean_error(proc, "does not exist")
+
+
+def test_balance_says_how_it_drew_the_labels(models, tmp_path):
+    data = tmp_path / "labelled.jsonl"
+    rows = [("cat", 12), ("dog", 4), ("house", 3)]
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"instruction": "Name the animal.", "text": f"a {label} {i}", "label": label}
+            )
+            + "\n"
+            for label, n in rows
+            for i in range(n)
+        )
+    )
+    args = ["--teacher", "tteacher", "--student", "tstudent", "--data", str(data)]
+    proc = run_cli("distill", *args, "--balance", "--held-out", "0", "--seq-len", "64")
+    assert proc.returncode == 0, proc.stderr_text
+    assert "balanced 3 answers" in proc.stderr_text
+    assert "cat 12 -> 4" in proc.stderr_text and "house 3 -> 4" in proc.stderr_text
+    recipe = json.loads(run_cli("show", "tstudent-distilled", "--json").stdout_text)["recipe"]
+    assert recipe["balance"] is True

@@ -123,6 +123,35 @@ def split(
     return [sequences[i] for i in kept], [sequences[i] for i in held]
 
 
+def balance(
+    examples: Sequence[Example], seed: int
+) -> tuple[list[Example], dict[tuple[int, ...], tuple[int, int]]]:
+    """Examples whose answers repeat (a label: the trained tokens of the example) drawn to
+    the same count each: the median of those answers' counts, larger ones subsampled and
+    smaller ones repeated (every example of a small answer as often as the others, then a
+    seeded few once more). Examples whose answer is their own (free text) are kept as they
+    are. Returns the examples, in a seeded order, and per repeated answer (its tokens) the
+    counts (before, after)."""
+    groups: dict[tuple[int, ...], list[Example]] = {}
+    for ex in examples:
+        answer = tuple(t for t, on in zip(ex.tokens[1:], ex.trained[1:], strict=True) if on)
+        groups.setdefault(answer, []).append(ex)
+    labels = {a: g for a, g in groups.items() if len(g) >= 2}
+    if len(labels) < 2:
+        return list(examples), {}
+    sizes = sorted(len(g) for g in labels.values())
+    target = sizes[len(sizes) // 2]
+    rng = random.Random(seed)
+    out: list[Example] = [g[0] for a, g in groups.items() if a not in labels]
+    counts = {}
+    for answer, group in labels.items():
+        whole, rest = divmod(target, len(group))
+        out += group * whole + rng.sample(group, rest)
+        counts[answer] = (len(group), target)
+    rng.shuffle(out)
+    return out, counts
+
+
 def _count(skipped: dict[str, int], reason: str) -> None:
     skipped[reason] = skipped.get(reason, 0) + 1
 

@@ -36,6 +36,7 @@ class Recipe:
     checkpoint_minutes: float = 10.0
     train_embeddings: bool = False
     field: str | None = None
+    balance: bool = False  # repeated answers (labels) drawn to the same count each
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -94,6 +94,8 @@ def distill(
             held_out_share=recipe.held_out_share,
             seed=recipe.seed,
         )
+        if recipe.balance:
+            _balance(ds, vocab, recipe.seed, progress)
     finally:
         vocab.close()
     for reason, n in ds.skipped.items():
@@ -147,6 +149,20 @@ def distill(
         plot,
         trainer.stopped_by,
     )
+
+
+def _balance(ds, vocab, seed: int, progress: Progress) -> None:
+    """--balance: the training split's labels drawn to one count (the held-out part keeps
+    the data's own mix)."""
+    ds.train, counts = dataset_mod.balance(ds.train, seed)
+    if not counts:
+        progress.note("--balance: no answer repeats in the training split: nothing to balance")
+        return
+    shown = ", ".join(
+        f"{vocab.detokenize(answer).strip() or '?'} {before} -> {after}"
+        for answer, (before, after) in sorted(counts.items(), key=lambda kv: -kv[1][0])
+    )
+    progress.note(f"balanced {len(counts)} answers: {shown}")
 
 
 def _models(store: Store, recipe: Recipe) -> tuple[Manifest, Manifest | None]:

@@ -118,6 +118,26 @@ def test_records_of_every_shape_become_masked_examples(tmp_path, tiny_gguf):
     assert ds.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_balance_draws_each_label_to_the_median_count_and_leaves_free_text():
+    def ex(i: int, answer: list[int]) -> data.Example:
+        return data.Example([1, 2, 100 + i, *answer], [False] * 3 + [True] * len(answer))
+
+    examples = [ex(i, [7]) for i in range(30)] + [ex(i, [8, 9]) for i in range(10)]
+    examples += [ex(i, [5]) for i in range(4)] + [ex(i, [60 + i, 61]) for i in range(3)]
+    out, counts = data.balance(examples, seed=1)
+    assert counts == {(7,): (30, 10), (8, 9): (10, 10), (5,): (4, 10)}
+    answers = [tuple(e.tokens[3:]) for e in out]
+    assert answers.count((7,)) == answers.count((8, 9)) == answers.count((5,)) == 10
+    assert len(out) == 33  # and the three free-text answers, once each
+    small = [e for e in out if e.tokens[3:] == [5]]
+    assert {e.tokens[2] for e in small} == {100, 101, 102, 103}  # all of the small label
+    assert len(set(map(id, [e for e in out if e.tokens[3:] == [7]]))) == 10  # no repeats
+    assert data.balance(examples, seed=1)[0] == out  # seeded
+    # nothing repeats: nothing to balance
+    free = [ex(i, [60 + i]) for i in range(5)]
+    assert data.balance(free, seed=0) == (free, {})
+
+
 def test_a_file_with_no_usable_record_is_a_clear_error(tmp_path, tiny_gguf):
     path = tmp_path / "d.jsonl"
     path.write_text('{"x": 1}\n[1, 2]\nnot json\n')
