@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -72,7 +73,9 @@ class Trainer:
                 lora_dropout=0.0,
                 target_modules=LORA_TARGETS,
             )
-            model = get_peft_model(model, config)
+            with warnings.catch_warnings():  # peft asks with a name transformers renamed
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+                model = get_peft_model(model, config)
         return model
 
     def _forward(self, examples: list[Example]):
