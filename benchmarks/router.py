@@ -111,7 +111,7 @@ def cross_validated_auroc(records, embed, C: float, seed: int) -> tuple[float, f
     from sklearn.model_selection import RepeatedStratifiedKFold
 
     texts = [r["prompt"] for r in records]
-    x = np.hstack([np.asarray(embed(texts)), router.prompt_features(texts)])
+    x = router.router_inputs(embed(texts), texts)
     y = np.array([router.good_enough(r) for r in records], dtype=int)
     aurocs = []
     folds = RepeatedStratifiedKFold(n_splits=4, n_repeats=5, random_state=seed)

@@ -52,7 +52,7 @@ from typing import Any
 import llama_cpp as ll
 import numpy as np
 
-from pocketlm.engine.llama import Context, Grammar, Model, Sampler
+from pocketlm.engine.llama import Context, Grammar, Model, Sampler, common_prefix
 from pocketlm.engine.speculative import Draft, Speculator
 from pocketlm.errors import PocketError
 from pocketlm.params import GenerationParams
@@ -303,7 +303,7 @@ class BatchEngine:
         # arrival order, a request whose own cache is gone took the slot holding the next
         # request's cache (they share a system prompt), that one the next's, and so on down
         # the burst: every request of it re-evaluated its prompt.
-        common = [{s.seq: _common(s.tokens, r.tokens) for s in free} for r in reqs]
+        common = [{s.seq: common_prefix(s.tokens, r.tokens) for s in free} for r in reqs]
         placed: dict[int, _Slot] = {}
         for i in sorted(range(len(reqs)), key=lambda i: -max(common[i].values())):
             slot = min(free, key=lambda s: _placement(s, common[i][s.seq]))
@@ -315,16 +315,19 @@ class BatchEngine:
     def _start(self, req: Request, slot: _Slot) -> None:
         prompt = req.tokens
         limit = 0 if req.prompt_logprobs else len(prompt) - 1  # >= 1 token to evaluate
-        reuse = min(_common(slot.tokens, prompt), limit)
+        reuse = min(common_prefix(slot.tokens, prompt), limit)
         donor, donated = None, reuse
         for other in self._slots:
-            n = min(_common(other.tokens, prompt), limit)
+            n = min(common_prefix(other.tokens, prompt), limit)
             if other is not slot and n > donated:
                 donor, donated = other, n
         mem = self.ctx._memory
         if len(slot.tokens) - reuse >= HOST_CACHE_MIN_TOKENS:  # a cache about to be lost
             kept = max(
-                [reuse, *(_common(o.tokens, slot.tokens) for o in self._slots if o is not slot)]
+                [
+                    reuse,
+                    *(common_prefix(o.tokens, slot.tokens) for o in self._slots if o is not slot),
+                ]
             )
             self._host.save(self.ctx._ptr, slot.seq, slot.tokens, kept)
         entry, hosted = self._host.best(prompt, limit)
@@ -592,7 +595,7 @@ class _HostCache:
         HOST_CACHE_MIN_TOKENS of it."""
         if self.budget <= 0:
             return
-        commons = {key: _common(held, tokens) for key, (held, _) in self._entries.items()}
+        commons = {key: common_prefix(held, tokens) for key, (held, _) in self._entries.items()}
         best = max(commons, key=commons.get, default=None)
         if len(tokens) - max(kept, commons.get(best, 0)) < HOST_CACHE_MIN_TOKENS:
             if best is not None and commons[best] > kept:
@@ -617,7 +620,7 @@ class _HostCache:
         """The entry sharing the longest prefix with ``prompt`` (at most ``limit`` tokens)."""
         best, n = None, 0
         for key, (held, _) in self._entries.items():
-            common = min(_common(held, prompt), limit)
+            common = min(common_prefix(held, prompt), limit)
             if common > n:
                 best, n = key, common
         return best, n
@@ -647,21 +650,6 @@ def _placement(slot: _Slot, common: int) -> tuple:
     prefix is copied from that other slot (_start)."""
     lost = slot.n_prompt - common
     return (0, -common, 0.0) if lost <= 0 else (1, slot.last_used, lost)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix (list slices compare in C: a binary search on them)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

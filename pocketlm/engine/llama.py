@@ -217,12 +217,8 @@ class Context:
         """Evaluate ``prompt``, reusing the cached prefix; returns how many tokens were reused."""
         if not prompt:
             raise EngineError("cannot evaluate an empty prompt")
-        common = 0
-        for a, b in zip(self.tokens, prompt):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(prompt) - 1)  # the last token must be evaluated for its logits
+        # the last token must be evaluated for its logits
+        common = min(common_prefix(self.tokens, list(prompt)), len(prompt) - 1)
         ll.llama_memory_seq_rm(self._memory, 0, common, -1)
         del self.tokens[common:]
         for at in range(common, len(prompt), self.n_batch):
@@ -463,3 +459,19 @@ class Sampler:
         if getattr(self, "_gptr", None):
             ll.llama_sampler_free(self._gptr)
             self._gptr = None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists (list slices compare in C: a binary
+    search on them). Both must be lists: a list never equals a tuple."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

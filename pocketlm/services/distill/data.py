@@ -45,6 +45,13 @@ class Example:
     def n_trained(self) -> int:
         return sum(self.trained[1:])
 
+    @property
+    def first_row(self) -> int:
+        """The first position whose prediction is trained (row i predicts token i + 1);
+        the last position when none is."""
+        trained = self.trained[1:]
+        return trained.index(True) if True in trained else len(self.tokens) - 1
+
 
 @dataclass
 class Dataset:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketlm.engine.llama import Context, Model
+from pocketlm.engine.llama import Context, Model, common_prefix
 from pocketlm.progress import NullProgress, Progress
 from pocketlm.services.distill.data import Example
 
@@ -165,10 +165,7 @@ def top_k(ctx: Context, model: Model, example: Example, k: int) -> tuple[np.ndar
     import llama_cpp as ll
 
     rows = trained_rows(example)
-    keep = 0
-    limit = min(int(rows[0]) if len(rows) else len(example.tokens) - 1, len(ctx.tokens))
-    while keep < limit and ctx.tokens[keep] == example.tokens[keep]:
-        keep += 1
+    keep = min(common_prefix(ctx.tokens, example.tokens), example.first_row)
     ctx.truncate(keep)
     ctx.extend(example.tokens[keep:])
     n = len(example.tokens) - keep

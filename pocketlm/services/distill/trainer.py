@@ -3,6 +3,7 @@ held-out evaluation and checkpoints (see train.py for the run around it)."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketlm.engine.llama import common_prefix
 from pocketlm.errors import PocketError, UsageError
 from pocketlm.progress import Progress
 from pocketlm.services.distill.data import Dataset, Example
@@ -95,12 +97,7 @@ class Trainer:
         if shared:
             from transformers import DynamicCache
 
-            # the keyword is `cache` from transformers 5.25 on (`past_key_values` before)
-            name = (
-                "cache"
-                if "cache" in inspect.signature(decoder.forward).parameters
-                else ("past_key_values")
-            )
+            name = _cache_keyword(type(decoder))
             cache = DynamicCache(config=self.model.config)
             prefix = torch.tensor([examples[0].tokens[:shared]], device=self.device)
             decoder(input_ids=prefix, use_cache=True, **{name: cache})  # fills the cache
@@ -372,23 +369,22 @@ class Trainer:
         )
 
 
+@functools.cache
+def _cache_keyword(decoder_class: type) -> str:
+    """The forward's keyword for a KV cache: `cache` from transformers 5.25 on,
+    `past_key_values` before."""
+    parameters = inspect.signature(decoder_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def shared_prefix(examples: list[Example]) -> int:
     """Tokens that every example opens with and that no trained row lies in (0 when fewer
     than MIN_SHARED, or for a single example): the prefix a batch computes once."""
     if len(examples) < 2:
         return 0
     first = examples[0].tokens
-    limit = min(_first_row(ex) for ex in examples)
-    n = 0
-    while n < limit and all(ex.tokens[n] == first[n] for ex in examples):
-        n += 1
+    n = min(min(common_prefix(first, ex.tokens), ex.first_row) for ex in examples)
     return n if n >= MIN_SHARED else 0
-
-
-def _first_row(ex: Example) -> int:
-    """The first position whose prediction is trained (row i predicts token i + 1)."""
-    trained = ex.trained[1:]
-    return trained.index(True) if True in trained else len(ex.tokens) - 1
 
 
 def _padded(examples: list[Example], shared: int):

@@ -145,6 +145,15 @@ def prompt_features(texts: Sequence[str]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(-1, len(PROMPT_FEATURES))
 
 
+def router_inputs(embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """The router head's input: each prompt's embedding and its PROMPT_FEATURES,
+    [n, dim + 7]."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if len(texts) != len(x):
+        raise ValueError(f"{len(x)} embeddings but {len(texts)} texts")
+    return np.hstack([x, prompt_features(texts)])
+
+
 def cascade_features(
     router_p: np.ndarray | float,
     mean_logprob: np.ndarray | float,
@@ -183,11 +192,7 @@ class RouterModel:
     def inputs(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """The router head's input: [n, dim + len(features)]."""
         x = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.dim)
-        if not self.features:
-            return x
-        if len(texts) != len(x):
-            raise ValueError(f"{len(x)} embeddings but {len(texts)} texts")
-        return np.hstack([x, prompt_features(texts)])
+        return router_inputs(x, texts) if self.features else x
 
     def sends_remote(self, score: float) -> bool:
         return score < self.threshold
@@ -427,8 +432,7 @@ def train(
         )
     y = np.array([good_enough(r) for r in records], dtype=int)
     texts = [r["prompt"] for r in records]
-    emb = np.asarray(embed(texts), dtype=np.float64)
-    x = np.hstack([emb, prompt_features(texts)])
+    x = router_inputs(embed(texts), texts)
     tr, te = split(y, test_share, seed)
     mean, scale = standardise_features(x[tr], len(PROMPT_FEATURES))
     xs = (x - mean) / scale
