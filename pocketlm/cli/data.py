@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   pocketlm data synth --teacher big --tiers tiers.toml --topics topics.txt --n 2000 --out t.jsonl
   pocketlm data synth --teacher qwen2.5-coder-1.5b-instruct --task "Route support tickets" \\
       --labels billing,shipping,bug --examples shots.jsonl --n 300 --out tickets.jsonl
+  pocketlm data synth --teacher qwen2.5-coder-1.5b-instruct --task "Records with a contact" \\
+      --kinds "an email signature,a meeting note" --n 400 --out contacts.jsonl
   pocketlm data curate textbook.jsonl --out clean.jsonl --report report.json
   pocketlm data label mine.jsonl --teacher qwen2.5-coder-1.5b-instruct --task classify \\
       --labels positive,negative --out labelled.jsonl
@@ -59,8 +61,13 @@ def _synth_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--n", type=int, default=100, metavar="N", help="records to write (100)")
     s.add_argument("--topics", metavar="FILE", help="seed topics, one a line (built-in: 30)")
     s.add_argument("--task", metavar="TEXT", help="task mode: what the task is, in a sentence")
-    s.add_argument("--labels", help="task mode: A,B,C or a labels file (balanced over labels)")
+    s.add_argument(
+        "--labels", help="task mode: A,B,C or a labels file (balanced); none: inputs only"
+    )
     s.add_argument("--examples", metavar="FILE", help="task mode: examples (JSONL text/label)")
+    s.add_argument(
+        "--kinds", help="task mode: kinds of input, A,B,C or a file (each in turn, balanced)"
+    )
     s.add_argument("--max-tokens", type=int, default=512, metavar="N", help="longest record (512)")
     s.add_argument(
         "--temperature", type=float, default=0.8, help="sampling temperature (0.8: varied)"
@@ -155,6 +162,7 @@ def _synth(args: argparse.Namespace) -> int:
         task=args.task,
         labels=args.labels,
         examples=_path(args.examples),
+        kinds=args.kinds,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         seed=args.seed,

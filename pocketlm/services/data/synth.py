@@ -5,8 +5,11 @@ Two modes:
 - ``textbook``: seed topics crossed with audiences and formats (``topics``), as Cosmopedia
   and phi-1 built theirs: record i writes about topic i (the topics in a seeded order, all
   of them before any comes again) for an audience and in a format chosen at random.
-- ``task``: labelled examples for a narrow task from its description, its labels and a few
-  examples: record i is written for label i mod L (the labels balanced), in a random style.
+- ``task``: examples for a narrow task from its description and a few examples: with labels,
+  record i is written for label i mod L (the labels balanced); without (an extraction
+  task's inputs, which ``pocketlm data label`` then answers), just a new input. With
+  ``kinds`` (an email signature, a meeting note...), each label's records go through the
+  kinds in turn. Each in a random style.
 
 Every choice comes from ``random.Random`` seeded with (--seed, i), and so does the sampling
 seed of record i: a run is repeatable, and ``--resume`` writes exactly the records an
@@ -46,8 +49,14 @@ TEXTBOOK = (
 TASK = (
     "{task}\nThe labels:\n{labels}\n{examples}\n"
     'Write one new, realistic input for this task whose correct label is "{label}". '
-    "Make it {style}. Write only the input text itself, without its label or any comment."
+    "{kind}Make it {style}. Write only the input text itself, without its label or any comment."
 )
+INPUT = (
+    "{task}\n{examples}\nWrite one new, realistic input for this task. {kind}Make it {style}. "
+    "Write only the input text itself, without any comment."
+)
+MAX_KINDS = 1000
+MAX_KINDS_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,8 @@ class SynthSpec:
     topics: Path | None = None  # textbook mode; None: topics.TOPICS
     task: str | None = None  # task mode
     labels: str | None = None  # A,B,C or a labels file (as `pocketlm task classify`)
-    examples: Path | None = None  # JSONL {"text", "label"}
+    examples: Path | None = None  # JSONL {"text", "label"} ({"text"} without labels)
+    kinds: str | None = None  # A,B,C or a file, one kind of input a line
     max_tokens: int = 512
     temperature: float = 0.8
     seed: int = 0
@@ -84,12 +94,15 @@ class SynthSpec:
         if not 0 <= self.seed < 2**31:
             raise UsageError(f"invalid {option('seed', self.seed)}", "give 0 to 2147483647")
         task, labels, topics = option("task"), option("labels"), option("topics")
-        if self.task is None and (self.labels or self.examples):
-            raise UsageError(f"{labels} and {option('examples')} are for {task}", f"add {task}")
+        if self.task is None and (self.labels or self.examples or self.kinds):
+            raise UsageError(
+                f"{labels}, {option('examples')} and {option('kinds')} are for {task}",
+                f"add {task}",
+            )
         if self.task is not None and self.topics:
             raise UsageError(f"{topics} is for textbook data, not {task}", "drop one")
-        if self.task is not None and (not self.task.strip() or not self.labels):
-            raise UsageError(f"{task} needs a description and {labels} A,B,C")
+        if self.task is not None and not self.task.strip():
+            raise UsageError(f"{task} needs a description of the task, in a sentence")
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,8 @@ class Plan:
     spec: SynthSpec
     topics: tuple[str, ...] = ()
     labels: tuple[Any, ...] = ()  # classify.Label
-    examples: tuple[tuple[str, str], ...] = ()
+    examples: tuple[tuple[str, str | None], ...] = ()
+    kinds: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, spec: SynthSpec) -> Plan:
@@ -108,9 +122,13 @@ class Plan:
             return cls(spec, topics=_read_topics(spec.topics))
         from pocketlm.services.tasks import classify
 
-        labels = classify.parse_labels(spec.labels or "")
+        kinds = _read_kinds(spec.kinds) if spec.kinds else ()
+        if not spec.labels:
+            examples = _input_examples(spec.examples) if spec.examples else []
+            return cls(spec, examples=tuple(examples), kinds=kinds)
+        labels = classify.parse_labels(spec.labels)
         examples = classify.load_examples(spec.examples, labels) if spec.examples else []
-        return cls(spec, labels=tuple(labels), examples=tuple(examples))
+        return cls(spec, labels=tuple(labels), examples=tuple(examples), kinds=kinds)
 
     def records(self) -> Iterator[Record]:
         """Record i (from 1): its prompt in ``text``, its seeds in ``fields``."""
@@ -121,7 +139,7 @@ class Plan:
             if self.spec.mode == "textbook":
                 fields = self._textbook(order[(i - 1) % len(order)], rng)
             else:
-                fields = self._task(self.labels[(i - 1) % len(self.labels)], rng)
+                fields = self._task(i - 1, rng)
             fields["sample_seed"] = rng.randrange(2**31)
             yield Record(i, fields.pop("prompt"), fields)
 
@@ -132,21 +150,62 @@ class Plan:
         prompt = TEXTBOOK.format(what=what, topic=topic, audience=audience, format=fmt)
         return {"prompt": prompt, "topic": topic, "audience": audience, "format": fmt}
 
-    def _task(self, label, rng: random.Random) -> dict[str, Any]:
+    def _task(self, i: int, rng: random.Random) -> dict[str, Any]:
+        """Record i+1's prompt: for label i mod L (when there are labels), of kind
+        (i div L) mod K (when there are kinds: every label goes through them all)."""
         style = rng.choice(seeds.STYLES)
         shown = rng.sample(self.examples, min(SHOWN_EXAMPLES, len(self.examples)))
-        examples = "".join(f"\nText: {t}\nLabel: {lab}\n" for t, lab in shown)
+        examples = "".join(
+            f"\nText: {t}\n" + (f"Label: {lab}\n" if lab is not None else "") for t, lab in shown
+        )
+        fields: dict[str, Any] = {}
+        if self.kinds:
+            fields["kind"] = self.kinds[(i // max(len(self.labels), 1)) % len(self.kinds)]
+        common = {
+            "task": self.spec.task.strip(),
+            "examples": f"\nExamples:{examples}" if shown else "",
+            "kind": f"It is {fields['kind']}. " if self.kinds else "",
+            "style": style,
+        }
+        if not self.labels:
+            return {"prompt": INPUT.format(**common), **fields, "style": style}
+        label = self.labels[i % len(self.labels)]
         names = "\n".join(
             f"- {x.name}" + (f": {x.description}" if x.description else "") for x in self.labels
         )
-        prompt = TASK.format(
-            task=self.spec.task.strip(),
-            labels=names,
-            examples=f"\nExamples:{examples}" if shown else "",
-            label=label.name,
-            style=style,
-        )
-        return {"prompt": prompt, "label": label.name, "style": style}
+        prompt = TASK.format(labels=names, label=label.name, **common)
+        return {"prompt": prompt, "label": label.name, **fields, "style": style}
+
+
+def _read_kinds(kinds: str) -> tuple[str, ...]:
+    """A,B,C, or a file with one kind of input a line (``#`` comments)."""
+    from pocketlm.services.tasks.classify import names_file
+
+    if names_file(kinds):
+        path = Path(kinds).expanduser()
+        if path.stat().st_size > MAX_KINDS_BYTES:
+            raise UsageError(f"{path} is over {MAX_KINDS_BYTES // 1024} KiB", "give fewer kinds")
+        with path.open(encoding="utf-8", errors="replace") as f:
+            found = [k.strip() for k in f if k.strip() and not k.lstrip().startswith("#")]
+    else:
+        found = [k.strip() for k in kinds.split(",") if k.strip()]
+    if not found:
+        raise UsageError(f"{option('kinds', kinds)} names no kind of input", "give A,B,C or a file")
+    if len(found) > MAX_KINDS:
+        raise UsageError(f"{option('kinds')}: over {MAX_KINDS} kinds", "give fewer")
+    return tuple(dict.fromkeys(found))
+
+
+def _input_examples(path: Path) -> list[tuple[str, None]]:
+    """Example inputs for a task without labels: JSONL ``{"text"}`` lines (or CSV ``text``)."""
+    from pocketlm.services.tasks.classify import example_rows
+
+    texts = []
+    for n, row in example_rows(path):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise UsageError(f"{path} example {n}: needs a 'text'", "fix the examples file")
+        texts.append((row["text"], None))
+    return texts
 
 
 def _read_topics(path: Path | None) -> tuple[str, ...]:
@@ -234,8 +293,10 @@ def run(spec: SynthSpec, progress: Progress | None = None) -> JobSummary:
 
 
 def count_fields(spec: SynthSpec) -> tuple[str, ...]:
-    """The fields the summary counts: how the records spread over labels or formats."""
-    return ("label",) if spec.mode == "task" else ("format",)
+    """The fields the summary counts: how the records spread over labels, kinds or formats."""
+    if spec.mode == "textbook":
+        return ("format",)
+    return ("label",) * bool(spec.labels) + ("kind",) * bool(spec.kinds) or ("style",)
 
 
 def check_resume(spec: SynthSpec) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ def parse_labels(spec: str) -> list[Label]:
     """``A,B,C``, or a file: one label per line (``name: description``), or JSON (a list of
     names, of {"name", "description"} objects, or a {name: description} object)."""
     path = Path(spec)
-    if path.is_file():
+    if names_file(spec):
         labels = _labels_file(path)
     else:
         labels = [Label(x.strip()) for x in spec.split(",") if x.strip()]
@@ -56,6 +56,14 @@ def parse_labels(spec: str) -> list[Label]:
     if dup:
         raise UsageError(f"labels given twice: {', '.join(dup)}", "give each label once")
     return labels
+
+
+def names_file(spec: str) -> bool:
+    """Whether an ``A,B,C``-or-a-file option names a file (a long list is not a path)."""
+    try:
+        return Path(spec).expanduser().is_file()
+    except OSError:  # a name too long for the file system: a list
+        return False
 
 
 def _labels_file(path: Path) -> list[Label]:
@@ -91,26 +99,33 @@ def _labels_file(path: Path) -> list[Label]:
 def load_examples(path: Path, labels: Sequence[Label]) -> list[tuple[str, str]]:
     """(text, label) pairs from a JSONL file ({"text", "label"}) or a CSV file with
     ``text`` and ``label`` columns; every label must be one of ``labels``."""
-    if not path.is_file():
-        raise UsageError(f"no such file: {path}", "give --examples a JSONL or CSV file")
     names = {label.name for label in labels}
     pairs = []
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        rows = csv.DictReader(f) if path.suffix.lower() == ".csv" else _jsonl(f, path)
-        for n, row in enumerate(rows, 1):
-            text, label = row.get("text"), row.get("label")
-            if not isinstance(text, str) or label not in names:
-                raise UsageError(
-                    f"{path} example {n}: needs a 'text' and a 'label' from: {', '.join(names)}",
-                    "fix the examples file",
-                )
-            pairs.append((text, label))
-            if len(pairs) > MAX_EXAMPLES:
-                raise UsageError(f"{path}: more than {MAX_EXAMPLES} examples", "keep the best")
+    for n, row in example_rows(path):
+        text, label = row.get("text"), row.get("label")
+        if not isinstance(text, str) or label not in names:
+            raise UsageError(
+                f"{path} example {n}: needs a 'text' and a 'label' from: {', '.join(names)}",
+                "fix the examples file",
+            )
+        pairs.append((text, label))
     return pairs
 
 
-def _jsonl(f, path: Path):
+def example_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(number, row) of an examples file: JSONL objects, or a CSV file's rows (by header);
+    at most ``MAX_EXAMPLES``."""
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}", "give --examples a JSONL or CSV file")
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        rows = csv.DictReader(f) if path.suffix.lower() == ".csv" else _jsonl(f, path)
+        for n, row in enumerate(rows, 1):
+            if n > MAX_EXAMPLES:
+                raise UsageError(f"{path}: more than {MAX_EXAMPLES} examples", "keep the best")
+            yield n, row
+
+
+def _jsonl(f, path: Path) -> Iterator[dict]:
     for n, line in enumerate(f, 1):
         if line.strip():
             try:

@@ -50,6 +50,48 @@ def test_task_records_are_balanced_over_the_labels_and_show_the_examples(tmp_pat
     assert all("I was charged twice" in r["prompt"] and r["label"] in r["prompt"] for r in got)
 
 
+def test_inputs_without_labels_go_through_the_kinds_with_example_inputs(tmp_path, teacher):
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text('{"text": "Best, Ana Ruiz, ana@example.com"}\n')
+    kinds = tmp_path / "kinds.txt"  # a file: a kind may hold a comma
+    kinds.write_text("# kinds\nan email signature\na business card, line by line\n")
+    out = tmp_path / "t.jsonl"
+    spec = synth.SynthSpec(
+        out=out, teacher=teacher, n=5, task="Records with a contact.", kinds=str(kinds),
+        examples=shots, **FAST,
+    )  # fmt: skip
+    summary = synth.run(spec)
+    got = rows(out)
+    want = ["an email signature", "a business card, line by line"] * 2 + ["an email signature"]
+    assert [r["kind"] for r in got] == want
+    assert dict(summary.counts["kind"]) == {want[0]: 3, want[1]: 2}
+    assert all("label" not in r and r["mode"] == "task" for r in got)
+    for r in got:
+        assert "Text: Best, Ana Ruiz" in r["prompt"] and "Label:" not in r["prompt"]
+        assert f"It is {r['kind']}." in r["prompt"] and r["style"] in r["prompt"]
+
+
+def test_labels_and_kinds_cover_every_pair(tmp_path):
+    spec = synth.SynthSpec(
+        out=tmp_path / "x", teacher="t", n=4, task="Tickets.", labels="a,b", kinds="short,long"
+    )
+    got = [(r.fields["label"], r.fields["kind"]) for r in synth.Plan.of(spec).records()]
+    assert got == [("a", "short"), ("b", "short"), ("a", "long"), ("b", "long")]
+
+
+def test_a_long_list_is_a_list_not_a_file_name(tmp_path):
+    many = ",".join(f"kind number {i} of a long list" for i in range(20))  # > 255 bytes
+    spec = synth.SynthSpec(out=tmp_path / "x", teacher="t", task="T.", kinds=many, labels=many)
+    plan = synth.Plan.of(spec)
+    assert len(plan.kinds) == 20 and len(plan.labels) == 20
+    with pytest.raises(UsageError, match="names no kind"):
+        synth.Plan.of(synth.SynthSpec(out=tmp_path / "x", teacher="t", task="T.", kinds=" , "))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"label": "no text"}\n')
+    with pytest.raises(UsageError, match="example 1: needs a 'text'"):
+        synth.Plan.of(synth.SynthSpec(out=tmp_path / "x", teacher="t", task="T.", examples=bad))
+
+
 def test_the_plan_is_a_function_of_the_seed(tmp_path):
     topics_file = tmp_path / "topics.txt"
     topics_file.write_text("# mine\nvolcanoes\n\ntides\nvolcanoes\n")
@@ -84,7 +126,8 @@ def test_an_interrupted_run_resumes_with_the_records_it_would_have_written(tmp_p
     [
         ({"n": 0}, "n=0"),
         ({"labels": "a,b"}, r"add task=\.\.\."),
-        ({"task": "x", "labels": None}, r"labels=\.\.\. A,B,C"),
+        ({"task": " "}, r"task=\.\.\. needs a description"),
+        ({"kinds": "a,b"}, r"add task=\.\.\."),
         ({"temperature": 9.0}, "temperature=9.0"),
     ],
 )
