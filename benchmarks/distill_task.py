@@ -84,9 +84,13 @@ class Task:
             return sum(pred.get(i, {}).get("label") == g["label"] for i, g in gold.items()) / len(
                 gold
             )
+        from pocketlm.services.tasks.extract import null_strings
+
+        schema = json.loads((DATA / "contacts.schema.json").read_text())
         right = total = 0
         for i, g in gold.items():
-            got = pred.get(i, {}).get("data") or {}
+            # predictions made before `task extract` read "null" strings as null: read so too
+            got = null_strings(pred.get(i, {}).get("data") or {}, schema)
             for field, want in g["expected"].items():
                 total += 1
                 right += _norm(got.get(field)) == _norm(want)

@@ -6,6 +6,11 @@ of the schema's shape; the answer is then parsed and validated with ``jsonschema
 what a grammar does not enforce (formats, numeric ranges it approximates). A record whose
 answer fails (cut off at the token limit, or invalid) is tried again with sampling (a new
 seed per try), then reported as failed with the reason.
+
+Small models often write the *string* "null" (or "None") for a field the text does not
+give: where the schema allows null there, it is read as null (``null_strings``), so a
+program reading the output, and a student trained on a teacher's answers, sees no text
+that the record does not hold.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class Extractor:
         if finish not in ("stop",):
             return None, f"generation ended: {finish}"
         try:
-            data = json.loads(text)
+            data = null_strings(json.loads(text), self.schema)
         except ValueError as e:
             return None, f"not JSON: {e}"
         errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.path))
@@ -107,3 +112,37 @@ class Extractor:
             where = "/".join(map(str, errors[0].path)) or "the top level"
             return None, f"does not match the schema at {where}: {errors[0].message}"
         return data, None
+
+
+NULL_WORDS = frozenset({"null", "none"})
+
+
+def null_strings(data: Any, schema: Any, depth: int = 0) -> Any:
+    """``data`` with each string "null"/"None" (any case) made null where ``schema`` (its
+    ``properties`` and ``items``, followed to a bounded depth) allows null."""
+    if depth > 32 or not isinstance(schema, dict):
+        return data
+    if isinstance(data, dict) and isinstance(schema.get("properties"), dict):
+        props = schema["properties"]
+        return {
+            k: null_strings(v, props[k], depth + 1) if k in props else v for k, v in data.items()
+        }
+    if isinstance(data, list) and isinstance(schema.get("items"), dict):
+        return [null_strings(v, schema["items"], depth + 1) for v in data]
+    if isinstance(data, str) and data.strip().lower() in NULL_WORDS and _allows_null(schema):
+        return None
+    return data
+
+
+def _allows_null(schema: dict) -> bool:
+    kind = schema.get("type")
+    return (
+        kind == "null"
+        or (isinstance(kind, list) and "null" in kind)
+        or (isinstance(schema.get("enum"), list) and None in schema["enum"])
+        or any(
+            isinstance(s, dict) and _allows_null(s)
+            for key in ("anyOf", "oneOf")
+            for s in schema.get(key) or ()
+        )
+    )

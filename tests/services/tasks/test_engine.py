@@ -13,7 +13,7 @@ from pocketlm.errors import UsageError
 from pocketlm.services.evaluate.scoring import Group, Scorer
 from pocketlm.services.tasks.classify import Classifier, Label, load_examples, parse_labels
 from pocketlm.services.tasks.engine import LabelSet, TaskEngine
-from pocketlm.services.tasks.extract import Extractor, load_schema
+from pocketlm.services.tasks.extract import Extractor, load_schema, null_strings
 from pocketlm.services.tasks.job import RecordFailed
 from pocketlm.services.tasks.records import Record
 from pocketlm.services.tasks.summarize import Summarizer
@@ -188,3 +188,23 @@ def test_a_long_document_is_summarised_in_parts_then_as_a_whole(engine):
 def test_an_empty_document_fails_with_a_reason(engine):
     with pytest.raises(RecordFailed, match="empty"):
         Summarizer(engine, max_tokens=8)(Record(1, "  \n", {}))
+
+
+def test_a_null_written_as_a_string_is_null_where_the_schema_allows_it():
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": ["string", "null"]},
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+            "to": {"type": "object", "properties": {"email": {"type": ["string", "null"]}}},
+        },
+    }
+    data = {"city": "NULL", "name": "null", "tags": ["None", "x"], "to": {"email": " null "}}
+    assert null_strings(data, schema) == {
+        "city": None,
+        "name": "null",  # a name may not be null: left as written
+        "tags": [None, "x"],
+        "to": {"email": None},
+    }
+    assert null_strings({"city": "Nullarbor"}, schema) == {"city": "Nullarbor"}
