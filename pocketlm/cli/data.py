@@ -135,6 +135,11 @@ def _label_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--schema", metavar="FILE", help="extract: JSON Schema of the answer")
     s.add_argument("--instruction", help="what the labels mean or what to extract")
     s.add_argument("--max-tokens", type=int, metavar="N", help="extract: longest answer (512)")
+    s.add_argument(
+        "--grounded",
+        action="store_true",
+        help="extract: a value the text does not hold is made null (where the schema allows)",
+    )
     s.add_argument("--ctx", type=int, default=4096, metavar="N", help="context per record")
 
 
@@ -223,7 +228,7 @@ def _label(args: argparse.Namespace) -> int:
     )
     progress = RichProgress()
     try:
-        summary = label.run(spec, progress=progress)
+        summary = label.run(spec, progress=progress, grounded=args.grounded)
     finally:
         progress.close()
     return _print_summary(summary, args.out, args.json)

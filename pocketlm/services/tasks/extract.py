@@ -146,3 +146,25 @@ def _allows_null(schema: dict) -> bool:
             for s in schema.get(key) or ()
         )
     )
+
+
+def grounded(data: Any, text: str, schema: Any) -> tuple[Any, list[str]]:
+    """``data`` with each top-level string value that ``text`` does not hold (case and runs
+    of whitespace ignored) made null where ``schema`` allows null there, and the names of
+    those fields: what a teacher invented rather than read, for training a student that
+    should copy."""
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(data, dict) or not isinstance(props, dict):
+        return data, []
+    haystack = _plain(text)
+    out, dropped = dict(data), []
+    for key, value in data.items():
+        if isinstance(value, str) and value.strip() and _plain(value) not in haystack:
+            if isinstance(props.get(key), dict) and _allows_null(props[key]):
+                out[key] = None
+                dropped.append(key)
+    return out, dropped
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.split()).casefold()

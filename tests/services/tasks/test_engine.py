@@ -13,7 +13,7 @@ from pocketlm.errors import UsageError
 from pocketlm.services.evaluate.scoring import Group, Scorer
 from pocketlm.services.tasks.classify import Classifier, Label, load_examples, parse_labels
 from pocketlm.services.tasks.engine import LabelSet, TaskEngine
-from pocketlm.services.tasks.extract import Extractor, load_schema, null_strings
+from pocketlm.services.tasks.extract import Extractor, grounded, load_schema, null_strings
 from pocketlm.services.tasks.job import RecordFailed
 from pocketlm.services.tasks.records import Record
 from pocketlm.services.tasks.summarize import Summarizer
@@ -208,3 +208,26 @@ def test_a_null_written_as_a_string_is_null_where_the_schema_allows_it():
         "to": {"email": None},
     }
     assert null_strings({"city": "Nullarbor"}, schema) == {"city": "Nullarbor"}
+
+
+def test_grounded_makes_a_value_the_text_does_not_hold_null():
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "phone": {"type": ["string", "null"]},
+            "city": {"type": ["string", "null"]},
+            "email": {"type": ["string", "null"]},
+        },
+    }
+    text = "ROSALIND  PRICE\nLondon EC4A 1AB\nT: +44 20 7946 0321"
+    data = {
+        "name": "Rosalind Price",  # case and spacing ignored: held
+        "phone": "+44 20 7946 0321",
+        "city": "Zurich",  # invented: made null
+        "email": None,
+    }
+    got, dropped = grounded(data, text, schema)
+    assert got == {**data, "city": None} and dropped == ["city"]
+    invented_name = {"name": "John Doe", "city": "London"}
+    assert grounded(invented_name, text, schema) == (invented_name, [])  # name may not be null
