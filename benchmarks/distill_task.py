@@ -17,7 +17,8 @@ Every step is a pocketlm command as a user would run it:
    contact_examples.jsonl, none of them from the test set);
 2. `pocketlm data curate`: duplicates and near-duplicates dropped, and anything that
    overlaps the test set (decontamination);
-3. `pocketlm data label --task classify|extract`: the teacher labels them;
+3. `pocketlm data label --task classify|extract`: the teacher labels them (contacts with
+   `--grounded`: a value the record does not hold, the teacher's invention, made null);
 4. `pocketlm distill`: the Qwen students (the 0.5B, a pruned 0.5B) learn the teacher's
    token distributions on its answers (logits, LoRA); the 135M student (another
    vocabulary) learns its answers (sequence level). Tickets use `--balance` (the teacher's
@@ -58,6 +59,7 @@ class Task:
             self.synth = ["--task", TICKETS, "--labels", labels]
             self.options = ["classify", "--labels", labels]
             self.train = ["--seq-len", "384", "--batch-tokens", "64", "--balance"]
+            self.label = []
             self.curate = ["--min-words", "5"]
             self.lora = ["--lora", "--epochs", "3", "--lr", "3e-4", "--max-minutes", "12"]
             self.full = ["--epochs", "5", "--lr", "1e-4", "--max-minutes", "10"]
@@ -68,6 +70,7 @@ class Task:
             self.options = ["extract", "--schema", str(DATA / "contacts.schema.json"),
                             "--instruction", CONVENTIONS]  # fmt: skip
             self.train = ["--seq-len", "768", "--batch-tokens", "512"]
+            self.label = ["--grounded"]  # the teacher's inventions made null: students copy
             # a signature is a few words, mostly not prose: no word, letter or language filter
             self.curate = ["--min-words", "2", "--skip", "characters,language"]
             self.lora = ["--lora", "--epochs", "2", "--lr", "3e-4", "--max-minutes", "20"]
@@ -192,10 +195,10 @@ def main() -> int:
     unlabelled = work / "unlabelled.jsonl"
     rows = [json.loads(line) for line in curated.read_text().splitlines() if line.strip()]
     unlabelled.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
-    labelled = work / "labelled.jsonl"
+    labelled = work / ("labelled-grounded.jsonl" if task.label else "labelled.jsonl")
     resume = ["--resume"] if labelled.exists() else []  # the same curated records: reused
     timed("label", pocketlm, "data", "label", str(unlabelled), "--teacher", TEACHER,
-          "--task", *task.options, "--out", str(labelled), *resume)  # fmt: skip
+          "--task", *task.options, *task.label, "--out", str(labelled), *resume)  # fmt: skip
 
     results = {TEACHER: {"accuracy": timed("test", accuracy, task, TEACHER, work)}}
     deployed = [TEACHER]
