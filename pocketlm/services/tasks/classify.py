@@ -39,9 +39,8 @@ class Label:
 def parse_labels(spec: str) -> list[Label]:
     """``A,B,C``, or a file: one label per line (``name: description``), or JSON (a list of
     names, of {"name", "description"} objects, or a {name: description} object)."""
-    path = Path(spec)
     if names_file(spec):
-        labels = _labels_file(path)
+        labels = _labels_file(Path(spec).expanduser())
     else:
         labels = [Label(x.strip()) for x in spec.split(",") if x.strip()]
     names = [label.name for label in labels]

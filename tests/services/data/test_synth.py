@@ -92,6 +92,18 @@ def test_a_long_list_is_a_list_not_a_file_name(tmp_path):
         synth.Plan.of(synth.SynthSpec(out=tmp_path / "x", teacher="t", task="T.", examples=bad))
 
 
+def test_a_kinds_or_labels_file_under_home_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "kinds.txt").write_text("a note\na card\n")
+    (tmp_path / "labels.txt").write_text("billing: money\nbug: broken\n")
+    spec = synth.SynthSpec(
+        out=tmp_path / "x", teacher="t", task="T.", kinds="~/kinds.txt", labels="~/labels.txt"
+    )
+    plan = synth.Plan.of(spec)
+    assert plan.kinds == ("a note", "a card")
+    assert [x.name for x in plan.labels] == ["billing", "bug"]
+
+
 def test_the_plan_is_a_function_of_the_seed(tmp_path):
     topics_file = tmp_path / "topics.txt"
     topics_file.write_text("# mine\nvolcanoes\n\ntides\nvolcanoes\n")
