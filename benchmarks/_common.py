@@ -24,6 +24,13 @@ def default_model_path() -> Path:
 TASK_DATA = Path(__file__).resolve().parent / "data" / "tasks"  # the tasks' labelled files
 
 
+def same_field(got, want) -> bool:
+    """An extracted field against the expected one: case and runs of spaces ignored, an
+    empty string as null."""
+    norm = lambda x: None if x in (None, "") else " ".join(str(x).split()).lower()  # noqa: E731
+    return norm(got) == norm(want)
+
+
 def jsonl(path: Path) -> list[dict]:
     import json
 

@@ -44,7 +44,11 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data" / "tasks"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import TASK_DATA as DATA  # noqa: E402
+from benchmarks._common import same_field  # noqa: E402
+
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 PRUNED = "qwen2.5-coder-0.5b-instruct-L12-distilled"  # benchmarks/distill_general.py's
 
@@ -96,13 +100,8 @@ class Task:
             got = null_strings(pred.get(i, {}).get("data") or {}, schema)
             for field, want in g["expected"].items():
                 total += 1
-                right += _norm(got.get(field)) == _norm(want)
+                right += same_field(got.get(field), want)
         return right / total
-
-
-def _norm(value) -> str | None:
-    """benchmarks/task_accuracy.py's comparison: case and runs of spaces ignored."""
-    return None if value in (None, "") else " ".join(str(value).split()).lower()
 
 
 TICKETS = (
@@ -162,7 +161,7 @@ def decode_speed(models: list[str]) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--task", choices=("classify", "extract"), default="extract")
-    ap.add_argument("--n", type=int, default=None, help="synthetic inputs (tickets 300, 400)")
+    ap.add_argument("--n", type=int, default=300, help="synthetic inputs (300)")
     ap.add_argument("--work", type=Path, help="(default: ~/.cache/pocketlm/distill-TASK)")
     ap.add_argument(
         "--students",
@@ -173,7 +172,6 @@ def main() -> int:
     args = ap.parse_args()
     task = Task(args.task)
     work = args.work or Path.home() / f".cache/pocketlm/distill-{args.task}"
-    n = args.n or (300 if args.task == "classify" else 400)
     work.mkdir(parents=True, exist_ok=True)
     clock: dict[str, float] = {}
 
@@ -185,7 +183,7 @@ def main() -> int:
 
     synth = work / "synth.jsonl"
     resume = ["--resume"] if synth.exists() else []
-    timed("synth", pocketlm, "data", "synth", "--teacher", TEACHER, *task.synth, "--n", str(n),
+    timed("synth", pocketlm, "data", "synth", "--teacher", TEACHER, *task.synth, "--n", str(args.n),
           "--max-tokens", "96", "--out", str(synth), *resume)  # fmt: skip
     curated = work / "curated.jsonl"
     curated.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import TASK_DATA, jsonl  # noqa: E402
+from benchmarks._common import TASK_DATA, jsonl, same_field  # noqa: E402
 from pocketlm.services.tasks import authgen, loggen  # noqa: E402
 from pocketlm.services.tasks.engine import TaskEngine  # noqa: E402
 from pocketlm.services.tasks.job import run_job  # noqa: E402
@@ -65,7 +65,7 @@ def extract(engine: TaskEngine) -> dict:
     for o, r in zip(out, rows):
         got = o.get("data")
         failed += got is None
-        same = [_same(got.get(k) if got else None, v) for k, v in r["expected"].items()]
+        same = [same_field(got.get(k) if got else None, v) for k, v in r["expected"].items()]
         fields += len(same)
         right_fields += sum(same)
         exact += all(same)
@@ -76,11 +76,6 @@ def extract(engine: TaskEngine) -> dict:
         "n": len(rows),
         "records_per_s": len(rows) / secs,
     }
-
-
-def _same(got, want) -> bool:
-    norm = lambda x: None if x in (None, "") else " ".join(str(x).split()).lower()  # noqa: E731
-    return norm(got) == norm(want)
 
 
 def emails(engine: TaskEngine, calibrate: bool = True) -> dict:

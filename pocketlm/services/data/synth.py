@@ -185,8 +185,7 @@ def _read_kinds(kinds: str) -> tuple[str, ...]:
         path = Path(kinds).expanduser()
         if path.stat().st_size > MAX_KINDS_BYTES:
             raise UsageError(f"{path} is over {MAX_KINDS_BYTES // 1024} KiB", "give fewer kinds")
-        with path.open(encoding="utf-8", errors="replace") as f:
-            found = [k.strip() for k in f if k.strip() and not k.lstrip().startswith("#")]
+        found = _lines(path)
     else:
         found = [k.strip() for k in kinds.split(",") if k.strip()]
     if not found:
@@ -213,13 +212,18 @@ def _read_topics(path: Path | None) -> tuple[str, ...]:
         return seeds.TOPICS
     if not path.is_file():
         raise UsageError(f"no such topics file: {path}", "give a text file, one topic per line")
-    with path.open(encoding="utf-8", errors="replace") as f:
-        topics = [t.strip() for t in f if t.strip() and not t.lstrip().startswith("#")]
+    topics = _lines(path)
     if not topics:
         raise UsageError(f"{path} holds no topics", "write one seed topic per line")
     if len(topics) > MAX_TOPICS:
         raise UsageError(f"{path} holds over {MAX_TOPICS} topics", "give fewer")
     return tuple(dict.fromkeys(topics))
+
+
+def _lines(path: Path) -> list[str]:
+    """A file's items, one a line: stripped, blank lines and ``#`` comments left out."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return [t.strip() for t in f if t.strip() and not t.lstrip().startswith("#")]
 
 
 class Writer:
