@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import secrets
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 
@@ -400,6 +402,20 @@ def _host_name(header: str) -> str | None:
     return name or None
 
 
+IO_THREADS = 8  # asyncio.to_thread work: tokenizing, grammar compiling, an Ollama pull
+
+
+def _started_pool(n: int) -> ThreadPoolExecutor:
+    """The event loop's executor with all n threads started now, not one by one as requests
+    overlap: the server's threads are fixed from the start, so none appears mid-request
+    next to ggml's spinning OpenMP team, and the count a test or an operator sees is stable."""
+    io = ThreadPoolExecutor(max_workers=n, thread_name_prefix="pocketlm-io")
+    barrier = threading.Barrier(n)  # every task waits for all n: n threads must exist
+    for done in [io.submit(barrier.wait) for _ in range(n)]:
+        done.result()
+    return io
+
+
 def create_app(
     pool: ModelPool | None = None,
     *,
@@ -413,6 +429,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        io = _started_pool(IO_THREADS)
+        asyncio.get_running_loop().set_default_executor(io)
         reaper = asyncio.create_task(pool.reap())
         try:
             yield
@@ -421,6 +439,7 @@ def create_app(
             if hybrid is not None:
                 await hybrid.aclose()
             await pool.close()
+            io.shutdown(wait=False, cancel_futures=True)
 
     # No /docs or /redoc: their pages load scripts from a CDN (never, offline); the OpenAPI
     # document itself is served (behind the key, when one is set)

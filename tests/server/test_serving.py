@@ -235,8 +235,8 @@ def test_embeddings_run_on_the_engine_thread_and_add_no_threads(tiny_gguf):
                 pass
             done.set()
 
-        # two requests at once first: the event loop's executor (asyncio.to_thread, for
-        # tokenizing) then has the two threads overlapping requests need, however they overlap
+        # the event loop's executor (asyncio.to_thread, for tokenizing) is started whole with
+        # the server, so overlapping requests add no executor thread either
         t = threading.Thread(target=stream)
         t.start()
         c.completions.create(model=model, prompt="the cat", max_tokens=4)
@@ -252,4 +252,12 @@ def test_embeddings_run_on_the_engine_thread_and_add_no_threads(tiny_gguf):
         c.embeddings.create(model=model, input=["a b c"] * 4)
         t.join(60)
         assert done.is_set()
+        many = [  # overlapping requests: more than the executor's threads at once
+            threading.Thread(target=c.embeddings.create, kwargs={"model": model, "input": "x y"})
+            for _ in range(12)
+        ]
+        for t in many:
+            t.start()
+        for t in many:
+            t.join(60)
         assert len(list(tasks.iterdir())) == before
