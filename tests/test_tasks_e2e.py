@@ -79,6 +79,48 @@ def test_extract_on_qwen_returns_objects_that_follow_the_schema(tmp_path):
     assert b["data"]["email"] == "tom@acme.example.com"
 
 
+def test_grounded_extract_nulls_what_the_small_model_invents(tmp_path):
+    model = pulled(SMALL)
+    src = tmp_path / "notes.jsonl"
+    notes = ["Call Ann Lee at 555-0101", "Bob from Acme", "Met Priya Nair of Lumen Labs, Pune"]
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in notes))
+    schema = tmp_path / "s.json"
+    fields = ("name", "company", "email", "phone")
+    schema.write_text(json.dumps({
+        "type": "object",
+        "properties": {"name": {"type": "string"}}
+        | {f: {"type": ["string", "null"]} for f in fields[1:]},
+        "required": list(fields), "additionalProperties": False,
+    }))  # fmt: skip
+    runs = {}
+    for mode in ("plain", "grounded"):
+        out = tmp_path / f"{mode}.jsonl"
+        flag = ["--grounded"] if mode == "grounded" else []
+        proc = run_cli(
+            "task", "extract", str(src), "--schema", str(schema), "--model", str(model),
+            "--out", str(out), *flag, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr_text
+        runs[mode] = results(out)
+    held = lambda v, text: " ".join(v.split()).lower() in text.lower()  # noqa: E731
+    invented = [
+        (i, f)
+        for i, r in enumerate(runs["plain"])
+        for f in fields[1:]
+        if r["data"][f] is not None and not held(r["data"][f], notes[i])
+    ]
+    assert invented  # the 135M model writes an email nobody gave: what --grounded is for
+    for i, r in enumerate(runs["grounded"]):
+        assert r.get("ungrounded", []) == [f for j, f in invented if j == i]
+        for f in fields[1:]:
+            value = r["data"][f]
+            assert value is None or held(value, notes[i])
+            if (i, f) in invented:
+                assert value is None and f in r["ungrounded"]
+            else:
+                assert value == runs["plain"][i]["data"][f]  # the rest as without the flag
+
+
 def test_emails_summarize_and_security_on_the_small_model(tmp_path):
     model = pulled(SMALL)
     box = mailbox.mbox(tmp_path / "inbox.mbox")

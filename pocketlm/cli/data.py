@@ -138,7 +138,7 @@ def _label_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--grounded",
         action="store_true",
-        help="extract: a value the text does not hold is made null (where the schema allows)",
+        help="extract: string fields are copied from the text (a span of it, or null)",
     )
     s.add_argument("--ctx", type=int, default=4096, metavar="N", help="context per record")
 
@@ -211,6 +211,10 @@ def _label(args: argparse.Namespace) -> int:
         for k in ("labels", "examples", "schema", "instruction", "max_tokens")
         if getattr(args, k) is not None
     }
+    if args.grounded:
+        if args.task != "extract":
+            raise UsageError("--grounded is for --task extract", "drop it")
+        options["grounded"] = True
     spec = label.spec_for(
         args.task,
         args.teacher,
@@ -228,7 +232,7 @@ def _label(args: argparse.Namespace) -> int:
     )
     progress = RichProgress()
     try:
-        summary = label.run(spec, progress=progress, grounded=args.grounded)
+        summary = label.run(spec, progress=progress)
     finally:
         progress.close()
     return _print_summary(summary, args.out, args.json)

@@ -86,6 +86,11 @@ def _extract_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--schema", required=True, metavar="FILE", help="JSON Schema of the answer")
     s.add_argument("--instruction", help="what to extract, in a sentence")
     s.add_argument("--max-tokens", type=int, metavar="N", help="longest answer (512)")
+    s.add_argument(
+        "--grounded",
+        action="store_true",
+        help="string fields are copied from the text (a span of it, or null), never invented",
+    )
 
 
 def _summarize_args(s: argparse.ArgumentParser) -> None:
@@ -111,8 +116,8 @@ def _security_args(s: argparse.ArgumentParser) -> None:
 
 
 _OPTIONS = (
-    "labels examples instruction calibrate schema max_tokens length categories report "
-    "no_model threshold"
+    "labels examples instruction calibrate schema max_tokens grounded length categories "
+    "report no_model threshold"
 ).split()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from pocketlm.errors import UsageError
 from pocketlm.progress import Progress
 from pocketlm.services.data.teacher import resolve
-from pocketlm.services.tasks import extract, runner
+from pocketlm.services.tasks import runner
 from pocketlm.services.tasks.job import JobSummary
 from pocketlm.services.tasks.records import Record
 
@@ -37,18 +37,15 @@ def spec_for(
     return runner.JobSpec(verb=task, model=model, **fields)
 
 
-def run(
-    spec: runner.JobSpec, progress: Progress | None = None, *, grounded: bool = False
-) -> JobSummary:
+def run(spec: runner.JobSpec, progress: Progress | None = None) -> JobSummary:
     """Label every record of ``spec.input`` into ``spec.out`` (see the module docstring).
-    ``grounded`` (extract): a value the record's text does not hold is made null where the
-    schema allows null, and the record lists those fields in ``ungrounded``."""
-    if grounded and spec.verb != "extract":
+    ``spec.options["grounded"]`` (extract): string fields are spans of the record's text
+    (see pocketlm.services.tasks.extract), and a record lists the fields it made null
+    because the text did not hold them in ``ungrounded``."""
+    if spec.options.get("grounded") and spec.verb != "extract":
         raise UsageError("--grounded is for --task extract", "drop it")
     return runner.run(
-        spec,
-        progress,
-        wrap=lambda work, engine: _Training(work, engine.name, _instruction(work), grounded),
+        spec, progress, wrap=lambda work, engine: _Training(work, engine.name, _instruction(work))
     )
 
 
@@ -59,17 +56,14 @@ def _instruction(work: Any) -> str | None:
 class _Training:
     """A task's result for a record, made a training record."""
 
-    def __init__(self, work, teacher: str, instruction: str | None, grounded: bool = False):
+    def __init__(self, work, teacher: str, instruction: str | None):
         self.work, self.teacher, self.instruction = work, teacher, instruction
-        self.grounded = grounded
 
     def __call__(self, record: Record) -> dict[str, Any]:
         result = self.work(record)
         out: dict[str, Any] = {"text": record.text}
         if "data" in result:  # extract
-            data, dropped = result["data"], []
-            if self.grounded:
-                data, dropped = extract.grounded(data, record.text, self.work.schema)
+            data, dropped = result["data"], result.get("ungrounded")
             out["label"] = json.dumps(data, ensure_ascii=False)
             out["data"] = data
             if dropped:

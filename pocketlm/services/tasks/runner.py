@@ -203,7 +203,11 @@ def _extract(spec: JobSpec):
         raise UsageError("no schema given", "pass --schema SCHEMA.json")
     schema = extract.load_schema(Path(o["schema"]))
     return lambda engine: extract.Extractor(
-        engine, schema, task=o.get("instruction"), max_tokens=o.get("max_tokens") or 512
+        engine,
+        schema,
+        task=o.get("instruction"),
+        max_tokens=o.get("max_tokens") or 512,
+        grounded=bool(o.get("grounded")),
     )
 
 
