@@ -73,6 +73,10 @@ def _synth_args(s: argparse.ArgumentParser) -> None:
         "--temperature", type=float, default=0.8, help="sampling temperature (0.8: varied)"
     )
     s.add_argument("--seed", type=int, default=0, help="the choices and samples (0)")
+    _ray_args(s)
+
+
+def _ray_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--ray",
         nargs="?",
@@ -138,9 +142,10 @@ def _label_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--grounded",
         action="store_true",
-        help="extract: string fields are copied from the text (a span of it, or null)",
+        help="extract: a value the text does not hold is made null (where the schema allows)",
     )
     s.add_argument("--ctx", type=int, default=4096, metavar="N", help="context per record")
+    _ray_args(s)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -198,7 +203,7 @@ def _label(args: argparse.Namespace) -> int:
     from pocketlm.progress import RichProgress
     from pocketlm.services.data import label
 
-    for flag in ("parallel", "ctx", "threads", "max_tokens"):
+    for flag in ("parallel", "ctx", "threads", "max_tokens", "ray_workers"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1", "give a count")
@@ -232,7 +237,7 @@ def _label(args: argparse.Namespace) -> int:
     )
     progress = RichProgress()
     try:
-        summary = label.run(spec, progress=progress)
+        summary = label.run(spec, progress=progress, ray=args.ray, ray_workers=args.ray_workers)
     finally:
         progress.close()
     return _print_summary(summary, args.out, args.json)

@@ -89,7 +89,7 @@ def _extract_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--grounded",
         action="store_true",
-        help="string fields are copied from the text (a span of it, or null), never invented",
+        help="a string value the text does not hold is made null (where the schema allows)",
     )
 
 

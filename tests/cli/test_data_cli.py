@@ -146,3 +146,27 @@ def test_synth_on_ray_writes_the_records_of_a_local_run(tmp_path, tiny_gguf, mon
     assert [{k: v for k, v in r.items() if k not in drop} for r in b] == [
         {k: v for k, v in r.items() if k not in drop} for r in a
     ]
+
+
+def test_label_on_ray_writes_the_records_of_a_local_run(tmp_path, teacher, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "home").mkdir()  # Ray writes its token under ~/.ray
+    src = write_jsonl(tmp_path / "mine.jsonl", [{"id": i, "text": t} for i, t in enumerate(CLEAN)])
+    args = ("data", "label", str(src), "--teacher", teacher, "--task", "classify", "--labels",
+            "a,b,c", "--threads", "1", "--ctx", "512")  # fmt: skip
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert run_cli(*args, "--out", str(local)).returncode == 0
+    proc = run_cli(
+        *args, "--out", str(on_ray), "--ray", "--ray-workers", "2",
+        env={"HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr_text
+    assert "on Ray: 2 workers" in proc.stderr_text
+    a = [json.loads(line) for line in local.read_text().splitlines()]
+    b = [json.loads(line) for line in on_ray.read_text().splitlines()]
+    assert len(a) == len(CLEAN) and [r["id"] for r in b] == [r["id"] for r in a]
+    assert [(r["label"], r["teacher"], r["instruction"]) for r in b] == [
+        (r["label"], r["teacher"], r["instruction"]) for r in a
+    ]
+    for x, y in zip(a, b):  # scored in other batches: the same to rounding
+        assert all(abs(x["probs"][k] - y["probs"][k]) < 1e-3 for k in x["probs"])

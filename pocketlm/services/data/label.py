@@ -37,16 +37,28 @@ def spec_for(
     return runner.JobSpec(verb=task, model=model, **fields)
 
 
-def run(spec: runner.JobSpec, progress: Progress | None = None) -> JobSummary:
+def run(
+    spec: runner.JobSpec,
+    progress: Progress | None = None,
+    *,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+) -> JobSummary:
     """Label every record of ``spec.input`` into ``spec.out`` (see the module docstring).
-    ``spec.options["grounded"]`` (extract): string fields are spans of the record's text
-    (see pocketlm.services.tasks.extract), and a record lists the fields it made null
-    because the text did not hold them in ``ungrounded``."""
+    ``spec.options["grounded"]`` (extract): a string value the record's text does not hold
+    is made null where the schema allows (pocketlm.services.tasks.extract), and the record
+    lists it in ``ungrounded``. ``ray``: a cluster's address, or "auto" (`task --ray`)."""
     if spec.options.get("grounded") and spec.verb != "extract":
         raise UsageError("--grounded is for --task extract", "drop it")
-    return runner.run(
-        spec, progress, wrap=lambda work, engine: _Training(work, engine.name, _instruction(work))
-    )
+    if ray is None:
+        return runner.run(spec, progress, wrap=_training)
+    from pocketlm.services.tasks.distributed import run_on_ray
+
+    return run_on_ray(spec, ray, workers=ray_workers, progress=progress, wrap=_training)
+
+
+def _training(work: Any, engine: Any) -> _Training:
+    return _Training(work, engine.name, _instruction(work))
 
 
 def _instruction(work: Any) -> str | None:

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,12 +48,14 @@ def run_on_ray(
     *,
     workers: int | None = None,
     progress: Progress | None = None,
+    wrap: Callable[[Callable, Any], Callable] | None = None,
 ) -> JobSummary:
     """Run the per-record job ``spec`` on Ray workers (see the module docstring).
 
     ``address``: a cluster's ("ray://host:10001", "host:6379"); "auto" or None: the one in
     ``RAY_ADDRESS``, else a cluster of this machine, started on 127.0.0.1 and stopped here.
     ``workers``: by default one per ``spec.threads`` (default 1) CPUs of the cluster.
+    ``wrap``: as ``runner.run``'s, applied in each worker (it travels pickled).
     """
     if spec.verb in runner.STREAMS:
         raise UsageError(
@@ -71,7 +73,7 @@ def run_on_ray(
         with _connected(ray, address, local_cpus=_local_cpus(workers, threads)):
             n = _worker_count(int(ray.cluster_resources().get("CPU", 0)), workers, threads)
             worker = ray.remote(ShardWorker).options(num_cpus=threads, max_concurrency=IN_FLIGHT)
-            actors = [worker.remote(spec) for _ in range(n)]
+            actors = [worker.remote(spec, wrap) for _ in range(n)]
             try:
                 model = _model_name(ray, actors)
                 progress.note(
@@ -108,10 +110,12 @@ class ShardWorker:
     """A Ray actor (``ray.remote(ShardWorker)``): one task engine, running the shards it is
     sent on its threads, so that the records of the shards in flight decode together."""
 
-    def __init__(self, spec: runner.JobSpec):
+    def __init__(self, spec: runner.JobSpec, wrap: Callable[[Callable, Any], Callable] | None):
         self._engine, self._error = None, None
         try:
             self._engine, self._work = runner.build_task(spec)
+            if wrap is not None:
+                self._work = wrap(self._work, self._engine)
         except PocketError as e:  # raised by ``model``, to the driver, which shows it
             self._error = e
         self._pool = ThreadPoolExecutor(
