@@ -38,6 +38,7 @@ from pocketlm.services.tasks.records import Record
 
 MODES = ("textbook", "task")
 MAX_TOPICS = 100_000
+MAX_TOPICS_BYTES = 16 << 20  # 100,000 topics of ~160 bytes
 SHOWN_EXAMPLES = 3  # examples in each task prompt (a seeded sample of the file's)
 PROMPT_ROOM = 1024  # tokens of context for the prompt, above --max-tokens
 
@@ -182,10 +183,7 @@ def _read_kinds(kinds: str) -> tuple[str, ...]:
     from pocketlm.services.tasks.classify import names_file
 
     if names_file(kinds):
-        path = Path(kinds).expanduser()
-        if path.stat().st_size > MAX_KINDS_BYTES:
-            raise UsageError(f"{path} is over {MAX_KINDS_BYTES // 1024} KiB", "give fewer kinds")
-        found = _lines(path)
+        found = _lines(Path(kinds).expanduser(), MAX_KINDS_BYTES, "give fewer kinds")
     else:
         found = [k.strip() for k in kinds.split(",") if k.strip()]
     if not found:
@@ -212,7 +210,7 @@ def _read_topics(path: Path | None) -> tuple[str, ...]:
         return seeds.TOPICS
     if not path.is_file():
         raise UsageError(f"no such topics file: {path}", "give a text file, one topic per line")
-    topics = _lines(path)
+    topics = _lines(path, MAX_TOPICS_BYTES, "give fewer topics")
     if not topics:
         raise UsageError(f"{path} holds no topics", "write one seed topic per line")
     if len(topics) > MAX_TOPICS:
@@ -220,8 +218,11 @@ def _read_topics(path: Path | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(topics))
 
 
-def _lines(path: Path) -> list[str]:
-    """A file's items, one a line: stripped, blank lines and ``#`` comments left out."""
+def _lines(path: Path, max_bytes: int, hint: str) -> list[str]:
+    """A file's items, one a line: stripped, blank lines and ``#`` comments left out; a file
+    over ``max_bytes`` is refused before it is read (one line of it could fill memory)."""
+    if path.stat().st_size > max_bytes:
+        raise UsageError(f"{path} is over {max_bytes >> 10:,} KiB", hint)
     with path.open(encoding="utf-8", errors="replace") as f:
         return [t.strip() for t in f if t.strip() and not t.lstrip().startswith("#")]
 

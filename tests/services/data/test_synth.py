@@ -157,6 +157,16 @@ def test_a_missing_topics_file_or_teacher_fails_before_writing(tmp_path, teacher
     assert not out.exists() or out.read_text() == ""
 
 
+def test_an_oversized_topics_or_kinds_file_is_refused_unread(tmp_path):
+    big = tmp_path / "big.txt"
+    with big.open("wb") as f:  # sparse: 17 MiB of one line, which reading would hold whole
+        f.truncate(synth.MAX_TOPICS_BYTES + 1)
+    with pytest.raises(UsageError, match="big.txt is over 16,384 KiB"):
+        synth.Plan.of(synth.SynthSpec(out=tmp_path / "x", teacher="t", topics=big))
+    with pytest.raises(UsageError, match="give fewer kinds"):
+        synth.Plan.of(synth.SynthSpec(out=tmp_path / "x", teacher="t", task="t", kinds=str(big)))
+
+
 def test_a_remote_tier_writes_through_its_openai_api(tmp_path, tiny_gguf, teacher):
     with serve("--preload", str(tiny_gguf), "--parallel", "2", "--ctx", "512") as url:
         tiers = tmp_path / "tiers.toml"
