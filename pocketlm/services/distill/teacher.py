@@ -96,6 +96,9 @@ def compute(
                 progress.note(f"the teacher's top-k of {other.parent.name} reused")
                 done = len(examples)
                 break
+    if not done:  # a new file, never the old one rewritten: it may be another run's (_link)
+        for name in ("ids.npy", "logprobs.npy"):
+            (folder / name).unlink(missing_ok=True)
     mode = "r+" if done else "w+"
     ids = np.lib.format.open_memmap(folder / "ids.npy", mode, np.uint32, (rows, k))
     lps = np.lib.format.open_memmap(folder / "logprobs.npy", mode, np.float16, (rows, k))
@@ -110,7 +113,13 @@ def _resume_point(folder: Path, key: dict, rows: int, k: int) -> int:
     except (OSError, ValueError):
         return 0
     same = state.get("key") == key and state.get("rows") == rows and state.get("k") == k
-    complete = (folder / "ids.npy").exists() and (folder / "logprobs.npy").exists()
+    try:  # the arrays themselves of that shape (not rewritten since the state was)
+        complete = all(
+            np.load(folder / name, mmap_mode="r").shape == (rows, k)
+            for name in ("ids.npy", "logprobs.npy")
+        )
+    except (OSError, ValueError):
+        complete = False
     return int(state.get("done", 0)) if same and complete else 0
 
 

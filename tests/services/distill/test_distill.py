@@ -210,6 +210,16 @@ def test_sequences_that_open_alike_reuse_the_teachers_cache_with_the_same_rows(t
     assert notes and "reused" in notes[0]
     other = {"teacher": "x", "tokens": teacher.tokens_sha256(examples[:-1])}
     assert other != key
+    # the linked run then trains on other data: its new rows must not overwrite the rows
+    # it shares with the first run (they were one file), which a third run would reuse
+    teacher.compute(str(tiny_gguf), examples[:-1], tmp_path / "run2" / "teacher", k=4,
+                    key=other, threads=1)  # fmt: skip
+    kept = teacher.compute(
+        "/nonexistent.gguf", examples, tmp_path / "run3" / "teacher", k=4, key=key,
+        threads=1, progress=Notes(), reuse=[tmp_path / "a", tmp_path / "run2" / "teacher"],
+    )  # fmt: skip
+    np.testing.assert_array_equal(kept.logprobs, topk.logprobs)
+    np.testing.assert_array_equal(kept.ids, topk.ids)
 
 
 # -- the loop -----------------------------------------------------------------------------
