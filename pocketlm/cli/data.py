@@ -216,9 +216,7 @@ def _label(args: argparse.Namespace) -> int:
         for k in ("labels", "examples", "schema", "instruction", "max_tokens")
         if getattr(args, k) is not None
     }
-    if args.grounded:
-        if args.task != "extract":
-            raise UsageError("--grounded is for --task extract", "drop it")
+    if args.grounded:  # label.run refuses it for classify
         options["grounded"] = True
     spec = label.spec_for(
         args.task,

@@ -128,10 +128,10 @@ def test_help_lists_the_verbs():
         assert verb in proc.stdout_text
 
 
-def test_synth_on_ray_writes_the_records_of_a_local_run(tmp_path, tiny_gguf, monkeypatch):
+def local_and_ray_runs(tmp_path, monkeypatch, *args):
+    """The records of the command ``args`` run locally and on a local 2-worker Ray."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "home").mkdir()  # Ray writes its token under ~/.ray
-    args = ("data", "synth", "--teacher", str(tiny_gguf), "--n", "5", *FAST)
     local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     assert run_cli(*args, "--out", str(local)).returncode == 0
     proc = run_cli(
@@ -140,8 +140,12 @@ def test_synth_on_ray_writes_the_records_of_a_local_run(tmp_path, tiny_gguf, mon
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr_text
     assert "on Ray: 2 workers" in proc.stderr_text
-    a = [json.loads(line) for line in local.read_text().splitlines()]
-    b = [json.loads(line) for line in on_ray.read_text().splitlines()]
+    return [[json.loads(line) for line in p.read_text().splitlines()] for p in (local, on_ray)]
+
+
+def test_synth_on_ray_writes_the_records_of_a_local_run(tmp_path, tiny_gguf, monkeypatch):
+    args = ("data", "synth", "--teacher", str(tiny_gguf), "--n", "5", *FAST)
+    a, b = local_and_ray_runs(tmp_path, monkeypatch, *args)
     drop = ("text", "finish")  # the same seeds; batches of other shapes may round otherwise
     assert [{k: v for k, v in r.items() if k not in drop} for r in b] == [
         {k: v for k, v in r.items() if k not in drop} for r in a
@@ -149,21 +153,10 @@ def test_synth_on_ray_writes_the_records_of_a_local_run(tmp_path, tiny_gguf, mon
 
 
 def test_label_on_ray_writes_the_records_of_a_local_run(tmp_path, teacher, monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    (tmp_path / "home").mkdir()  # Ray writes its token under ~/.ray
     src = write_jsonl(tmp_path / "mine.jsonl", [{"id": i, "text": t} for i, t in enumerate(CLEAN)])
     args = ("data", "label", str(src), "--teacher", teacher, "--task", "classify", "--labels",
             "a,b,c", "--threads", "1", "--ctx", "512")  # fmt: skip
-    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    assert run_cli(*args, "--out", str(local)).returncode == 0
-    proc = run_cli(
-        *args, "--out", str(on_ray), "--ray", "--ray-workers", "2",
-        env={"HOME": str(tmp_path / "home")},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr_text
-    assert "on Ray: 2 workers" in proc.stderr_text
-    a = [json.loads(line) for line in local.read_text().splitlines()]
-    b = [json.loads(line) for line in on_ray.read_text().splitlines()]
+    a, b = local_and_ray_runs(tmp_path, monkeypatch, *args)
     assert len(a) == len(CLEAN) and [r["id"] for r in b] == [r["id"] for r in a]
     assert [(r["label"], r["teacher"], r["instruction"]) for r in b] == [
         (r["label"], r["teacher"], r["instruction"]) for r in a

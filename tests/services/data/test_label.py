@@ -63,7 +63,7 @@ def test_grounded_labels_hold_only_values_the_text_holds(tmp_path, mine, teacher
     spec = job(teacher, mine, out, task="extract", schema=str(schema), max_tokens=48, grounded=True)
     label.run(spec)
     got = [r for r in rows(out) if "data" in r]
-
+    assert got  # the tiny model answered some records: their values are checked below
     for r in got:
         what = r["data"]["what"]
         assert what is None or " ".join(what.split()).lower() in r["text"].lower()
