@@ -25,7 +25,7 @@ Every step is a pocketlm command as a user would run it:
    teacher's labels are skewed, and a student trained on the skew answers the majority
    label). A student the store already holds from the same teacher, data (sha256) and
    recipe is reused (--retrain: train again);
-5. `pocketlm quantize STUDENT --type Q4_0 --calibrate TRAINING_TEXT`: the students as they
+5. `pocketlm quantize STUDENT --type Q4_0 --calibrate LABELLED.jsonl`: the students as they
    would be deployed. Q4_0 because it decodes fastest on this CPU (llama.cpp repacks it
    for AVX2: the 0.5B student at 70 tok/s, 48 at Q4_K_M), calibrated (an importance matrix)
    on the task's own training text because uncalibrated it lost the student 23 points of
@@ -55,7 +55,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import TASK_DATA as DATA  # noqa: E402
-from benchmarks._common import jsonl, same_field  # noqa: E402
+from benchmarks._common import same_field  # noqa: E402
 
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 PRUNED = "qwen2.5-coder-0.5b-instruct-L12-distilled"  # benchmarks/distill_general.py's
@@ -236,8 +236,6 @@ def main() -> int:
     resume = ["--resume"] if labelled.exists() else []  # the same curated records: reused
     timed("label", pocketlm, "data", "label", str(unlabelled), "--teacher", TEACHER,
           "--task", *label_options, "--out", str(labelled), *resume)  # fmt: skip
-    calibration = work / "calibration.txt"  # the training records as the student sees them
-    calibration.write_text("\n\n".join(f"{r['text']}\n{r['label']}" for r in jsonl(labelled)))
     data_sha = hashlib.sha256(labelled.read_bytes()).hexdigest()
 
     results = {TEACHER: {"accuracy": timed("test", accuracy, task, TEACHER, work)}}
@@ -252,12 +250,12 @@ def main() -> int:
             if exists(name):
                 pocketlm("rm", name)
             timed("distill", pocketlm, "distill", "--teacher", TEACHER, "--student", student,
-                  "--data", str(labelled), "--name", name, *recipe)  # fmt: skip
+                  "--data", str(labelled), "--name", name, *recipe, "--restart")  # fmt: skip
         else:
             print(f"reusing {name}: distilled from {TEACHER} on the same data and recipe")
         f16 = timed("test", accuracy, task, name, work)
         timed("quantize", pocketlm, "quantize", name, "--type", "Q4_0", "--calibrate",
-              str(calibration), "--decode-tokens", "0", "--name", deploy)  # fmt: skip
+              str(labelled), "--decode-tokens", "0", "--name", deploy)  # fmt: skip
         after = timed("test", accuracy, task, deploy, work)
         results[student] = {"before": before, "f16": f16, "accuracy": after, "model": deploy}
         deployed.append(deploy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import mailbox
 from email.message import EmailMessage
@@ -102,6 +103,7 @@ def test_grounded_extract_nulls_what_the_small_model_invents(tmp_path):
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr_text
         runs[mode] = results(out)
+        summaries = [ln.strip() for ln in proc.stderr_text.splitlines() if "ungrounded:" in ln]
     held = lambda v, text: " ".join(v.split()).lower() in text.lower()  # noqa: E731
     invented = [
         (i, f)
@@ -110,6 +112,8 @@ def test_grounded_extract_nulls_what_the_small_model_invents(tmp_path):
         if r["data"][f] is not None and not held(r["data"][f], notes[i])
     ]
     assert invented  # the 135M model writes an email nobody gave: what --grounded is for
+    counted = collections.Counter(f for _, f in invented)  # the summary counts them per field
+    assert summaries == ["ungrounded: " + ", ".join(f"{f}: {n}" for f, n in counted.most_common())]
     for i, r in enumerate(runs["grounded"]):
         assert r.get("ungrounded", []) == [f for j, f in invented if j == i]
         for f in fields[1:]:

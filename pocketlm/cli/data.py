@@ -47,6 +47,11 @@ def _teacher_args(s: argparse.ArgumentParser, remote: bool) -> None:
     s.add_argument("--teacher", required=True, metavar="MODEL", help=f"the teacher: {what}")
     s.add_argument("--tiers", metavar="FILE", help="tiers file where --teacher names a tier")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run's --out")
+    s.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: do again the records whose result is an error",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     s.add_argument("--threads", type=int, metavar="N", help="CPU threads for the engine")
     s.add_argument(
@@ -159,10 +164,16 @@ def _path(value: str | None) -> Path | None:
 # -- synth ----------------------------------------------------------------------------------
 
 
+def _check_retry(args: argparse.Namespace) -> None:
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed goes with --resume", "add --resume")
+
+
 def _synth(args: argparse.Namespace) -> int:
     from pocketlm.progress import RichProgress
     from pocketlm.services.data import synth
 
+    _check_retry(args)
     spec = synth.SynthSpec(
         out=Path(args.out).expanduser(),
         teacher=args.teacher,
@@ -177,6 +188,7 @@ def _synth(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         resume=args.resume,
+        retry_failed=args.retry_failed,
         overwrite=args.overwrite,
         parallel=args.parallel,
         threads=args.threads,
@@ -203,6 +215,7 @@ def _label(args: argparse.Namespace) -> int:
     from pocketlm.progress import RichProgress
     from pocketlm.services.data import label
 
+    _check_retry(args)
     for flag in ("parallel", "ctx", "threads", "max_tokens", "ray_workers"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -227,6 +240,7 @@ def _label(args: argparse.Namespace) -> int:
         fmt=args.input_format or "auto",
         field=args.field,
         resume=args.resume,
+        retry_failed=args.retry_failed,
         overwrite=args.overwrite,
         threads=args.threads,
         parallel=args.parallel,
@@ -253,6 +267,8 @@ def _print_summary(summary, out: str, as_json: bool) -> int:
             line += f", {d['generated_tokens']} tokens ({d['tokens_per_s']:.1f} tok/s)"
         print(f"{line}; teacher {d['model']}", file=sys.stderr)
         for name, counts in d["counts"].items():
+            if not counts:
+                continue
             shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:20])
             print(f"  {name}: {shown}", file=sys.stderr)
         for f in d["failures"][:5]:

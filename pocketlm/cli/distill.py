@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   pocketlm distill --teacher qwen2.5-coder-0.5b-instruct --student qwen-0.5b-L12 \\
       --data curated.jsonl --name qwen-0.5b-L12-healed --max-minutes 40
   pocketlm distill ... --resume          (continue an interrupted run from its checkpoint)
+  pocketlm distill ... --restart         (discard an interrupted run and start over)
 
 Data: JSONL, one record per line: {"prompt": ..., "completion": ...} (the completion is
 learned; what `pocketlm data label` and `data synth --task` write), {"messages": [...]}, or
@@ -70,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (default: the physical cores)")
     p.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
+    p.add_argument(
+        "--restart", action="store_true", help="discard an earlier run's checkpoint and start over"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -107,7 +111,13 @@ def main(args: argparse.Namespace) -> int:
     )
     progress = RichProgress()
     try:
-        result = distill(recipe, resume=args.resume, threads=args.threads, progress=progress)
+        result = distill(
+            recipe,
+            resume=args.resume,
+            restart=args.restart,
+            threads=args.threads,
+            progress=progress,
+        )
     finally:
         progress.close()
     if args.json:

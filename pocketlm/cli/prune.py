@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="store name of the result (default: <model>-L<N>)")
     p.add_argument(
         "--calibration",
-        metavar="TEXT_FILE",
-        help="text the importance is measured on (default: the shipped calibration text)",
+        metavar="FILE",
+        help="text the importance is measured on, or a .jsonl training set's records "
+        "(default: the shipped calibration text)",
     )
     p.add_argument(
         "--tokens",

@@ -53,6 +53,11 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--input-format", choices=FORMATS, help="input layout (default: detected)")
     s.add_argument("--field", help="the JSONL field or CSV column that holds the text")
     s.add_argument("--resume", action="store_true", help="continue an interrupted run's --out")
+    s.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: do again the records whose result is an error",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     s.add_argument("--model", help="store model or GGUF path (default: the task's own)")
     s.add_argument("--threads", type=int, metavar="N", help="CPU threads for the engine")
@@ -139,6 +144,7 @@ def spec_from(args: argparse.Namespace):
         fmt=args.input_format or "auto",
         field=args.field,
         resume=args.resume,
+        retry_failed=args.retry_failed,
         overwrite=args.overwrite,
         model=args.model,
         threads=args.threads,
@@ -156,6 +162,8 @@ def main(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     if spec.resume and spec.out is None:
         raise UsageError("--resume needs --out", "give the results file of the run to continue")
+    if spec.retry_failed and not spec.resume:
+        raise UsageError("--retry-failed goes with --resume", "add --resume")
     progress = RichProgress()
     try:
         if args.ray:
@@ -185,6 +193,8 @@ def _print_summary(summary, as_json: bool) -> None:
         line += f", {d['generated_tokens']} tokens generated ({d['tokens_per_s']:.1f} tok/s)"
     print(f"{line}; model {d['model']}", file=sys.stderr)
     for name, counts in d["counts"].items():
+        if not counts:
+            continue
         shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:20])
         print(f"  {name}: {shown}", file=sys.stderr)
     for f in d["failures"][:5]:

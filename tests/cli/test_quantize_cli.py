@@ -130,3 +130,45 @@ def test_ctrl_c_leaves_nothing_in_the_store(tmp_path):
     store = Store(home)
     assert store.names() == [] and not list(store.blobs_dir.iterdir())
     assert not list((home / "tmp").iterdir())
+
+
+def test_calibrate_on_a_jsonl_training_set(tmp_path, wide):
+    """--calibrate DATA.jsonl: the importance matrix comes from the training records' text
+    (a record's input and answer), not from the JSON around them."""
+    records = [
+        {
+            "instruction": "Sort it.",
+            "text": f"ticket {i}: the printer is out of paper",
+            "label": "it",
+        }
+        for i in range(40)
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
+    proc = run_cli(
+        "quantize", str(wide), "--type", "Q4_0", "--calibrate", str(data), "--json", *FAST,
+        "--decode-tokens", "0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr_text
+    r = json.loads(proc.stdout_text)
+    m = Store().get(r["name"])
+    assert m.calibration == "train.jsonl"
+    import gguf
+
+    from pocketlm.engine.llama import Model
+    from pocketlm.services.quantize.report import records_text
+
+    text = records_text(data)
+    assert text.startswith("ticket 0: the printer is out of paper\nit\n\nticket 1:")
+    assert "{" not in text and "Sort it." not in text
+    vocab = Model(str(wide), vocab_only=True)
+    n_tokens = len(vocab.tokenize(text, add_special=False))
+    vocab.close()
+    fields = gguf.GGUFReader(m.path).fields
+    assert fields["pocketlm.quantize.calibration.tokens"].contents() == n_tokens
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"id": 1}\nnot json\n')
+    proc = run_cli("quantize", str(wide), "--type", "Q4_0", "--calibrate", str(empty), *FAST)
+    line = assert_clean_error(proc, "empty.jsonl has no training records", "2 lines skipped")
+    assert "messages" in line

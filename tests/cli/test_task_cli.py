@@ -88,6 +88,28 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_gguf, tmp_path):
     assert f"{len(done)} already done" in again.stderr_text
 
 
+def test_retry_failed_does_again_the_records_that_failed(tiny_gguf, reviews, tmp_path):
+    out = tmp_path / "out.jsonl"
+    args = ["task", "classify", str(reviews), "--labels", "pos,neg", "--model", str(tiny_gguf),
+            "--out", str(out), *TINY]  # fmt: skip
+    assert run_cli(*args).returncode == 0
+    first = results(out)
+    failed = [{"id": r["id"], "error": "the teacher timed out"} for r in first]
+    rows = [first[0], failed[1], first[2], failed[3], *first[4:]]  # two records failed
+    write_jsonl(out, rows)
+    assert_clean_error(run_cli(*args, "--retry-failed"), "--retry-failed goes with --resume")
+    again = run_cli(*args, "--resume", "--retry-failed")
+    assert again.returncode == 0, again.stderr_text
+    assert "4 already done" in again.stderr_text
+    redone = results(out)
+    assert [r["id"] for r in redone] == [r["id"] for r in first]  # in their places
+    for got, want in zip(redone, first, strict=True):  # done again in another batch
+        assert got["label"] == want["label"] and got["probs"] == pytest.approx(want["probs"], 1e-3)
+    again = run_cli(*args, "--resume", "--retry-failed")  # nothing failed: nothing to do
+    assert again.returncode == 0 and "6 already done" in again.stderr_text
+    assert results(out) == redone
+
+
 def test_emails_from_an_mbox_with_a_phishing_link(tiny_gguf, tmp_path):
     box = mailbox.mbox(tmp_path / "inbox.mbox")
     for subject, html in [

@@ -39,7 +39,13 @@ def run_on_ray(
     spec = dataclasses.replace(spec, threads=spec.threads or 1)
     plan = synth.Plan.of(spec)  # files checked before Ray starts
     synth.check_resume(spec)
-    out = Output(spec.out, "jsonl", resume=spec.resume, overwrite=spec.overwrite)
+    out = Output(
+        spec.out,
+        "jsonl",
+        resume=spec.resume,
+        overwrite=spec.overwrite,
+        retry_failed=spec.retry_failed,
+    )
     try:
         cpus = tasks_ray._local_cpus(workers, spec.threads)
         with tasks_ray._connected(ray, address, local_cpus=cpus):
@@ -69,6 +75,7 @@ def _drive(ray, actors, spec, plan, out, progress) -> JobSummary:
     tally = Tally(
         out.write,
         done=out.done,
+        retry=out.retry,
         count_fields=synth.count_fields(spec),
         total=spec.n,
         progress=progress,

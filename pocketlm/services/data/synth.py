@@ -77,6 +77,7 @@ class SynthSpec:
     temperature: float = 0.8
     seed: int = 0
     resume: bool = False
+    retry_failed: bool = False  # resuming: records the teacher failed are written again
     overwrite: bool = False
     parallel: int = 8
     threads: int | None = None
@@ -263,7 +264,13 @@ def run(spec: SynthSpec, progress: Progress | None = None) -> JobSummary:
     progress = progress or NullProgress()
     plan = Plan.of(spec)
     check_resume(spec)
-    out = Output(spec.out, "jsonl", resume=spec.resume, overwrite=spec.overwrite)
+    out = Output(
+        spec.out,
+        "jsonl",
+        resume=spec.resume,
+        overwrite=spec.overwrite,
+        retry_failed=spec.retry_failed,
+    )
     try:
         teacher = open_teacher(
             spec.teacher,
@@ -284,6 +291,7 @@ def run(spec: SynthSpec, progress: Progress | None = None) -> JobSummary:
                 out.write,
                 workers=2 * spec.parallel,
                 done=out.done,
+                retry=out.retry,
                 count_fields=count_fields(spec),
                 total=spec.n,
                 progress=progress,

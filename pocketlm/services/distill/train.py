@@ -18,6 +18,7 @@ the manifest.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,15 @@ def distill(
     *,
     store: Store | None = None,
     resume: bool = False,
+    restart: bool = False,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> Result:
-    """Run ``recipe`` to the end (data, time or token budget) and keep the student."""
+    """Run ``recipe`` to the end (data, time or token budget) and keep the student.
+    ``resume``: from the run's checkpoint; ``restart``: the run's folder (checkpoint, teacher
+    rows, history) is removed first."""
+    if resume and restart:
+        raise UsageError("--resume and --restart exclude each other", "choose one")
     from pocketlm.engine.llama import Model
     from pocketlm.services.quantize.quantize import check_free_name
 
@@ -103,6 +109,9 @@ def distill(
     if ds.truncated:
         progress.note(f"{ds.truncated} conversation(s) cut at --seq-len {recipe.seq_len}")
     run_dir = store.root / "runs" / recipe.name
+    if restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+        progress.note(f"removed the earlier run's {run_dir}")
     checkpoint = _checkpoint_to_resume(run_dir, resume)
     need = resources.Need.of(student, ds, recipe, mode)
     resources.check(need, store.root)
@@ -217,7 +226,7 @@ def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
     if checkpoint.exists() and not resume:
         raise UsageError(
             f"a run named {run_dir.name} has a checkpoint ({checkpoint})",
-            "continue it with --resume, or remove it to start over",
+            "continue it with --resume, or start over with --restart",
         )
     if resume and not checkpoint.exists():
         raise UsageError(f"there is no checkpoint to resume in {run_dir}", "run without --resume")

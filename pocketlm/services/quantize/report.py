@@ -68,12 +68,80 @@ def default_text_path() -> Path:
 
 
 def load_text(path: str | Path | None) -> tuple[str, str]:
-    """(label, text) of an evaluation or calibration text; None: the shipped one."""
+    """(label, text) of an evaluation or calibration text; None: the shipped one. A ``.jsonl``
+    file is a training set (``records_text``): a distilled model is best calibrated on the
+    data it learnt its task from."""
     from pocketlm.services.evaluate.perplexity import read_text
 
     if path is None:
         return DEFAULT_TEXT_LABEL, default_text_path().read_text(encoding="utf-8")
+    if Path(path).suffix.lower() == ".jsonl":
+        return Path(path).name, records_text(Path(path))
     return Path(path).name, read_text(path)
+
+
+MAX_RECORD_BYTES = 4 * 1024 * 1024  # one JSONL line; a longer one is skipped
+MAX_RECORDS_TEXT = 16 * 1024 * 1024  # characters of text read from records (far more than used)
+
+
+def records_text(path: Path) -> str:
+    """The text of a JSONL training set, as ``pocketlm distill`` reads its records: each
+    record's input and answer on lines of their own, records apart by a blank line. A record
+    of ``pocketlm data label`` (instruction, text, label): the text, then the label (the
+    instruction, the same in every record, is left out); prompt and completion; the contents
+    of ``messages``; or ``text``. Lines that are not such records are skipped; reading stops
+    after MAX_RECORDS_TEXT characters."""
+    import json
+
+    from pocketlm.errors import UsageError
+
+    path = path.expanduser()
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist", "check the path")
+    parts: list[str] = []
+    size = skipped = 0
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            record = None
+            if len(raw) <= MAX_RECORD_BYTES:
+                try:
+                    record = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    pass
+            text = _record_text(record) if isinstance(record, dict) else None
+            if text is None:
+                skipped += 1
+                continue
+            parts.append(text)
+            size += len(text) + 2
+            if size >= MAX_RECORDS_TEXT:
+                break
+    if not parts:
+        raise UsageError(
+            f"{path.name} has no training records ({skipped} lines skipped)",
+            'each line needs "text" (and "label"), "prompt" and "completion", or "messages"',
+        )
+    return "\n\n".join(parts)
+
+
+def _record_text(record: dict[str, Any]) -> str | None:
+    def usable(value: Any) -> bool:
+        return isinstance(value, str) and bool(value.strip())
+
+    if usable(record.get("prompt")) and usable(record.get("completion")):
+        return f"{record['prompt']}\n{record['completion']}"
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        contents = [m.get("content") for m in messages if isinstance(m, dict)]
+        contents = [c for c in contents if usable(c)]
+        if contents:
+            return "\n".join(contents)
+    if usable(record.get("text")):
+        label = record.get("label")
+        return f"{record['text']}\n{label}" if usable(label) else record["text"]
+    return None
 
 
 def measure(

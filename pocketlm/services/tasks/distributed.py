@@ -83,6 +83,7 @@ def run_on_ray(
                 tally = Tally(
                     out.write,
                     done=out.done,
+                    retry=out.retry,
                     count_fields=count_fields,
                     total=total,
                     progress=progress,

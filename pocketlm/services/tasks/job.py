@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,13 +80,16 @@ def run_job(
     *,
     workers: int = 8,
     done: Sequence[str] = (),
+    retry: Collection[str] = (),
     count_fields: tuple[str, ...] = (),
     total: int | None = None,
     progress: Progress | None = None,
 ) -> JobSummary:
     """Run ``work`` on each record (on ``workers`` threads) and ``write`` each result, with
     the record's ``id`` first, in input order."""
-    tally = Tally(write, done=done, count_fields=count_fields, total=total, progress=progress)
+    tally = Tally(
+        write, done=done, retry=retry, count_fields=count_fields, total=total, progress=progress
+    )
     window: collections.deque[tuple[Record, Future]] = collections.deque()
 
     def finish_oldest() -> None:
@@ -122,29 +125,34 @@ def run_all(
 class Tally:
     """A job's results as they are written, in input order: each is passed to ``write``,
     counted in ``summary`` and shown in the progress; records already in the output
-    (``done``, when resuming) are checked and skipped."""
+    (``done``, when resuming) are checked and skipped, but for those in ``retry`` (failed,
+    done again)."""
 
     def __init__(
         self,
         write: Callable[[dict[str, Any]], None],
         *,
         done: Sequence[str] = (),
+        retry: Collection[str] = (),
         count_fields: tuple[str, ...] = (),
         total: int | None = None,
         progress: Progress | None = None,
     ):
         self.summary = JobSummary(counts={f: collections.Counter() for f in count_fields})
-        self._write, self._done, self._fields = write, done, count_fields
+        self._write, self._done, self._retry, self._fields = write, done, retry, count_fields
+        self._seen = 0  # records of the input checked against ``done``
         self._task = (progress or NullProgress()).task("records", total, unit="records")
         self._started = time.perf_counter()
 
     def skip(self, record: Record) -> bool:
         """True when ``record`` is written already (resuming); its id must be the one written."""
-        s = self.summary
-        if s.skipped >= len(self._done):
+        if self._seen >= len(self._done):
             return False
-        _check_same(record, self._done[s.skipped], s.skipped)
-        s.skipped += 1
+        _check_same(record, self._done[self._seen], self._seen)
+        self._seen += 1
+        if str(record.id) in self._retry:
+            return False
+        self.summary.skipped += 1
         self._task.advance(1)
         return True
 
@@ -190,8 +198,12 @@ def _count(summary: JobSummary, result: dict[str, Any], fields: tuple[str, ...])
             summary.failures.append((result["id"], result["error"]))
         return
     for f in fields:
-        value = result.get(f)
-        if isinstance(value, (str, bool, int)) or value is None:
+        if f not in result:  # a field some results have (extract's ungrounded)
+            continue
+        value = result[f]
+        if isinstance(value, list):  # each name it lists (extract's ungrounded fields)
+            summary.counts[f].update(str(v) for v in value if isinstance(v, (str, int)))
+        elif isinstance(value, (str, bool, int)) or value is None:
             summary.counts[f][str(value).lower() if isinstance(value, bool) else str(value)] += 1
 
 

@@ -5,6 +5,10 @@ interrupted run (Ctrl-C arrives between Python operations, not inside a write) l
 lines; a line cut short by a crash or a full disk is removed when the run resumes, and its
 record is done again. Results are in input order, one per record, so resuming skips as many
 records as there are lines, checking that their ids are the ones written (the same input).
+Resuming with ``retry_failed`` also does again the records whose result is an error; their
+new results take their lines' places when the output is closed (also on Ctrl-C: the file is
+rewritten whole, then renamed over the old one), so the file stays in input order and
+resumes again like any other.
 """
 
 from __future__ import annotations
@@ -44,9 +48,13 @@ class Output:
         resume: bool = False,
         overwrite: bool = False,
         columns: Iterable[str] = (),
+        retry_failed: bool = False,
     ):
         self.path, self.fmt = path, fmt
         self.done: list[str] = []  # ids already written (resuming), in order
+        self.retry: set[str] = set()  # of those, the ones to do again (retry_failed)
+        self._redone: dict[str, dict[str, Any]] = {}  # id -> its new result
+        self._retry_failed = retry_failed
         self._columns = ["id", *[c for c in columns if c != "id"]]
         self._csv_header = True
         self._file: TextIO = sys.stdout if path is None else self._open(resume, overwrite)
@@ -64,6 +72,8 @@ class Output:
         if exists and resume:
             self._trim_partial_line(path)
             self.done = self._read_ids(path)
+            if self._retry_failed:
+                self.retry = self._failed_ids(path)
             self._csv_header = False
             return path.open("a", encoding="utf-8", newline="")
         return path.open("w", encoding="utf-8", newline="")
@@ -105,10 +115,44 @@ class Output:
                     ) from None
         return ids
 
+    def _failed_ids(self, path: Path) -> set[str]:
+        """The ids of the results in ``path`` that are errors."""
+        with path.open(encoding="utf-8", errors="replace", newline="") as f:
+            if self.fmt == "csv":
+                return {str(row.get("id")) for row in csv.DictReader(f) if row.get("error")}
+            rows = (json.loads(line) for line in f)  # _read_ids read every line already
+            return {str(r["id"]) for r in rows if isinstance(r, dict) and "error" in r}
+
     def write(self, result: dict[str, Any]) -> None:
+        if self.retry and str(result.get("id")) in self.retry:
+            self._redone[str(result["id"])] = result  # put in its line's place at close
+            return
         text = self._csv(result) if self.fmt == "csv" else json.dumps(result, ensure_ascii=False)
         self._file.write(text if self.fmt == "csv" else text + "\n")  # one call: whole lines
         self._file.flush()
+
+    def _put_redone(self) -> None:
+        """Rewrite the file with each redone record's new result in its failed line's place
+        (to a scratch file, renamed over the file: the file is whole at every moment)."""
+        path, redone = self.path, self._redone
+        tmp = path.with_name(f".{path.name}.retry")
+        enc = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+        with path.open(**enc) as f, tmp.open("w", **enc) as out:
+            if self.fmt == "csv":
+                rows, w = csv.reader(f), csv.writer(out, lineterminator="\n")
+                header = next(rows, [])
+                w.writerow(header)
+                at = header.index("id") if "id" in header else None
+                for row in rows:
+                    new = redone.get(row[at]) if at is not None and at < len(row) else None
+                    w.writerow(row if new is None else [_cell(new.get(c)) for c in header])
+            else:
+                for line in f:
+                    new = redone.get(str(json.loads(line).get("id")))
+                    out.write(line if new is None else json.dumps(new, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
 
     def _csv(self, result: dict[str, Any]) -> str:
         buf = io.StringIO()
@@ -125,6 +169,9 @@ class Output:
     def close(self) -> None:
         if self._file is not sys.stdout:
             self._file.close()
+            if self._redone:
+                self._put_redone()
+                self._redone = {}
 
 
 def _cell(value: Any) -> str:

@@ -49,6 +49,7 @@ class JobSpec:
     fmt: str = "auto"
     field: str | None = None
     resume: bool = False
+    retry_failed: bool = False  # resuming: records whose result is an error are done again
     overwrite: bool = False
     model: str | None = None
     threads: int | None = None
@@ -103,6 +104,7 @@ def run(
                 out.write,
                 workers=worker_threads(spec),
                 done=out.done,
+                retry=out.retry,
                 count_fields=count_fields,
                 total=count(spec),
                 progress=progress,
@@ -128,7 +130,12 @@ def open_output(spec: JobSpec) -> Output:
     """The job's results file, opened as ``spec`` asks (new, resumed or overwritten)."""
     columns = task_of(spec.verb)[2]
     return Output(
-        spec.out, spec.out_format, resume=spec.resume, overwrite=spec.overwrite, columns=columns
+        spec.out,
+        spec.out_format,
+        resume=spec.resume,
+        overwrite=spec.overwrite,
+        columns=columns,
+        retry_failed=spec.retry_failed,
     )
 
 
@@ -230,7 +237,7 @@ def _emails(spec: JobSpec):
 # verb -> (builder, fields counted in the summary, output columns for CSV)
 _TASKS: dict[str, tuple[Builder, tuple[str, ...], list[str]]] = {
     "classify": (_classify, ("label",), ["label", "probs", "truncated", "error"]),
-    "extract": (_extract, (), ["data", "attempts", "error"]),
+    "extract": (_extract, ("ungrounded",), ["data", "ungrounded", "attempts", "error"]),
     "summarize": (_summarize, (), ["summary", "parts", "error"]),
     "emails": (
         _emails,

@@ -292,6 +292,22 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(pair,
     assert resumed.after.held_out_div == pytest.approx(whole.after.held_out_div, rel=1e-4)
 
 
+def test_restart_discards_an_interrupted_run_and_trains_from_the_start(pair, tmp_path):
+    path = _data(tmp_path / "d.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        distill(_recipe(path, name="cut2"), threads=1, progress=_StopAt(7))
+    run_dir = Store().root / "runs" / "cut2"
+    assert (run_dir / "checkpoint.pt").exists()
+    with pytest.raises(UsageError, match="--restart"):
+        distill(_recipe(path, name="cut2"), threads=1)
+    with pytest.raises(UsageError, match="exclude each other"):
+        distill(_recipe(path, name="cut2"), threads=1, resume=True, restart=True)
+    # another recipe: resuming would be refused ("another recipe"), starting over is not
+    distill(_recipe(path, name="cut2", lr=1e-3), threads=1, restart=True)
+    assert not (run_dir / "checkpoint.pt").exists()
+    assert Store().get("cut2").recipe["lr"] == 1e-3
+
+
 def test_lora_trains_adapters_and_merges_them(pair, tmp_path):
     result = distill(
         _recipe(_data(tmp_path / "d.jsonl"), lora=True, lora_rank=4, lr=2e-2), threads=2

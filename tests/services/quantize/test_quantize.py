@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from types import SimpleNamespace
@@ -266,3 +267,24 @@ def test_the_default_model_to_q4_0_stays_close_to_its_parent(default_model, isol
         "Q4_0",
     )
     assert m.requantized is True and 85e6 < m.size_bytes < 95e6 and 5.2 < m.bits_per_weight < 5.5
+
+
+def test_records_text_reads_each_kind_of_training_record(tmp_path):
+    from pocketlm.services.quantize.report import load_text
+
+    rows = [
+        {"prompt": "Say hi.", "completion": "Hi!"},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {"instruction": "Label it.", "text": "the printer is jammed", "label": "hardware"},
+        {"text": "plain prose"},
+        {"messages": "not a list"},
+        ["not", "an", "object"],
+    ]
+    path = tmp_path / "mixed.JSONL"  # the suffix in any case
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n{broken\n")
+    label, text = load_text(path)
+    assert label == "mixed.JSONL"
+    parts = ["Say hi.\nHi!", "2+2?\n4", "the printer is jammed\nhardware", "plain prose"]
+    assert text == "\n\n".join(parts)
+    with pytest.raises(UsageError, match="does not exist"):
+        load_text(tmp_path / "none.jsonl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import threading
 import time
@@ -113,6 +114,39 @@ def test_resume_drops_a_cut_line_and_skips_written_records(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]
     assert rows[2] == {"id": 3, "v": "TEXT 3"}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_retry_failed_does_failures_again_in_their_places(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    out = Output(path, fmt, columns=["v", "error"])
+    for i in range(1, 6):
+        out.write({"id": i, "error": "timed out, twice"} if i in (2, 4) else {"id": i, "v": i})
+    out.close()
+    plain = Output(path, fmt, resume=True)  # without retry_failed: the file as it is
+    assert plain.done == ["1", "2", "3", "4", "5"] and plain.retry == set()
+    plain.close()
+    out = Output(path, fmt, resume=True, retry_failed=True)
+    assert out.done == ["1", "2", "3", "4", "5"] and out.retry == {"2", "4"}
+    done: list[int] = []
+
+    def work(record: Record) -> dict:
+        done.append(record.id)
+        return {"v": record.id}
+
+    summary = run_job(records(6), work, out.write, done=out.done, retry=out.retry)
+    out.close()
+    assert sorted(done) == [2, 4, 6] and summary.skipped == 3 and summary.records == 3
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    else:
+        rows = [dict(r) for r in csv.DictReader(path.open())]
+        rows = [{"id": int(r["id"]), "v": int(r["v"])} for r in rows]
+    assert rows == [{"id": i, "v": i} for i in range(1, 7)]  # in their places: input order
+    assert not list(tmp_path.glob(".*"))  # no scratch file left
+    again = Output(path, fmt, resume=True, retry_failed=True)  # and it resumes as any file
+    assert again.done == [str(i) for i in range(1, 7)] and again.retry == set()
+    again.close()
 
 
 def test_resume_with_another_input_is_refused(tmp_path):
