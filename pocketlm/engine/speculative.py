@@ -50,6 +50,9 @@ from pocketlm.store.store import write_atomic
 
 MAX_DRAFT = 16  # most tokens drafted in one step
 CALIBRATION_SIZES = (2, 3, 4, 5, 6, 8, 12, MAX_DRAFT + 1)  # step sizes timed once per model
+CALIBRATION_REPEATS = 3  # timings of each size; the median is kept
+PLAUSIBLE_DIP = 0.7  # a step of more tokens measured below 0.7x one of fewer: disturbed
+NOISE_FLOOR = 1e-3  # seconds: a one-token step this fast is timer noise (tiny test models)
 NGRAM_MAX = 4
 PRIOR_STEP_SLOPE = 0.1  # until measured: a step of n tokens costs (1 + 0.1 (n - 1)) x one
 DECAY = 0.97  # weight of older observations in the acceptance and cost estimates
@@ -367,41 +370,69 @@ def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
     """Time steps of CALIBRATION_SIZES tokens once per engine build, CPU, file and settings
     (cached): the Speculator then chooses draft lengths from this machine's figures from the
     first step on (a 1.5B model took 35 ms for 1 token and 107 ms for 4 on one 2-core
-    machine, 88 and 100-130 ms on another)."""
+    machine, 88 and 100-130 ms on another).
+
+    Figures timed while something else held the cores can say that a step of several tokens
+    is cheaper than a step of one (seen: 0.70 s for 1 token, 0.08 s for 2), which would have
+    ``auto`` draft where it loses. Such figures (``plausible``) are neither cached nor used:
+    this load takes a cost of n times one token's (``auto`` then drafts nothing), and the
+    next load measures again; a cached entry of that kind is measured again too."""
     from pocketlm.engine import probe
 
     key = f"{probe.file_key(model.path)}:{n_threads}:{flash_attn}"
     cache = _read_cache()
     try:
-        return Calibration({int(n): float(t) for n, t in cache[key].items()})
+        cached = Calibration({int(n): float(t) for n, t in cache[key].items()})
+        if plausible(cached.costs):
+            return cached
     except (KeyError, AttributeError, TypeError, ValueError):  # not measured, or unreadable
         pass
     cal = _measure(model, n_threads, flash_attn)
+    if not plausible(cal.costs):
+        return Calibration({n: n * cal.costs[1] for n in cal.costs})
     cache = _read_cache()
     cache[key] = cal.costs
     write_atomic(_cache_file(), json.dumps(cache, indent=1).encode())
     return cal
 
 
+def plausible(costs: dict[int, float]) -> bool:
+    """Whether step costs (size -> seconds) can be this machine's: a step of more tokens does
+    all the work of a step of fewer, so it is never much cheaper (PLAUSIBLE_DIP). Below
+    NOISE_FLOOR seconds a step is timer noise, and any figures go."""
+    sizes = sorted(costs)
+    if not sizes or costs[sizes[0]] <= 0:
+        return False
+    if costs[sizes[0]] < NOISE_FLOOR:
+        return True
+    most = 0.0
+    for n in sizes:
+        if costs[n] < PLAUSIBLE_DIP * most:
+            return False
+        most = max(most, costs[n])
+    return True
+
+
 def _measure(model: Model, n_threads: int, flash_attn: bool, base: int = 64) -> Calibration:
+    """The median of CALIBRATION_REPEATS timings of each step size (one disturbed timing of
+    a size does not count)."""
     n_max = max(CALIBRATION_SIZES)
     text = "def mean(xs):\n    return sum(xs) / len(xs)\n\nThe quick brown fox jumps over the dog. "
     tokens = model.tokenize(text * (8 + base // 8), add_special=True)[: base + n_max]
     ctx = Context(model, n_ctx=base + 64, n_threads=n_threads, n_batch=512, flash_attn=flash_attn)
+    times: dict[int, list[float]] = {n: [] for n in (1, *CALIBRATION_SIZES)}
     try:
         ctx.prefill(tokens[:base])
-        one = []
-        for tok in tokens[base : base + 4]:
-            started = time.perf_counter()
-            ctx.step(tok)
-            one.append(time.perf_counter() - started)
-        costs = {1: sorted(one)[len(one) // 2]}
-        for n in CALIBRATION_SIZES:
-            ctx.truncate(base)
-            started = time.perf_counter()
-            ctx.extend(tokens[base : base + n])
-            costs[n] = time.perf_counter() - started
-        return Calibration(costs)
+        for _ in range(CALIBRATION_REPEATS):
+            for n in times:
+                ctx.truncate(base)
+                started = time.perf_counter()
+                if n == 1:
+                    ctx.step(tokens[base])
+                else:
+                    ctx.extend(tokens[base : base + n])
+                times[n].append(time.perf_counter() - started)
+        return Calibration({n: sorted(t)[len(t) // 2] for n, t in times.items()})
     finally:
         ctx.close()
 
