@@ -126,7 +126,12 @@ class RichProgress:
         return _RichTask(self._bars, self._bars.add_task(description, total=total, unit=unit))
 
     def note(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        """A line for people: options named as the command line spells them (``option``), the
+        text as it is (a path with brackets in it is not rich markup), on one line (a log
+        of a run is read with grep)."""
+        from pocketlm.errors import render
+
+        self.console.print(render(message, "cli"), highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._started:

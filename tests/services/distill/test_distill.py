@@ -314,6 +314,18 @@ def test_lora_trains_adapters_and_merges_them(pair, tmp_path):
     )
     assert result.after.held_out_div < result.before.held_out_div
     assert Store().get("tdist").recipe["lora"] is True
+    # quantized to 4 bits without calibration, the student is told its data is the calibration
+    from pocketlm.services.quantize.quantize import quantize
+
+    notes: list[str] = []
+    progress = type("Notes", (_StopAt,), {"note": lambda self, m: notes.append(m)})(10**9)
+    fast = {"eval_tokens": 64, "window": 32, "decode_tokens": 0}
+    quantize("tdist", "Q4_0", params=fast, threads=1, progress=progress, record=False)
+    hint = [n for n in notes if "was distilled on" in n]
+    assert len(hint) == 1 and str(tmp_path / "d.jsonl") in hint[0] and "calibrate" in hint[0]
+    notes.clear()
+    quantize("tdist", "Q8_0", params=fast, threads=1, progress=progress, record=False)
+    assert not [n for n in notes if "was distilled on" in n]  # 8 bits: nothing to say
 
 
 def test_a_time_or_token_budget_stops_the_run(pair, tmp_path):
