@@ -21,7 +21,6 @@ from pocketlm.services.data import synth
 from pocketlm.services.data.teacher import open_teacher
 from pocketlm.services.tasks import distributed as tasks_ray
 from pocketlm.services.tasks.job import JobSummary, Tally, run_all
-from pocketlm.services.tasks.output import Output
 from pocketlm.services.tasks.records import Record
 
 
@@ -38,14 +37,7 @@ def run_on_ray(
     progress = progress or NullProgress()
     spec = dataclasses.replace(spec, threads=spec.threads or 1)
     plan = synth.Plan.of(spec)  # files checked before Ray starts
-    synth.check_resume(spec)
-    out = Output(
-        spec.out,
-        "jsonl",
-        resume=spec.resume,
-        overwrite=spec.overwrite,
-        retry_failed=spec.retry_failed,
-    )
+    out = synth.open_output(spec)
     try:
         cpus = tasks_ray._local_cpus(workers, spec.threads)
         with tasks_ray._connected(ray, address, local_cpus=cpus):

@@ -263,14 +263,7 @@ def run(spec: SynthSpec, progress: Progress | None = None) -> JobSummary:
     """Write ``spec.n`` records to ``spec.out`` (continuing it with ``spec.resume``)."""
     progress = progress or NullProgress()
     plan = Plan.of(spec)
-    check_resume(spec)
-    out = Output(
-        spec.out,
-        "jsonl",
-        resume=spec.resume,
-        overwrite=spec.overwrite,
-        retry_failed=spec.retry_failed,
-    )
+    out = open_output(spec)
     try:
         teacher = open_teacher(
             spec.teacher,
@@ -310,6 +303,18 @@ def count_fields(spec: SynthSpec) -> tuple[str, ...]:
     if spec.mode == "textbook":
         return ("format",)
     return ("label",) * bool(spec.labels) + ("kind",) * bool(spec.kinds) or ("style",)
+
+
+def open_output(spec: SynthSpec) -> Output:
+    """The records file, opened as ``spec`` asks (new, resumed, retried or overwritten)."""
+    check_resume(spec)
+    return Output(
+        spec.out,
+        "jsonl",
+        resume=spec.resume,
+        overwrite=spec.overwrite,
+        retry_failed=spec.retry_failed,
+    )
 
 
 def check_resume(spec: SynthSpec) -> None:

@@ -266,7 +266,7 @@ def hint_calibration(
     """A distilled model going to 5 bits or fewer without calibration: its training data is
     the calibration that keeps what it learnt (uncalibrated Q4_0 cost a distilled 0.5B
     extraction student 23 points of its 85; calibrated on its data, none)."""
-    recipe = getattr(source.manifest, "recipe", None) if source.manifest else None
+    recipe = getattr(source.manifest, "recipe", None)
     data = recipe.get("data") if isinstance(recipe, dict) else None
     if calibrate is not None or qt.is_float or qt.bpw > 5.0 or not data:
         return

@@ -71,9 +71,9 @@ class Output:
             raise UsageError(f"no such directory: {path.parent}", "create it first")
         if exists and resume:
             self._trim_partial_line(path)
-            self.done = self._read_ids(path)
+            self.done, failed = self._read_ids(path)
             if self._retry_failed:
-                self.retry = self._failed_ids(path)
+                self.retry = failed
             self._csv_header = False
             return path.open("a", encoding="utf-8", newline="")
         return path.open("w", encoding="utf-8", newline="")
@@ -100,28 +100,30 @@ class Output:
                 pos = start
             f.truncate(0)
 
-    def _read_ids(self, path: Path) -> list[str]:
+    def _read_ids(self, path: Path) -> tuple[list[str], set[str]]:
+        """The ids of the results in ``path``, in order, and those of the ones that are
+        errors."""
         ids: list[str] = []
+        failed: set[str] = set()
         with path.open(encoding="utf-8", errors="replace", newline="") as f:
             if self.fmt == "csv":
-                return [str(row.get("id")) for row in csv.DictReader(f)]
+                for row in csv.DictReader(f):
+                    ids.append(str(row.get("id")))
+                    if row.get("error"):
+                        failed.add(ids[-1])
+                return ids, failed
             for n, line in enumerate(f, 1):
                 try:
-                    ids.append(str(json.loads(line)["id"]))
+                    result = json.loads(line)
+                    ids.append(str(result["id"]))
                 except (ValueError, KeyError, TypeError):
                     raise UsageError(
                         f"{path} line {n} is not a result record of pocketlm task",
                         "give --out a new file, or --overwrite to replace this one",
                     ) from None
-        return ids
-
-    def _failed_ids(self, path: Path) -> set[str]:
-        """The ids of the results in ``path`` that are errors."""
-        with path.open(encoding="utf-8", errors="replace", newline="") as f:
-            if self.fmt == "csv":
-                return {str(row.get("id")) for row in csv.DictReader(f) if row.get("error")}
-            rows = (json.loads(line) for line in f)  # _read_ids read every line already
-            return {str(r["id"]) for r in rows if isinstance(r, dict) and "error" in r}
+                if "error" in result:
+                    failed.add(ids[-1])
+        return ids, failed
 
     def write(self, result: dict[str, Any]) -> None:
         if self.retry and str(result.get("id")) in self.retry:
