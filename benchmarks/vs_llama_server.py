@@ -26,14 +26,19 @@ minutes). Token counts are the server's (usage) where it reports them, else cont
 llama-server accepts ignore_eos but pocketlm does not, so neither gets it: the prompts ask
 for long stories instead (the completion tokens of each prompt are printed).
 
-llama-server is built once, into ~/.cache/pocketlm/llama-server/<version>/, from the same
-llama.cpp source the engine was built from (the vendored tree of the llama-cpp-python
-sdist, with scripts/engine-patches applied) and with the same compiler flags
-scripts/install_engine.py uses on this machine (see cmake_options); about 5-10 minutes
-on 2 cores. Both servers listen on 127.0.0.1 only and are stopped at exit.
+llama-server is built once, into ~/.cache/pocketlm/llama-server/<version>/<baseline>/, from
+the same llama.cpp source the engine was built from (the vendored tree of the
+llama-cpp-python sdist) and with the same compiler flags scripts/install_engine.py uses on
+this machine (see cmake_options); about 5-10 minutes on 2 cores. --baseline stock (the
+default) builds that source as it is: llama.cpp's kernels, what llama-server, Ollama and
+LM Studio users run, so the ratios count pocketlm's engine patches (scripts/engine-patches)
+as its own, like its scheduler. --baseline patched applies those patches to llama-server
+too: both servers then run the same kernels, and the ratios measure the servers alone.
+Both servers listen on 127.0.0.1 only and are stopped at exit.
 
 Usage: POCKETLM_HOME=~/.cache/pocketlm/test-store \\
        python benchmarks/vs_llama_server.py [--models a,b] [--rounds 3] [--tokens 128]
+                                            [--baseline stock|patched]
        python benchmarks/vs_llama_server.py --build-only     # just build llama-server
 """
 
@@ -82,7 +87,7 @@ GREEDY = {"temperature": 0.0, "repeat_penalty": 1.0}
 
 def _install_engine():
     """scripts/install_engine.py as a module: its version, flags, source download and
-    patches are what the engine was built with, so llama-server is built with them too."""
+    patches are what the engine was built with, so llama-server is built from them too."""
     spec = importlib.util.spec_from_file_location(
         "install_engine", ROOT / "scripts" / "install_engine.py"
     )
@@ -94,9 +99,17 @@ def _install_engine():
 ie = _install_engine()
 
 
-def cache_dir() -> Path:
+BASELINES = ("stock", "patched")  # llama-server from llama.cpp as vendored / with our patches
+
+
+def cache_dir(baseline: str) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "pocketlm" / "llama-server" / ie.VERSION
+    return base / "pocketlm" / "llama-server" / ie.VERSION / baseline
+
+
+def baseline_patches(baseline: str) -> list[Path]:
+    """The engine patches llama-server is built with: none for the stock baseline."""
+    return list(ie.PATCHES) if baseline == "patched" else []
 
 
 def cmake_options() -> list[str]:
@@ -123,26 +136,28 @@ def cmake_options() -> list[str]:
     ]
 
 
-def build_key(flags: list[str]) -> dict:
+def build_key(flags: list[str], baseline: str) -> dict:
     """What the cached binary was built from; a different key means a rebuild."""
     return {
         "version": ie.VERSION,
         "flags": flags,
         "cmake": cmake_options(),
-        "patches": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ie.PATCHES},
+        "patches": {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in baseline_patches(baseline)
+        },
         "cpu": hashlib.sha256(ie.cpu_signature().encode()).hexdigest()[:16],
     }
 
 
-def build_llama_server(force: bool = False) -> Path:
-    """The llama-server binary, built into cache_dir() unless it is already there."""
-    out = cache_dir()
+def build_llama_server(baseline: str, force: bool = False) -> Path:
+    """The llama-server binary, built into cache_dir(baseline) unless it is already there."""
+    out = cache_dir(baseline)
     binary, info = out / "llama-server", out / "build.json"
     flags = ie.build_flags()
-    key = build_key(flags)
+    key = build_key(flags, baseline)
     if not force and binary.is_file() and info.is_file():
         if json.loads(info.read_text()).get("key") == key:
-            print(f"llama-server {ie.VERSION}: built earlier ({binary})", flush=True)
+            print(f"llama-server {ie.VERSION} ({baseline}): built earlier ({binary})", flush=True)
             return binary
         print("llama-server: the cached build used other flags or patches: rebuilding")
     for tool in ("cmake", "c++"):
@@ -150,13 +165,13 @@ def build_llama_server(force: bool = False) -> Path:
             sys.exit(f"error: building llama-server needs {tool} (apt-get install cmake g++)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="build-", dir=out.parent))
-    log = out.parent / f"build-{ie.VERSION}.log"
+    log = out.parent / f"build-{baseline}.log"
     start = time.monotonic()
     try:
         print(f"llama-server {ie.VERSION}: downloading the {ie.ENGINE} source", flush=True)
         src = ie.fetch_source(tmp) / "vendor" / "llama.cpp"
         root = src.parent.parent
-        for patch in ie.PATCHES:  # the engine's patches, as install_engine applies them
+        for patch in baseline_patches(baseline):  # as install_engine applies them
             print(f"  applying {patch.name}", flush=True)
             ie.apply_patch(root, patch.read_text())
         env = dict(os.environ)
@@ -477,7 +492,10 @@ def report(name: str, res: dict[str, list[dict]], args) -> dict:
 
 def summary(rows: list[dict], args) -> None:
     n = args.clients
-    print(f"\nsummary (tok/s medians; ratio = median of per-round ratios, {args.rounds} rounds)")
+    print(
+        f"\nsummary against llama-server {args.baseline} (tok/s medians; ratio = median of "
+        f"per-round ratios, {args.rounds} rounds)"
+    )
     print(
         f"  {'model':30s} {'pocketlm x' + str(n):>12s} {'llama x' + str(n):>10s} {'ratio':>6s}"
         f" {'pocketlm x1':>12s} {'llama x1':>9s} {'ratio':>6s}  x1 = x{n} (pocketlm)"
@@ -535,6 +553,13 @@ def main() -> int:
         default="",
         help='more options for `pocketlm serve` (e.g. "--speculate off"); default: none',
     )
+    ap.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default="stock",
+        help="llama-server from llama.cpp as vendored (stock, default: what its users run) or "
+        "with pocketlm's engine patches (patched: the same kernels, the servers alone)",
+    )
     ap.add_argument("--build-only", action="store_true", help="build llama-server, then stop")
     ap.add_argument("--rebuild", action="store_true", help="build llama-server again")
     args = ap.parse_args()
@@ -542,12 +567,13 @@ def main() -> int:
         if getattr(args, flag) < least:
             ap.error(f"--{flag} must be at least {least}")
     models = [] if args.build_only else pick_models(args.models)
-    binary = build_llama_server(args.rebuild)
+    binary = build_llama_server(args.baseline, args.rebuild)
     if args.build_only:
         return 0
     log_dir = Path(tempfile.mkdtemp(prefix="vs_llama_server-"))
     print(
-        f"{', '.join(models)}: {args.threads} threads, {args.clients} slots; x{args.clients}: "
+        f"{', '.join(models)}: llama-server {args.baseline}; {args.threads} threads, "
+        f"{args.clients} slots; x{args.clients}: "
         f"{args.clients} clients at once, x1: 1 client, the same {args.clients} prompts; "
         f"temperature 0, max_tokens {args.tokens}; {args.rounds} rounds; server logs in "
         f"{log_dir}",

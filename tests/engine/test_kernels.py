@@ -6,6 +6,12 @@ same tokens must get the same logits both ways, whether the batch is one prompt 
 token of each of several sequences decoding together (what the server does every step).
 The counts (23-token prompt, 5 sequences) leave partial tiles at the edges: the kernel
 works on 4 x 4 tiles.
+
+0002: Q6_K weights times a batch of 2-63 tokens go through pocketlm's kernel (one weight
+row against up to 8 columns) instead of a vec_dot per column (2-7 tokens) or llama.cpp's
+tiled K-quant path (8 and more); it does the vec_dot's arithmetic, so the same checks hold
+on a tiny Q6_K-only model, and one token of each of 8 sequences decoded together gets
+exactly (bit for bit) the logits each gets alone.
 """
 
 from __future__ import annotations
@@ -101,6 +107,42 @@ def test_q4_1_batches_get_the_logits_of_single_tokens_tiny(tmp_path):
 @pytest.mark.slow
 def test_q4_1_batches_get_the_logits_of_single_tokens_default_model(default_model):
     check_engine(default_model)  # SmolLM2-135M: Q4_1, 576 wide, 49,152-row output (Q8_0)
+
+
+def q6_k_model(tmp_path: Path) -> Path:
+    """A tiny model with every matrix in Q6_K (256-wide: K-quant blocks are 256 values),
+    quantized by llama.cpp itself (gguf-py has no Q6_K quantizer)."""
+    src = write_tiny_gguf(tmp_path / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=5)
+    out = tmp_path / "tiny-q6_k.gguf"
+    params = ll.llama_model_quantize_default_params()
+    params.ftype, params.pure, params.nthread = ll.LLAMA_FTYPE_MOSTLY_Q6_K, True, 2
+    assert ll.llama_model_quantize(str(src).encode(), str(out).encode(), params) == 0
+    return out
+
+
+def test_q6_k_batches_get_the_logits_of_single_tokens_tiny(tmp_path):
+    check_engine(q6_k_model(tmp_path))
+
+
+def test_q6_k_batches_of_many_sequences_are_bit_identical_to_one_token(tmp_path):
+    """One token of each of 8 sequences in one step (the server's decode step) against
+    each token alone: every matrix is Q6_K and each sequence's attention sees only its own
+    cache, so any difference would come from the batched Q6_K kernel."""
+    eng = Engine(q6_k_model(tmp_path), n_seq=8)
+    try:
+        prompts = [tokens(5 + s, 20 + s, eng.n_vocab) for s in range(8)]
+        for s, p in enumerate(prompts):
+            for i, t in enumerate(p):  # one token at a time: the caches hold the same bits
+                eng.decode([(t, i, s)])
+        nxt = tokens(8, 7, eng.n_vocab)
+        together = eng.decode([(nxt[s], len(p), s) for s, p in enumerate(prompts)])
+        mem = ll.llama_get_memory(eng.ctx)
+        for s, p in enumerate(prompts):
+            ll.llama_memory_seq_rm(mem, s, len(p), -1)
+            alone = eng.decode([(nxt[s], len(p), s)])[0]
+            assert np.array_equal(together[s], alone), f"sequence {s}"
+    finally:
+        eng.close()
 
 
 def test_the_installed_engine_carries_every_patch():
