@@ -12,6 +12,9 @@ row against up to 8 columns) instead of a vec_dot per column (2-7 tokens) or lla
 tiled K-quant path (8 and more); it does the vec_dot's arithmetic, so the same checks hold
 on a tiny Q6_K-only model, and one token of each of 8 sequences decoded together gets
 exactly (bit for bit) the logits each gets alone.
+
+0003: repacked Q4_K weights: the batched gemm does the one-token gemv's float operations
+(one multiply-add per super block), so the same bit-for-bit check holds on a Q4_K model.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import gguf
 import llama_cpp as ll
 import numpy as np
 import pytest
@@ -65,7 +69,12 @@ class Engine:
         ll.llama_model_free(self.model)
 
 
-def assert_same_logits(batched: list[np.ndarray], single: list[np.ndarray]) -> None:
+def assert_same_logits(
+    batched: list[np.ndarray], single: list[np.ndarray], exact: bool = False
+) -> None:
+    if exact:  # bit for bit
+        for i, (a, b) in enumerate(zip(batched, single)):
+            assert np.array_equal(a, b), f"token {i}: max |difference| {np.abs(a - b).max()}"
     scale = max(float(np.abs(x).max()) for x in single)
     worst = max(float(np.abs(a - b).max()) for a, b in zip(batched, single))
     assert worst <= 1e-4 * scale, f"max |logit difference| {worst} (logits up to {scale})"
@@ -76,14 +85,14 @@ def tokens(n: int, seed: int, n_vocab: int) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(3, min(n_vocab, 20000), n)]
 
 
-def check_engine(path: Path) -> None:
+def check_engine(path: Path, exact: bool = False) -> None:
     eng = Engine(path)
     try:
         # one prompt of 23 tokens as one batch (sequence 0) and one token at a time (sequence 1)
         prompt = tokens(23, 0, eng.n_vocab)
         batched = eng.decode([(t, i, 0) for i, t in enumerate(prompt)])
         single = [eng.decode([(t, i, 1)])[0] for i, t in enumerate(prompt)]
-        assert_same_logits(batched, single)
+        assert_same_logits(batched, single, exact)
         # 5 sequences with prompts of their own, then one token of each: together, and alone
         prompts = [tokens(7 + s, 10 + s, eng.n_vocab) for s in range(5)]
         for s, p in enumerate(prompts):
@@ -95,7 +104,7 @@ def check_engine(path: Path) -> None:
         for s, p in enumerate(prompts):
             ll.llama_memory_seq_rm(mem, 2 + s, len(p), -1)  # forget the token decoded together
             alone.append(eng.decode([(nxt[s], len(p), 2 + s)])[0])
-        assert_same_logits(together, alone)
+        assert_same_logits(together, alone, exact)
     finally:
         eng.close()
 
@@ -109,26 +118,36 @@ def test_q4_1_batches_get_the_logits_of_single_tokens_default_model(default_mode
     check_engine(default_model)  # SmolLM2-135M: Q4_1, 576 wide, 49,152-row output (Q8_0)
 
 
-def q6_k_model(tmp_path: Path) -> Path:
-    """A tiny model with every matrix in Q6_K (256-wide: K-quant blocks are 256 values),
-    quantized by llama.cpp itself (gguf-py has no Q6_K quantizer)."""
+def k_quant_model(tmp_path: Path, qtype: str) -> Path:
+    """A tiny model with its matrices in a K-quant (256-wide: K-quant blocks are 256
+    values), quantized by llama.cpp itself (gguf-py has no K-quant quantizer). Q4_K: the
+    output layer (527 rows, not a multiple of 8, so not repacked) is Q8_0, as only repacked
+    Q4_K goes through 0003's kernels."""
     src = write_tiny_gguf(tmp_path / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=5)
-    out = tmp_path / "tiny-q6_k.gguf"
+    out = tmp_path / f"tiny-{qtype.lower()}.gguf"
     params = ll.llama_model_quantize_default_params()
-    params.ftype, params.pure, params.nthread = ll.LLAMA_FTYPE_MOSTLY_Q6_K, True, 2
+    params.ftype = {"Q6_K": ll.LLAMA_FTYPE_MOSTLY_Q6_K, "Q4_K": ll.LLAMA_FTYPE_MOSTLY_Q4_K_S}[qtype]
+    params.pure, params.nthread = True, 2
+    if qtype == "Q4_K":
+        params.output_tensor_type = int(gguf.GGMLQuantizationType.Q8_0)
     assert ll.llama_model_quantize(str(src).encode(), str(out).encode(), params) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.ffn_down.weight"] == types["blk.0.attn_q.weight"] == qtype, types
     return out
 
 
-def test_q6_k_batches_get_the_logits_of_single_tokens_tiny(tmp_path):
-    check_engine(q6_k_model(tmp_path))
+@pytest.mark.parametrize("qtype", ["Q6_K", "Q4_K"])
+def test_k_quant_batches_get_the_logits_of_single_tokens_tiny(tmp_path, qtype):
+    check_engine(k_quant_model(tmp_path, qtype), exact=True)  # the stock engine: 0.68, 1.15
 
 
-def test_q6_k_batches_of_many_sequences_are_bit_identical_to_one_token(tmp_path):
+@pytest.mark.parametrize("qtype", ["Q6_K", "Q4_K"])
+def test_k_quant_batches_of_many_sequences_are_bit_identical_to_one_token(tmp_path, qtype):
     """One token of each of 8 sequences in one step (the server's decode step) against
-    each token alone: every matrix is Q6_K and each sequence's attention sees only its own
-    cache, so any difference would come from the batched Q6_K kernel."""
-    eng = Engine(q6_k_model(tmp_path), n_seq=8)
+    each token alone: each sequence's attention sees only its own cache, so any difference
+    would come from a batched matmul kernel (0002's for Q6_K, 0003's repacked Q4_K gemm
+    against its gemv)."""
+    eng = Engine(k_quant_model(tmp_path, qtype), n_seq=8)
     try:
         prompts = [tokens(5 + s, 20 + s, eng.n_vocab) for s in range(8)]
         for s, p in enumerate(prompts):
