@@ -9,16 +9,15 @@ import sys
 from pathlib import Path
 
 
-def default_model_path() -> Path:
-    """The default model's GGUF, pulled into the store first if needed (with a progress bar)."""
+def default_model_path(name: str = "smollm2-135m-instruct") -> Path:
+    """A catalog model's GGUF (the test default: the 135M), pulled into the store first if
+    needed (with a progress bar)."""
     subprocess.run(
-        [sys.executable, "-m", "pocketlm", "pull", "smollm2-135m-instruct"],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", "pocketlm", "pull", name], check=True, stdout=subprocess.DEVNULL
     )
     from pocketlm.store.store import Store
 
-    return Path(Store().get("smollm2-135m-instruct").path)
+    return Path(Store().get(name).path)
 
 
 TASK_DATA = Path(__file__).resolve().parent / "data" / "tasks"  # the tasks' labelled files

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How llama.cpp's throughput grows with parallel sequences, on the default model: one run.
+"""How llama.cpp's throughput grows with parallel sequences, on one model: one run.
 
 For 1, 2, 4, 8 and 16 sequences decoding together (one token of each per llama_decode, as
 the server steps them; a KV buffer per sequence, 2 threads) prints the engine's tok/s, and
@@ -7,7 +7,8 @@ the prefill rate of one 256-token prompt. The default model's weights are Q4_1: 
 stock llama.cpp every token column of a batch unpacks every weight block again
 (ggml_vec_dot_q4_1_q8_1), so 8 sequences decode only ~2x faster than one; pocketlm's engine
 patch (scripts/engine-patches/0001-q4_1-batched-matmul.patch) unpacks each block once per
-4 x 4 tile.
+4 x 4 tile. --model names another catalog model (pulled if needed): the Qwen2.5-Coder
+Q4_K_M files measure patch 0002 (batched Q6_K) and 0003 (the Q4_K gemm).
 
 With --baseline-python PY (an interpreter whose llama-cpp-python is a stock build, e.g. a
 venv where `pip install llama-cpp-python==0.3.36` built it with the same -mno-amx-* flags),
@@ -15,7 +16,8 @@ both engines are measured: each configuration on both back to back, their order 
 (shared machines drift by 30% and more within minutes), and the medians of the paired ratios
 installed / baseline are printed, with a PNG plot (--plot, default engine_batching.png).
 
-Usage: python benchmarks/engine_batching.py [--rounds 5] [--baseline-python PY] [--plot F]
+Usage: python benchmarks/engine_batching.py [--model NAME] [--rounds 5] [--baseline-python PY]
+       [--plot F]
 """
 
 from __future__ import annotations
@@ -96,15 +98,18 @@ def measure(python: str, path: Path, n_seq: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="catalog model")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline-python", help="interpreter with a stock llama-cpp-python build")
     ap.add_argument("--plot", default="engine_batching.png", help="PNG plot (with a baseline)")
     args = ap.parse_args()
-    path = default_model_path()
+    path = default_model_path(args.model)
     engines = {"installed": sys.executable}
     if args.baseline_python:
         engines["baseline"] = args.baseline_python
-    print(f"model {path.name}, {threads()} threads, {args.rounds} rounds", flush=True)
+    print(
+        f"model {args.model} ({path.name}), {threads()} threads, {args.rounds} rounds", flush=True
+    )
     keys = ["prefill", *map(str, SEQS)]
     runs: dict[str, dict[str, list[float]]] = {e: {k: [] for k in keys} for e in engines}
     for r in range(args.rounds):
@@ -149,12 +154,12 @@ def main() -> int:
                 f"{k if k == 'prefill' else k + ' seq'} x{v:.2f}" for k, v in ratios.items()
             )
         )
-        plot(med, Path(args.plot))
+        plot(med, Path(args.plot), args.model)
         print(f"plot: {args.plot}")
     return 0
 
 
-def plot(med: dict, out: Path) -> None:
+def plot(med: dict, out: Path, model: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -168,7 +173,7 @@ def plot(med: dict, out: Path) -> None:
     ax.set_xticks(SEQS, [str(s) for s in SEQS])
     ax.set_xlabel("sequences decoding together")
     ax.set_ylabel("tok/s (all sequences)")
-    ax.set_title("SmolLM2-135M Q4_1, 2 threads: decode throughput")
+    ax.set_title(f"{model}, {threads()} threads: decode throughput")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
