@@ -7,9 +7,10 @@ token of each of several sequences decoding together (what the server does every
 The counts (23-token prompt, 5 sequences) leave partial tiles at the edges: the kernel
 works on 4 x 4 tiles.
 
-0002: Q6_K weights times a batch of 2-63 tokens go through pocketlm's kernel (one weight
-row against up to 8 columns) instead of a vec_dot per column (2-7 tokens) or llama.cpp's
-tiled K-quant path (8 and more); it does the vec_dot's arithmetic, so the same checks hold
+0002: Q6_K weights times a batch of two or more tokens go through pocketlm's kernel (one
+weight row against up to 8 columns) instead of a vec_dot per column (2-7 tokens) or
+llama.cpp's tiled K-quant path (8 and more); it does the vec_dot's arithmetic, so the same
+checks hold
 on a tiny Q6_K-only model, and one token of each of 8 sequences decoded together gets
 exactly (bit for bit) the logits each gets alone.
 
@@ -101,18 +102,25 @@ def check_engine(path: Path, exact: bool = False) -> None:
         assert_same_logits(batched, single, exact)
         # 5 sequences with prompts of their own, then one token of each: together, and alone
         prompts = [tokens(7 + s, 10 + s, eng.n_vocab) for s in range(5)]
-        for s, p in enumerate(prompts):
-            eng.decode([(t, i, 2 + s) for i, t in enumerate(p)])
-        nxt = tokens(5, 99, eng.n_vocab)
-        together = eng.decode([(nxt[s], len(p), 2 + s) for s, p in enumerate(prompts)])
-        mem = ll.llama_get_memory(eng.ctx)
-        alone = []
-        for s, p in enumerate(prompts):
-            ll.llama_memory_seq_rm(mem, 2 + s, len(p), -1)  # forget the token decoded together
-            alone.append(eng.decode([(nxt[s], len(p), 2 + s)])[0])
-        assert_same_logits(together, alone, exact)
+        assert_same_logits(*together_and_alone(eng, prompts, tokens(5, 99, eng.n_vocab), 2), exact)
     finally:
         eng.close()
+
+
+def together_and_alone(
+    eng: Engine, prompts: list[list[int]], nxt: list[int], first: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Sequences first, first + 1, ... each take its prompt, then one token of each is
+    decoded in one step (as the server steps them) and again alone: both logits of each."""
+    for s, p in enumerate(prompts):
+        eng.decode([(t, i, first + s) for i, t in enumerate(p)])
+    together = eng.decode([(nxt[s], len(p), first + s) for s, p in enumerate(prompts)])
+    mem = ll.llama_get_memory(eng.ctx)
+    alone = []
+    for s, p in enumerate(prompts):
+        ll.llama_memory_seq_rm(mem, first + s, len(p), -1)  # forget the token decoded together
+        alone.append(eng.decode([(nxt[s], len(p), first + s)])[0])
+    return together, alone
 
 
 def test_q4_1_batches_get_the_logits_of_single_tokens_tiny(tmp_path):
@@ -156,16 +164,9 @@ def test_k_quant_batches_of_many_sequences_are_bit_identical_to_one_token(tmp_pa
     eng = Engine(k_quant_model(tmp_path, qtype), n_seq=8)
     try:
         prompts = [tokens(5 + s, 20 + s, eng.n_vocab) for s in range(8)]
-        for s, p in enumerate(prompts):
-            for i, t in enumerate(p):  # one token at a time: the caches hold the same bits
-                eng.decode([(t, i, s)])
-        nxt = tokens(8, 7, eng.n_vocab)
-        together = eng.decode([(nxt[s], len(p), s) for s, p in enumerate(prompts)])
-        mem = ll.llama_get_memory(eng.ctx)
-        for s, p in enumerate(prompts):
-            ll.llama_memory_seq_rm(mem, s, len(p), -1)
-            alone = eng.decode([(nxt[s], len(p), s)])[0]
-            assert np.array_equal(together[s], alone), f"sequence {s}"
+        together, alone = together_and_alone(eng, prompts, tokens(8, 7, eng.n_vocab), 0)
+        for s in range(8):
+            assert np.array_equal(together[s], alone[s]), f"sequence {s}"
     finally:
         eng.close()
 
