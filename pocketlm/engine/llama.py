@@ -242,6 +242,13 @@ class Context:
         distribution after ``tokens[i]``): the verification step of speculative decoding."""
         self._decode(tokens, len(self.tokens), want_logits=True, all_outputs=True)
 
+    def logits(self, index: int = -1) -> np.ndarray:
+        """A copy of the logits at batch position ``index`` of the last step."""
+        ptr = ll.llama_get_logits_ith(self._ptr, index)
+        if not ptr:
+            raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
     def truncate(self, n: int) -> None:
         """Forget every token after the first ``n`` (drafts that were not accepted)."""
         ll.llama_memory_seq_rm(self._memory, 0, n, -1)

@@ -16,13 +16,17 @@ the standard rejection rule (accept d with probability min(1, p(d) / q(d)) = p(d
 from p without d, renormalised) is the same distribution as "draw from p, keep d if the draw
 is d": the output distribution is unchanged.
 
-Greedy decoding is never speculative. llama.cpp's CPU kernels change paths with the number
-of tokens in a step and the length of the KV cache (repacked GEMM, llamafile's tinyBLAS,
-attention over several queries) and round differently: measured here, a step of several
-tokens moved logits by up to 0.5 on Qwen2.5 Q4_K_M files and, at some cache lengths, on
-SmolLM2's Q4_1 file too, and the KV it wrote moved later logits further. That is harmless to
-a sampled distribution but flips greedy near-ties: the text would differ from plain
-decoding's (tests/test_speculative_e2e.py shows it), so greedy requests decode plainly.
+Greedy decoding is speculative only where it is exact. Stock llama.cpp's CPU kernels change
+paths with the number of tokens in a step (repacked GEMM, llamafile's tinyBLAS, attention
+over several queries) and round differently: a step of several tokens moved logits by up to
+0.5 on Qwen2.5 Q4_K_M files, and the KV it wrote moved later logits further. That is
+harmless to a sampled distribution but flips greedy near-ties, so the text would differ
+from plain decoding's. pocketlm's engine patches 0001-0004 (docs/engine.md) make a step of
+n tokens compute each token's logits bit for bit as n one-token steps do, on x86 with AVX2 or
+AVX-512 for the ladder's quantization types. Whether that holds for a file on this machine
+is measured with the step costs (``calibrate``: batches of several sizes against one-token
+steps, and the KV they wrote against the next step's), and greedy requests draft only where
+every logit was identical (``Calibration.exact``); elsewhere they decode plainly.
 
 Drafts come from
   - prompt lookup (``Lookup``): the continuation of the last earlier occurrence of the
@@ -43,6 +47,8 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from pocketlm.engine.llama import Context, Model, Sampler
 from pocketlm.errors import UsageError, option
@@ -240,6 +246,9 @@ class Speculator:
     costs: StepCosts = field(default_factory=StepCosts)
     max_draft: int = MAX_DRAFT
     counts: SpecCounts = field(default_factory=SpecCounts)
+    # a step of several tokens gives one-token steps' logits bit for bit (measured by
+    # ``calibrate``): greedy decoding may draft
+    exact: bool = False
 
     def __post_init__(self) -> None:
         self.lookup = Lookup()
@@ -270,6 +279,7 @@ class Speculator:
         this machine."""
         for n, seconds in cal.costs.items():
             self.costs.observe(n, seconds)
+        self.exact = cal.exact
         if draft is not None and self.draft_model is not None:
             self.draft_model.seconds_per_token = draft.costs[1]
         return self
@@ -277,9 +287,10 @@ class Speculator:
     def propose(self, tokens: Sequence[int], room: int, greedy: bool = False) -> Draft | None:
         """The draft for the step after ``tokens`` (the sequence so far, including the token
         about to be evaluated), at most ``room`` tokens; None: a plain step (always for
-        ``greedy`` decoding: see the module's docstring)."""
+        ``greedy`` decoding unless the model's batches are ``exact``: see the module's
+        docstring)."""
         room = min(room, self.max_draft)
-        if not self.sources or room <= 0 or greedy:
+        if not self.sources or room <= 0 or (greedy and not self.exact):
             return None
         self.lookup.sync(tokens)
         self._score_shadow(tokens)
@@ -361,9 +372,12 @@ class Speculator:
 
 @dataclass
 class Calibration:
-    """Seconds of a decode step of n tokens of one sequence, for this model on this machine."""
+    """Seconds of a decode step of n tokens of one sequence, for this model on this machine,
+    and whether such a step gave every token the logits of one-token steps bit for bit
+    (``exact``: greedy decoding may draft)."""
 
     costs: dict[int, float]
+    exact: bool = False
 
 
 def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
@@ -382,16 +396,18 @@ def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
     key = f"{probe.file_key(model.path)}:{n_threads}:{flash_attn}"
     cache = _read_cache()
     try:
-        cached = Calibration({int(n): float(t) for n, t in cache[key].items()})
+        entry = cache[key]
+        costs = {int(n): float(t) for n, t in entry["costs"].items()}
+        cached = Calibration(costs, exact=entry["exact"] is True)
         if plausible(cached.costs):
             return cached
     except (KeyError, AttributeError, TypeError, ValueError):  # not measured, or unreadable
         pass
     cal = _measure(model, n_threads, flash_attn)
     if not plausible(cal.costs):
-        return Calibration({n: n * cal.costs[1] for n in cal.costs})
+        return Calibration({n: n * cal.costs[1] for n in cal.costs}, exact=cal.exact)
     cache = _read_cache()
-    cache[key] = cal.costs
+    cache[key] = {"costs": cal.costs, "exact": cal.exact}
     write_atomic(_cache_file(), json.dumps(cache, indent=1).encode())
     return cal
 
@@ -415,10 +431,10 @@ def plausible(costs: dict[int, float]) -> bool:
 
 def _measure(model: Model, n_threads: int, flash_attn: bool, base: int = 64) -> Calibration:
     """The median of CALIBRATION_REPEATS timings of each step size (one disturbed timing of
-    a size does not count)."""
+    a size does not count), and whether the steps are ``exact``."""
     n_max = max(CALIBRATION_SIZES)
     text = "def mean(xs):\n    return sum(xs) / len(xs)\n\nThe quick brown fox jumps over the dog. "
-    tokens = model.tokenize(text * (8 + base // 8), add_special=True)[: base + n_max]
+    tokens = model.tokenize(text * (8 + base // 8), add_special=True)[: base + n_max + 1]
     ctx = Context(model, n_ctx=base + 64, n_threads=n_threads, n_batch=512, flash_attn=flash_attn)
     times: dict[int, list[float]] = {n: [] for n in (1, *CALIBRATION_SIZES)}
     try:
@@ -432,9 +448,34 @@ def _measure(model: Model, n_threads: int, flash_attn: bool, base: int = 64) -> 
                 else:
                     ctx.extend(tokens[base : base + n])
                 times[n].append(time.perf_counter() - started)
-        return Calibration({n: sorted(t)[len(t) // 2] for n, t in times.items()})
+        exact = _exact(ctx, tokens[base:], base)
+        return Calibration({n: sorted(t)[len(t) // 2] for n, t in times.items()}, exact=exact)
     finally:
         ctx.close()
+
+
+EXACT_SIZES = (2, 5, 9, MAX_DRAFT + 1)  # batch sizes checked (remainders of 4- and 8-wide)
+
+
+def _exact(ctx: Context, tokens: Sequence[int], base: int) -> bool:
+    """Whether steps of EXACT_SIZES tokens after ``base`` cached ones give each token the
+    logits that one-token steps give, bit for bit, and write the same KV (the one-token step
+    after the batch gives the same logits too)."""
+    n_max = max(EXACT_SIZES)
+    ctx.truncate(base)
+    alone = []
+    for tok in tokens[: n_max + 1]:
+        ctx.step(tok)
+        alone.append(ctx.logits())
+    for n in EXACT_SIZES:
+        ctx.truncate(base)
+        ctx.extend(tokens[:n])
+        batch = [ctx.logits(i) for i in range(n)]
+        ctx.step(tokens[n])
+        batch.append(ctx.logits())
+        if not all(np.array_equal(a, b) for a, b in zip(batch, alone)):
+            return False
+    return True
 
 
 def _cache_file():

@@ -135,6 +135,7 @@ def test_calibration_times_each_step_size_once_per_machine(tiny_q4, monkeypatch)
     try:
         cal = calibrate(m, n_threads=1, flash_attn=False)
         assert set(cal.costs) == {1, *CALIBRATION_SIZES} and min(cal.costs.values()) > 0
+        assert cal.exact  # Q4_1 with patch 0001: batches round as one-token steps
         monkeypatch.setattr("pocketlm.engine.speculative._measure", None)  # cached now
         assert calibrate(m, n_threads=1, flash_attn=False) == cal
     finally:
@@ -163,8 +164,8 @@ def test_step_costs_timed_while_the_cores_were_busy_are_not_kept(tiny_q4, monkey
         measured.append(quiet)
         assert calibrate(m, n_threads=2, flash_attn=True).costs == quiet
         cache = sp._read_cache()
-        assert cache[key] == {str(n): t for n, t in quiet.items()}
-        cache[key] = busy  # an entry a busy machine left before this check existed
+        assert cache[key] == {"costs": {str(n): t for n, t in quiet.items()}, "exact": False}
+        cache[key] = {"costs": busy, "exact": False}  # left before this check existed
         sp._cache_file().write_text(json.dumps(cache))
         measured.append({n: t * 1.1 for n, t in quiet.items()})
         assert calibrate(m, n_threads=2, flash_attn=True).costs == measured[-1]  # again
@@ -172,12 +173,51 @@ def test_step_costs_timed_while_the_cores_were_busy_are_not_kept(tiny_q4, monkey
         m.close()
 
 
-def test_greedy_decoding_is_never_speculative(tiny_q4):
+def test_greedy_decoding_drafts_where_batches_are_exact_and_keeps_plain_text(tiny_q4):
+    gen = dict(raw=True, temperature=0.0, max_tokens=48)
     with pocketlm.load(str(tiny_q4), speculate="off") as m:
-        plain = m.generate(PROMPT, raw=True, temperature=0.0, max_tokens=24)
-    with pocketlm.load(str(tiny_q4), draft=str(tiny_q4)) as m:
-        done = m.generate(PROMPT, raw=True, temperature=0.0, max_tokens=24)
-    assert done.text == plain.text and done.stats.drafted_tokens == 0
+        plain = m.generate(PROMPT, **gen)
+        unpenalised = m.generate(PROMPT, **gen, repeat_penalty=1.0)
+    for load in ({"draft": str(tiny_q4)}, {"lookup": True}):
+        with pocketlm.load(str(tiny_q4), **load) as m:
+            done = m.generate(PROMPT, **gen)
+            self_drafted = m.generate(PROMPT, **gen, repeat_penalty=1.0)
+        assert done.text == plain.text, load
+        assert done.stats.completion_tokens == plain.stats.completion_tokens
+        assert done.stats.drafted_tokens > 0, load
+        assert self_drafted.text == unpenalised.text
+        if "draft" in load:  # drafting greedily for itself (no penalty), the model's every
+            # draft is its own next token, as its batch computes it
+            s = self_drafted.stats
+            assert 0 < s.accepted_tokens == s.drafted_tokens
+
+
+def k_quant(tmp_path, name: str):
+    """The tiny model's matrices in ``name``, quantized by llama.cpp itself."""
+    import llama_cpp as ll
+
+    src = write_tiny_gguf(tmp_path / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=5)
+    out = tmp_path / f"tiny-{name}.gguf"
+    params = ll.llama_model_quantize_default_params()
+    params.ftype = getattr(ll, f"LLAMA_FTYPE_MOSTLY_{name}")
+    params.pure, params.nthread = True, 2
+    assert ll.llama_model_quantize(str(src).encode(), str(out).encode(), params) == 0
+    return out
+
+
+def test_greedy_decoding_is_plain_where_batches_round_differently(tmp_path):
+    """Q5_K has no batch-invariant kernel (the patches cover Q4_1, Q4_K, Q6_K, F16): the
+    calibration finds a batch's logits differ, and greedy requests never draft on it."""
+    path = k_quant(tmp_path, "Q5_K_S")
+    m = Model(str(path))
+    try:
+        assert not calibrate(m, n_threads=1, flash_attn=False).exact
+    finally:
+        m.close()
+    with pocketlm.load(str(path), draft=str(path)) as m:
+        greedy = m.generate(PROMPT, raw=True, temperature=0.0, max_tokens=24)
+        sampled = m.generate(PROMPT, raw=True, temperature=0.5, seed=1, max_tokens=24)
+    assert greedy.stats.drafted_tokens == 0 < sampled.stats.drafted_tokens
 
 
 def test_a_seeded_sampled_run_gives_the_same_tokens_with_a_draft_model(tiny_q4):
@@ -203,7 +243,7 @@ def test_greedy_text_of_a_real_model_is_plain_decodings(default_model):
         plain = m.generate(text, max_tokens=48, temperature=0.0)
     with pocketlm.load(str(default_model), lookup=True) as m:
         greedy = m.generate(text, max_tokens=48, temperature=0.0)
-    assert greedy.text == plain.text and greedy.stats.drafted_tokens == 0
+    assert greedy.text == plain.text and greedy.stats.accepted_tokens > 0
 
 
 @pytest.fixture(scope="module")
