@@ -454,7 +454,7 @@ def _measure(model: Model, n_threads: int, flash_attn: bool, base: int = 64) -> 
         ctx.close()
 
 
-EXACT_SIZES = (2, 5, 9, MAX_DRAFT + 1)  # batch sizes checked (remainders of 4- and 8-wide)
+EXACT_SIZES = (2, 3, 4, 5, 6, 7, 9, MAX_DRAFT + 1)  # every remainder of 4- and 8-wide kernels
 
 
 def _exact(ctx: Context, tokens: Sequence[int], base: int) -> bool:

@@ -100,9 +100,15 @@ def check_engine(path: Path, exact: bool = False) -> None:
         batched = eng.decode([(t, i, 0) for i, t in enumerate(prompt)])
         single = [eng.decode([(t, i, 1)])[0] for i, t in enumerate(prompt)]
         assert_same_logits(batched, single, exact)
-        # 5 sequences with prompts of their own, then one token of each: together, and alone
-        prompts = [tokens(7 + s, 10 + s, eng.n_vocab) for s in range(5)]
-        assert_same_logits(*together_and_alone(eng, prompts, tokens(5, 99, eng.n_vocab), 2), exact)
+        # 2, 5 and 6 sequences with prompts of their own, then one token of each: together,
+        # and alone (2: 0005's two-row pass; 5: a group of 4 and one row; 6: 4 and 0005's 2)
+        mem = ll.llama_get_memory(eng.ctx)
+        for n in (2, 5, 6):
+            for s in range(2, 8):
+                ll.llama_memory_seq_rm(mem, s, -1, -1)
+            prompts = [tokens(7 + s, 10 * n + s, eng.n_vocab) for s in range(n)]
+            nxt = tokens(n, 99 + n, eng.n_vocab)
+            assert_same_logits(*together_and_alone(eng, prompts, nxt, 2), exact)
     finally:
         eng.close()
 
@@ -133,14 +139,19 @@ def test_q4_1_batches_get_the_logits_of_single_tokens_default_model(default_mode
 
 
 def k_quant_model(tmp_path: Path, qtype: str) -> Path:
-    """A tiny model with its matrices in a K-quant (256-wide: K-quant blocks are 256
+    """A tiny model with its matrices in ``qtype`` (256-wide: K-quant blocks are 256
     values), quantized by llama.cpp itself (gguf-py has no K-quant quantizer). Q4_K: the
     output layer (527 rows, not a multiple of 8, so not repacked) is Q8_0, as only repacked
     Q4_K goes through 0003's kernels."""
     src = write_tiny_gguf(tmp_path / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=5)
     out = tmp_path / f"tiny-{qtype.lower()}.gguf"
     params = ll.llama_model_quantize_default_params()
-    params.ftype = {"Q6_K": ll.LLAMA_FTYPE_MOSTLY_Q6_K, "Q4_K": ll.LLAMA_FTYPE_MOSTLY_Q4_K_S}[qtype]
+    params.ftype = {
+        "Q6_K": ll.LLAMA_FTYPE_MOSTLY_Q6_K,
+        "Q4_K": ll.LLAMA_FTYPE_MOSTLY_Q4_K_S,
+        "Q5_0": ll.LLAMA_FTYPE_MOSTLY_Q5_0,
+        "Q8_0": ll.LLAMA_FTYPE_MOSTLY_Q8_0,
+    }[qtype]
     params.pure, params.nthread = True, 2
     if qtype == "Q4_K":
         params.output_tensor_type = int(gguf.GGMLQuantizationType.Q8_0)
@@ -150,12 +161,17 @@ def k_quant_model(tmp_path: Path, qtype: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("qtype", ["Q6_K", "Q4_K"])
+# Q6_K: 0002; Q4_K: 0003 and 0005; Q5_0, Q8_0: llamafile's kernel (0006's 512-bit one
+# where the CPU has AVX-512) against the one-token vec_dot
+QUANTS = ["Q6_K", "Q4_K", "Q5_0", "Q8_0"]
+
+
+@pytest.mark.parametrize("qtype", QUANTS)
 def test_k_quant_batches_get_the_logits_of_single_tokens_tiny(tmp_path, qtype):
     check_engine(k_quant_model(tmp_path, qtype), exact=True)  # the stock engine: 0.68, 1.15
 
 
-@pytest.mark.parametrize("qtype", ["Q6_K", "Q4_K"])
+@pytest.mark.parametrize("qtype", QUANTS)
 def test_k_quant_batches_of_many_sequences_are_bit_identical_to_one_token(tmp_path, qtype):
     """One token of each of 8 sequences in one step (the server's decode step) against
     each token alone: each sequence's attention sees only its own cache, so any difference
