@@ -380,7 +380,7 @@ class Calibration:
     exact: bool = False
 
 
-def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
+def calibrate(model: Model, *, n_threads: int, flash_attn: bool, on_measure=None) -> Calibration:
     """Time steps of CALIBRATION_SIZES tokens once per engine build, CPU, file and settings
     (cached): the Speculator then chooses draft lengths from this machine's figures from the
     first step on (a 1.5B model took 35 ms for 1 token and 107 ms for 4 on one 2-core
@@ -390,7 +390,8 @@ def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
     is cheaper than a step of one (seen: 0.70 s for 1 token, 0.08 s for 2), which would have
     ``auto`` draft where it loses. Such figures (``plausible``) are neither cached nor used:
     this load takes a cost of n times one token's (``auto`` then drafts nothing), and the
-    next load measures again; a cached entry of that kind is measured again too."""
+    next load measures again; a cached entry of that kind is measured again too.
+    ``on_measure()`` is called before measuring (not when the figures are cached)."""
     from pocketlm.engine import probe
 
     key = f"{probe.file_key(model.path)}:{n_threads}:{flash_attn}"
@@ -403,6 +404,8 @@ def calibrate(model: Model, *, n_threads: int, flash_attn: bool) -> Calibration:
             return cached
     except (KeyError, AttributeError, TypeError, ValueError):  # not measured, or unreadable
         pass
+    if on_measure is not None:
+        on_measure()
     cal = _measure(model, n_threads, flash_attn)
     if not plausible(cal.costs):
         return Calibration({n: n * cal.costs[1] for n in cal.costs}, exact=cal.exact)

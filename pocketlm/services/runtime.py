@@ -9,6 +9,7 @@ token, with stop strings, UTF-8 reassembly and the context limit handled here.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import secrets
 import sys
@@ -150,17 +151,35 @@ def make_speculator(
     return Speculator(mode=mode, draft_model=draft)
 
 
-def calibrate_speculator(spec, model, *, n_threads: int, flash_attn: bool) -> None:
-    """Give ``spec`` this machine's step costs (measured once, then cached). It decodes: call
-    it on the thread that decodes the model, or that thread's OpenMP team gets a twin (see
-    pocketlm.engine.batch)."""
+NOTE_CALIBRATION_BYTES = 256 << 20  # a model this large says it times the machine
+
+
+def calibrate_speculator(
+    spec, model, *, n_threads: int, flash_attn: bool, progress: Progress | None = None
+) -> None:
+    """Give ``spec`` this machine's step costs (measured once, then cached; ``progress``
+    says so when it measures: a few seconds). It decodes: call it on the thread that decodes
+    the model, or that thread's OpenMP team gets a twin (see pocketlm.engine.batch)."""
     from pocketlm.engine.speculative import calibrate
 
     if spec.mode == "off":
         return
+
+    def note() -> None:
+        # a few seconds from ~0.5 GB on (the 0.5B model: 4 s, the 1.5B: 7 s); a small
+        # model's timing is over before a note would be read, and keeps stderr quiet
+        if progress is not None and os.path.getsize(model.path) >= NOTE_CALIBRATION_BYTES:
+            progress.note(
+                "timing this machine's decode steps for speculative decoding "
+                "(once per model; a few seconds)"
+            )
+
     draft = spec.draft_model
-    own = calibrate(draft.model, n_threads=n_threads, flash_attn=False) if draft else None
-    spec.calibrated(calibrate(model, n_threads=n_threads, flash_attn=flash_attn), own)
+    own = None
+    if draft:
+        own = calibrate(draft.model, n_threads=n_threads, flash_attn=False, on_measure=note)
+    mine = calibrate(model, n_threads=n_threads, flash_attn=flash_attn, on_measure=note)
+    spec.calibrated(mine, own)
 
 
 def open_engine_model(ref: str, store: Store | None = None, progress: Progress | None = None):
@@ -219,7 +238,9 @@ class LoadedModel:
             progress=progress,
         )
         fa = self.params.flash_attn
-        calibrate_speculator(self._spec, self._model, n_threads=threads, flash_attn=fa)
+        calibrate_speculator(
+            self._spec, self._model, n_threads=threads, flash_attn=fa, progress=progress
+        )
         # A base (not instruction-tuned) model completes text: no template unless asked.
         chat = self.manifest.chat if self.manifest else True
         self.template = self._model.chat_template() if chat else None

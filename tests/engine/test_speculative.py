@@ -352,3 +352,31 @@ def test_sampled_drafts_leave_the_output_distribution_unchanged(model):
         b = Counter({t: c for (p_, t), c in spec.items() if p_ == pos})
         stat, limit = _chi2_same_distribution(a, b)
         assert stat < limit, f"position {pos}: chi2 {stat:.1f} >= {limit:.1f}"
+
+
+def test_the_first_timing_of_a_large_model_is_said_once(tiny_q4, tmp_path, monkeypatch):
+    """Timing a model's decode steps takes a few seconds on a real model: the first load
+    says so (a note, on stderr under `pocketlm run`); later loads read the cached figures,
+    silently. A model under NOTE_CALIBRATION_BYTES says nothing (its timing is over at
+    once, and `pocketlm run` keeps stderr empty): lowered here to the tiny model's size."""
+    from pocketlm.services import runtime
+
+    notes: list[str] = []
+
+    class Notes:
+        note = staticmethod(notes.append)
+
+    m = Model(str(tiny_q4))
+    try:
+        for limit, cache in ((1, "a"), (1, "a"), (1 << 40, "b")):
+            monkeypatch.setenv("POCKETLM_CACHE", str(tmp_path / cache))
+            monkeypatch.setattr(runtime, "NOTE_CALIBRATION_BYTES", limit)
+            spec = Speculator(mode="auto")
+            runtime.calibrate_speculator(spec, m, n_threads=1, flash_attn=False, progress=Notes())
+            assert spec.costs(1) is not None  # calibrated either way
+    finally:
+        m.close()
+    assert notes == [
+        "timing this machine's decode steps for speculative decoding (once per model; a few "
+        "seconds)"
+    ]
