@@ -406,3 +406,34 @@ def write_malformed_gguf(path: str | os.PathLike, kind: str, **tiny_kwargs) -> P
     MALFORMED[kind](buf, layout)
     path.write_bytes(buf)
     return path
+
+
+# ftype llama.cpp quantizes to, and the type it gives the matrices (pure: all of them)
+_LLAMA_QUANTS = {
+    "Q6_K": ("LLAMA_FTYPE_MOSTLY_Q6_K", "Q6_K"),
+    "Q4_K": ("LLAMA_FTYPE_MOSTLY_Q4_K_S", "Q4_K"),
+    "Q5_K": ("LLAMA_FTYPE_MOSTLY_Q5_K_S", "Q5_K"),
+    "Q5_0": ("LLAMA_FTYPE_MOSTLY_Q5_0", "Q5_0"),
+    "Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", "Q8_0"),
+}
+
+
+def quantized_tiny_gguf(tmp_path: Path, qtype: str) -> Path:
+    """A tiny model with its matrices in ``qtype`` (256-wide: K-quant blocks are 256
+    values), quantized by llama.cpp itself (gguf-py has no K-quant quantizer). Q4_K: the
+    output layer (527 rows, not a multiple of 8, so not repacked) is Q8_0, as only repacked
+    Q4_K goes through 0003's kernels."""
+    import llama_cpp as ll
+
+    src = write_tiny_gguf(tmp_path / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=5)
+    out = tmp_path / f"tiny-{qtype.lower()}.gguf"
+    ftype, tensor_type = _LLAMA_QUANTS[qtype]
+    params = ll.llama_model_quantize_default_params()
+    params.ftype = getattr(ll, ftype)
+    params.pure, params.nthread = True, 2
+    if qtype == "Q4_K":
+        params.output_tensor_type = int(gguf.GGMLQuantizationType.Q8_0)
+    assert ll.llama_model_quantize(str(src).encode(), str(out).encode(), params) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.ffn_down.weight"] == types["blk.0.attn_q.weight"] == tensor_type, types
+    return out

@@ -490,11 +490,7 @@ class BatchEngine:
         for i, tok in enumerate(chunk):
             if slot.carry is not None:
                 slot.prompt_lp.append((float(slot.carry[tok]), _top(slot.carry, k)))
-            slot.carry = _log_softmax(self._logits(first + i))
-
-    def _logits(self, index: int) -> np.ndarray:
-        ptr = ll.llama_get_logits_ith(self.ctx._ptr, index)
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+            slot.carry = _log_softmax(self.ctx.logits(first + i))
 
     def _sample_or_fail(self, slot: _Slot, index: int, drawn: list) -> None:
         try:
@@ -519,7 +515,7 @@ class BatchEngine:
                 return None
         event = TokenEvent(0)
         if req.n_logprobs is not None:
-            lp = _log_softmax(self._logits(index))
+            lp = _log_softmax(self.ctx.logits(index))
         tok = slot.sampler.sample(self.ctx, index)
         event.token = tok
         if req.n_logprobs is not None:

@@ -28,12 +28,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-import gguf
 import llama_cpp as ll
 import numpy as np
 import pytest
 
-from tests.tinymodel import write_tiny_gguf
+from tests.tinymodel import quantized_tiny_gguf, write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 PATCHES = sorted((ROOT / "scripts" / "engine-patches").glob("*.patch"))
@@ -138,29 +137,6 @@ def test_q4_1_batches_get_the_logits_of_single_tokens_default_model(default_mode
     check_engine(default_model)  # SmolLM2-135M: Q4_1, 576 wide, 49,152-row output (Q8_0)
 
 
-def k_quant_model(tmp_path: Path, qtype: str) -> Path:
-    """A tiny model with its matrices in ``qtype`` (256-wide: K-quant blocks are 256
-    values), quantized by llama.cpp itself (gguf-py has no K-quant quantizer). Q4_K: the
-    output layer (527 rows, not a multiple of 8, so not repacked) is Q8_0, as only repacked
-    Q4_K goes through 0003's kernels."""
-    src = write_tiny_gguf(tmp_path / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=5)
-    out = tmp_path / f"tiny-{qtype.lower()}.gguf"
-    params = ll.llama_model_quantize_default_params()
-    params.ftype = {
-        "Q6_K": ll.LLAMA_FTYPE_MOSTLY_Q6_K,
-        "Q4_K": ll.LLAMA_FTYPE_MOSTLY_Q4_K_S,
-        "Q5_0": ll.LLAMA_FTYPE_MOSTLY_Q5_0,
-        "Q8_0": ll.LLAMA_FTYPE_MOSTLY_Q8_0,
-    }[qtype]
-    params.pure, params.nthread = True, 2
-    if qtype == "Q4_K":
-        params.output_tensor_type = int(gguf.GGMLQuantizationType.Q8_0)
-    assert ll.llama_model_quantize(str(src).encode(), str(out).encode(), params) == 0
-    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
-    assert types["blk.0.ffn_down.weight"] == types["blk.0.attn_q.weight"] == qtype, types
-    return out
-
-
 # Q6_K: 0002; Q4_K: 0003 and 0005; Q5_0, Q8_0: llamafile's kernel (0006's 512-bit one
 # where the CPU has AVX-512) against the one-token vec_dot
 QUANTS = ["Q6_K", "Q4_K", "Q5_0", "Q8_0"]
@@ -168,7 +144,7 @@ QUANTS = ["Q6_K", "Q4_K", "Q5_0", "Q8_0"]
 
 @pytest.mark.parametrize("qtype", QUANTS)
 def test_k_quant_batches_get_the_logits_of_single_tokens_tiny(tmp_path, qtype):
-    check_engine(k_quant_model(tmp_path, qtype), exact=True)  # the stock engine: 0.68, 1.15
+    check_engine(quantized_tiny_gguf(tmp_path, qtype), exact=True)  # the stock engine: 0.68, 1.15
 
 
 @pytest.mark.parametrize("qtype", QUANTS)
@@ -177,7 +153,7 @@ def test_k_quant_batches_of_many_sequences_are_bit_identical_to_one_token(tmp_pa
     each token alone: each sequence's attention sees only its own cache, so any difference
     would come from a batched matmul kernel (0002's for Q6_K, 0003's repacked Q4_K gemm
     against its gemv)."""
-    eng = Engine(k_quant_model(tmp_path, qtype), n_seq=8)
+    eng = Engine(quantized_tiny_gguf(tmp_path, qtype), n_seq=8)
     try:
         prompts = [tokens(5 + s, 20 + s, eng.n_vocab) for s in range(8)]
         together, alone = together_and_alone(eng, prompts, tokens(8, 7, eng.n_vocab), 0)

@@ -26,7 +26,7 @@ from pocketlm.engine.speculative import (
 )
 from pocketlm.errors import UsageError
 from pocketlm.params import GenerationParams
-from tests.tinymodel import write_tiny_gguf
+from tests.tinymodel import quantized_tiny_gguf, write_tiny_gguf
 
 # -- the policy, without a model --------------------------------------------------------
 
@@ -192,23 +192,10 @@ def test_greedy_decoding_drafts_where_batches_are_exact_and_keeps_plain_text(tin
             assert 0 < s.accepted_tokens == s.drafted_tokens
 
 
-def k_quant(tmp_path, name: str):
-    """The tiny model's matrices in ``name``, quantized by llama.cpp itself."""
-    import llama_cpp as ll
-
-    src = write_tiny_gguf(tmp_path / "tiny-f32.gguf", n_embd=256, n_ff=512, seed=5)
-    out = tmp_path / f"tiny-{name}.gguf"
-    params = ll.llama_model_quantize_default_params()
-    params.ftype = getattr(ll, f"LLAMA_FTYPE_MOSTLY_{name}")
-    params.pure, params.nthread = True, 2
-    assert ll.llama_model_quantize(str(src).encode(), str(out).encode(), params) == 0
-    return out
-
-
 def test_greedy_decoding_is_plain_where_batches_round_differently(tmp_path):
     """Q5_K has no batch-invariant kernel (the patches cover Q4_1, Q4_K, Q6_K, F16): the
     calibration finds a batch's logits differ, and greedy requests never draft on it."""
-    path = k_quant(tmp_path, "Q5_K_S")
+    path = quantized_tiny_gguf(tmp_path, "Q5_K")
     m = Model(str(path))
     try:
         assert not calibrate(m, n_threads=1, flash_attn=False).exact
