@@ -291,6 +291,9 @@ class Grammar:
         return ll.llama_sampler_clone(self._ptr)
 
 
+GREEDY_CHECKED = 64  # see Sampler._greedy_allowed
+
+
 class Sampler:
     """llama.cpp's sampler chain: penalties, top-k, top-p, min-p, temperature, then a draw."""
 
@@ -329,7 +332,8 @@ class Sampler:
             if not self._gptr:
                 self.close()
                 raise EngineError(f"invalid grammar: {last_log_error()}")
-        if temperature <= 0.0:
+        self._greedy = temperature <= 0.0
+        if self._greedy:
             add(ll.llama_sampler_init_greedy())
             return
         if top_k > 0:
@@ -387,18 +391,29 @@ class Sampler:
 
         With a repeat penalty, the logits of the recent tokens are penalised in place."""
         recent = self._recent
+        ptr = ll.llama_get_logits_ith(ctx._ptr, index)
+        if not ptr:
+            raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
         if recent:
-            logits = ll.llama_get_logits_ith(ctx._ptr, index)
-            if not logits:
-                raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
             p = self._penalty
             for tok in set(recent):
-                v = logits[tok]
+                v = ptr[tok]
                 # C float arithmetic: a penalty that rounds to 0 as a float gives +inf
-                logits[tok] = v * p if v <= 0 else (v / p if p else math.inf)
-        token = ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
-        if self._gptr is not None and not self._allowed(token):
-            token = self._constrained(ctx, index)
+                ptr[tok] = v * p if v <= 0 else (v / p if p else math.inf)
+        if self._greedy:
+            # llama.cpp's greedy sampler copies the whole vocabulary into a candidate array
+            # first: 0.15-0.4 ms a draw with Qwen's 152k entries, every sequence of every
+            # step, while the other threads wait. The same draw: the first maximum.
+            logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+            token = int(logits.argmax())
+            if math.isnan(logits[token]):  # numpy's argmax stops at a NaN, llama.cpp's skips it
+                token = ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
+            if self._gptr is not None and not self._allowed(token):
+                token = self._greedy_allowed(logits)
+        else:
+            token = ll.llama_sampler_sample(self._ptr, ctx._ptr, index)
+            if self._gptr is not None and not self._allowed(token):
+                token = self._constrained(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)))
         if self._gptr is not None:
             ll.llama_sampler_accept(self._gptr, token)
         if recent is not None:
@@ -419,17 +434,31 @@ class Sampler:
         ll.llama_sampler_apply(self._gptr, ctypes.byref(arr))
         return one.logit != -math.inf
 
-    def _constrained(self, ctx: Context, index: int) -> int:
+    def _greedy_allowed(self, logits: np.ndarray) -> int:
+        """Greedy's draw among the tokens the grammar allows: the likeliest of them, the
+        lowest id among equals. The GREEDY_CHECKED likeliest tokens are checked one by one
+        (applying the grammar to the whole vocabulary took 14 ms with Qwen's, at the first
+        token of every JSON answer); the vocabulary only when none of them is allowed, or
+        when the one found ties with tokens outside them."""
+        k = min(GREEDY_CHECKED, self._n_vocab)
+        top = np.argpartition(logits, self._n_vocab - k)[self._n_vocab - k :]
+        top = top[np.lexsort((top, -logits[top]))]  # likeliest first, then lower id
+        floor = logits[top[-1]]  # every token outside ``top`` has a logit <= floor
+        for tok in top:
+            if not logits[tok] > floor:
+                break
+            if self._allowed(int(tok)):
+                return int(tok)
+        return self._constrained(logits)
+
+    def _constrained(self, logits: np.ndarray) -> int:
         """A draw with the grammar applied to every candidate first."""
         if self._all is None:
             self._all = (ll.llama_token_data * self._n_vocab)()
             view = self._view()
             view["id"] = np.arange(self._n_vocab, dtype=np.int32)
-        logits = ll.llama_get_logits_ith(ctx._ptr, index)
-        if not logits:
-            raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
         view = self._view()
-        view["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        view["logit"] = logits
         view["p"] = 0.0
         arr = ll.llama_token_data_array(self._all, self._n_vocab, -1, False)
         ll.llama_sampler_apply(self._gptr, ctypes.byref(arr))

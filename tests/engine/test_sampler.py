@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import llama_cpp as ll
+import numpy as np
 import pytest
 
-from pocketlm.engine.llama import Context, Model, Sampler
+from pocketlm.engine.llama import GREEDY_CHECKED, Context, Model, Sampler
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +166,83 @@ def test_a_penalty_that_rounds_to_zero_behaves_as_in_c(model):
     finally:
         s.close()
     assert len(out) == 4 and all(0 <= t < model.n_vocab for t in out)
+
+
+def test_greedy_draws_the_first_maximum_as_llama_cpp_does(model):
+    """Greedy reads the logits itself (no candidate array): the same draws as llama.cpp's
+    greedy sampler, ties included."""
+    prompt = model.tokenize("the cat sat on the mat and the dog", add_special=True)
+    chain = reference_chain(model, temperature=0.0, penalty=1.0, last_n=0, seed=0)
+    try:
+        expected = draw(
+            model,
+            prompt,
+            40,
+            lambda ctx: ll.llama_sampler_sample(chain, ctx._ptr, -1),
+            lambda tok: None,
+        )
+    finally:
+        ll.llama_sampler_free(chain)
+    s = Sampler.greedy(model.n_vocab)
+    try:
+        assert draw(model, prompt, 40, s.sample, s.accept) == expected
+    finally:
+        s.close()
+    ctx = Context(model, n_ctx=64, n_threads=1, n_batch=8)
+    s = Sampler.greedy(model.n_vocab)
+    try:
+        ctx.prefill_all(prompt)
+        logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx._ptr, -1), (model.n_vocab,))
+        logits[:] = 0.0
+        logits[[7, 300, 500]] = 2.0  # a three-way tie: the lowest id, as in llama.cpp
+        assert s.sample(ctx) == 7
+        logits[[3, 5]] = np.nan  # llama.cpp's comparisons skip NaN (numpy's argmax stops)
+        assert s.sample(ctx) == 7
+    finally:
+        s.close()
+        ctx.close()
+
+
+def test_greedy_under_a_grammar_is_the_likeliest_allowed_token(model, monkeypatch):
+    """The likeliest tokens are checked one by one before the grammar is applied to the
+    whole vocabulary: the same token either way, whatever the ties."""
+    s = Sampler(
+        n_vocab=model.n_vocab,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        repeat_penalty=1.0,
+        repeat_last_n=0,
+        seed=0,
+        grammar='root ::= "yes" | "no" | "maybe"',
+        vocab=model.vocab,
+    )
+    try:
+        n = model.n_vocab
+        allowed = [t for t in range(n) if s._allowed(t)]
+        assert 0 < len(allowed) < GREEDY_CHECKED < n
+        full = s._constrained
+        whole: list[int] = []
+        monkeypatch.setattr(s, "_constrained", lambda lg: whole.append(1) or full(lg))
+        rng = np.random.default_rng(0)
+        for trial in range(400):
+            logits = rng.normal(size=n).astype(np.float32)
+            case = trial % 5
+            if case == 0:  # an allowed token among the likeliest: no pass over the vocabulary
+                logits[allowed[trial % len(allowed)]] = logits.max() + rng.uniform(-0.5, 0.0)
+            elif case == 1:  # many ties, at the edge of the tokens checked too
+                logits = np.round(logits * 2) / 2
+            elif case == 2:  # every allowed token far below the ones checked
+                logits[allowed] -= 10.0
+            elif case == 3:
+                logits[:] = 0.0
+            else:
+                logits[allowed] = logits.max()  # allowed tokens tie for first
+            before = len(whole)
+            got = s._greedy_allowed(logits)
+            assert got == full(logits) and got in allowed, trial
+            if case in (0, 4):
+                assert len(whole) == before, trial
+    finally:
+        s.close()
