@@ -52,7 +52,14 @@ from typing import Any
 import llama_cpp as ll
 import numpy as np
 
-from pocketlm.engine.llama import Context, Grammar, Model, Sampler, common_prefix
+from pocketlm.engine.llama import (
+    Context,
+    Grammar,
+    Model,
+    Sampler,
+    common_prefix,
+    release_openmp_threads,
+)
 from pocketlm.engine.speculative import Draft, Speculator
 from pocketlm.errors import PocketError
 from pocketlm.params import GenerationParams
@@ -260,12 +267,16 @@ class BatchEngine:
     def _loop(self) -> None:
         while True:
             with self._cv:
+                released = False
                 while (
                     self._running
                     and not self._queue
                     and not self._calls
                     and not any(s.req for s in self._slots)
                 ):
+                    if not released:  # idle: its OpenMP workers would slow other engines
+                        release_openmp_threads()
+                        released = True
                     self._cv.wait()
                 if not self._running:
                     return

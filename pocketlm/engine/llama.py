@@ -68,6 +68,36 @@ def utf8(text: str) -> bytes:
         ) from None
 
 
+def release_openmp_threads() -> None:
+    """Let the OpenMP worker threads of the calling thread go, where the engine is built
+    with GNU OpenMP (libgomp), as on Linux; elsewhere nothing.
+
+    Every thread that runs a llama.cpp computation (a decode, or creating a context) keeps
+    a team of OpenMP workers for its next one. Once libgomp manages more threads than the
+    process has CPUs, it cuts every spin-wait to ~100 iterations, so each barrier between
+    ggml's operations sleeps and wakes through the kernel: a context used on one thread
+    and an engine decoding on another made the engine ~30% slower (8 sequences of the
+    0.5B extracting 30 contacts: 27 -> 35 s), for as long as the first thread lived.
+    pocketlm loads models on one thread (the server's loader, the CLI's main thread) and
+    decodes on another (each engine's scheduler thread): the threads that load, and the
+    schedulers when they go idle, call this. A team is built again at the next
+    computation (~0.1 ms)."""
+    global _omp_pause
+    if _omp_pause is None:
+        try:
+            gomp = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            _omp_pause = gomp.omp_pause_resource_all
+            _omp_pause.argtypes, _omp_pause.restype = [ctypes.c_int], ctypes.c_int
+        except (OSError, AttributeError):  # not loaded here, or a libgomp before GCC 9
+            _omp_pause = False
+    if _omp_pause:
+        _omp_pause(OMP_PAUSE_SOFT)
+
+
+OMP_PAUSE_SOFT = 1  # omp_pause_soft: threads go, the settings stay
+_omp_pause = None
+
+
 class Model:
     """A loaded model (weights) and its vocabulary."""
 
@@ -192,6 +222,7 @@ class Context:
         self._memory = ll.llama_get_memory(self._ptr)
         self._batch = ll.llama_batch_init(n_batch, 0, n_seq)  # a token may be in every sequence
         self.tokens: list[int] = []
+        release_openmp_threads()  # creating it ran a computation; another thread may decode
 
     def _decode(
         self, tokens: Sequence[int], start: int, want_logits: bool, all_outputs: bool = False
@@ -263,6 +294,7 @@ class Context:
             ll.llama_batch_free(self._batch)
             ll.llama_free(self._ptr)
             self._ptr = None
+            release_openmp_threads()  # most often the thread that decoded with it
 
 
 class Grammar:
