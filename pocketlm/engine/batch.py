@@ -30,7 +30,8 @@ Other llama.cpp work on the model (embeddings) runs on the scheduler thread too,
 steps (``call``). Every thread that computes gets its own OpenMP team, and once there are more
 team threads than cores, OpenMP stops spinning at its barriers (libgomp's throttling) and
 sleeps instead, for every team: after one embeddings request on a worker thread, one
-sequence decoded 22% slower for the rest of the server's life.
+sequence decoded 22% slower for the rest of the server's life. A thread that computed once
+(creating a context) and a scheduler gone idle let their team go (``release_openmp_threads``).
 
 Callbacks run on the scheduler thread and must be quick. So must starting a request: a
 grammar from a client comes as a ``Grammar`` parsed beforehand (pocketlm.services.grammar

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pocketlm.engine.llama import GREEDY_CHECKED, Context, Model, Sampler
+from pocketlm.params import GenerationParams
 
 
 @pytest.fixture(scope="module")
@@ -206,18 +207,8 @@ def test_greedy_draws_the_first_maximum_as_llama_cpp_does(model):
 def test_greedy_under_a_grammar_is_the_likeliest_allowed_token(model, monkeypatch):
     """The likeliest tokens are checked one by one before the grammar is applied to the
     whole vocabulary: the same token either way, whatever the ties."""
-    s = Sampler(
-        n_vocab=model.n_vocab,
-        temperature=0.0,
-        top_k=0,
-        top_p=1.0,
-        min_p=0.0,
-        repeat_penalty=1.0,
-        repeat_last_n=0,
-        seed=0,
-        grammar='root ::= "yes" | "no" | "maybe"',
-        vocab=model.vocab,
-    )
+    greedy = GenerationParams(temperature=0.0, repeat_penalty=1.0)
+    s = Sampler.for_params(greedy, model, grammar='root ::= "yes" | "no" | "maybe"')
     try:
         n = model.n_vocab
         allowed = [t for t in range(n) if s._allowed(t)]
