@@ -1,8 +1,9 @@
 """Speculative decoding: guess the next few tokens cheaply, check them all in one batch.
 
 A decode step of a model this size costs about as much for a handful of tokens as for one
-(it reads every weight once either way: on 2 CPU threads the Qwen2.5 1.5B model takes
-85-90 ms for 1 token and 100-130 ms for 4). So the sequence's next token and k drafted
+(it reads every weight once either way: on 2 CPU threads the Qwen2.5 1.5B model took 85-90
+ms for 1 token and 100-130 ms for 4 with stock llama.cpp, and takes 55 and 60 ms with
+pocketlm's engine patches 0007-0008, docs/engine.md). So the sequence's next token and k drafted
 tokens after it are evaluated together, and the target model samples each position in
 turn, exactly as plain decoding would: while its draw equals the draft, the draft token is
 kept (its KV is already in the cache) and the next position is drawn; the first draw that
@@ -55,7 +56,7 @@ from pocketlm.errors import UsageError, option
 from pocketlm.store.store import write_atomic
 
 MAX_DRAFT = 16  # most tokens drafted in one step
-CALIBRATION_SIZES = (2, 3, 4, 5, 6, 8, 12, MAX_DRAFT + 1)  # step sizes timed once per model
+CALIBRATION_SIZES = (2, 3, 4, 5, 6, 7, 8, 9, 12, MAX_DRAFT + 1)  # step sizes timed once per model
 CALIBRATION_REPEATS = 3  # timings of each size; the median is kept
 PLAUSIBLE_DIP = 0.7  # a step of more tokens measured below 0.7x one of fewer: disturbed
 NOISE_FLOOR = 1e-3  # seconds: a one-token step this fast is timer noise (tiny test models)

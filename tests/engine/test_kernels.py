@@ -20,6 +20,10 @@ exactly (bit for bit) the logits each gets alone.
 0004: attention's F16 dot products: one token (ggml_vec_dot_f16) gets the arithmetic of
 llamafile's F16 kernel, which does batches; after a long prompt a batch of one sequence's
 tokens gets bit-identical logits to the same tokens one at a time.
+
+0007: with AVX-512 VNNI one Q4_K kernel takes every step size (up to 8 token rows a pass,
+the gemm's groups of 4 and the rows left over together); 0008 prefetches weights and
+changes no arithmetic. Both keep the checks above bit for bit.
 """
 
 from __future__ import annotations
@@ -92,18 +96,19 @@ def tokens(n: int, seed: int, n_vocab: int) -> list[int]:
 
 
 def check_engine(path: Path, exact: bool = False) -> None:
-    eng = Engine(path)
+    eng = Engine(path, n_seq=9)
     try:
         # one prompt of 23 tokens as one batch (sequence 0) and one token at a time (sequence 1)
         prompt = tokens(23, 0, eng.n_vocab)
         batched = eng.decode([(t, i, 0) for i, t in enumerate(prompt)])
         single = [eng.decode([(t, i, 1)])[0] for i, t in enumerate(prompt)]
         assert_same_logits(batched, single, exact)
-        # 2, 5 and 6 sequences with prompts of their own, then one token of each: together,
-        # and alone (2: 0005's two-row pass; 5: a group of 4 and one row; 6: 4 and 0005's 2)
+        # 2, 5, 6 and 7 sequences with prompts of their own, then one token of each: together,
+        # and alone (2: 0005's two-row pass; 5: a group of 4 and one row; 6: 4 and 0005's 2;
+        # with 0007 each is one pass of the VNNI kernel, 7 its largest mix: 4 + 3)
         mem = ll.llama_get_memory(eng.ctx)
-        for n in (2, 5, 6):
-            for s in range(2, 8):
+        for n in (2, 5, 6, 7):
+            for s in range(2, 9):
                 ll.llama_memory_seq_rm(mem, s, -1, -1)
             prompts = [tokens(7 + s, 10 * n + s, eng.n_vocab) for s in range(n)]
             nxt = tokens(n, 99 + n, eng.n_vocab)
