@@ -275,10 +275,15 @@ class Context:
 
     def logits(self, index: int = -1) -> np.ndarray:
         """A copy of the logits at batch position ``index`` of the last step."""
+        return np.ctypeslib.as_array(self.logits_ptr(index), shape=(self.model.n_vocab,)).copy()
+
+    def logits_ptr(self, index: int = -1):
+        """llama.cpp's own buffer of the logits at batch position ``index`` of the last step
+        (a ctypes float pointer: samplers change it in place)."""
         ptr = ll.llama_get_logits_ith(self._ptr, index)
         if not ptr:
             raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+        return ptr
 
     def truncate(self, n: int) -> None:
         """Forget every token after the first ``n`` (drafts that were not accepted)."""
@@ -423,9 +428,7 @@ class Sampler:
 
         With a repeat penalty, the logits of the recent tokens are penalised in place."""
         recent = self._recent
-        ptr = ll.llama_get_logits_ith(ctx._ptr, index)
-        if not ptr:
-            raise EngineError(f"no logits at batch position {index}: {last_log_error()}")
+        ptr = ctx.logits_ptr(index)
         if recent:
             p = self._penalty
             for tok in set(recent):

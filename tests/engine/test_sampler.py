@@ -59,21 +59,27 @@ def draw(model: Model, prompt: list[int], n: int, sample, accept) -> list[int]:
         ctx.close()
 
 
+def reference_draws(model: Model, prompt: list[int], n: int, **chain) -> list[int]:
+    """``n`` tokens drawn by llama.cpp's own chain (``reference_chain(model, **chain)``)."""
+    ref = reference_chain(model, **chain)
+    try:
+        return draw(
+            model,
+            prompt,
+            n,
+            lambda ctx: ll.llama_sampler_sample(ref, ctx._ptr, -1),
+            lambda tok: ll.llama_sampler_accept(ref, tok),
+        )
+    finally:
+        ll.llama_sampler_free(ref)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_repeat_penalty_matches_llama_cpp(model, temperature):
     prompt = model.tokenize("the cat sat on the mat and the dog", add_special=True)
-    kw = dict(temperature=temperature, penalty=1.8, last_n=6, seed=7)
-    chain = reference_chain(model, **kw)
-    try:
-        expected = draw(
-            model,
-            prompt,
-            60,
-            lambda ctx: ll.llama_sampler_sample(chain, ctx._ptr, -1),
-            lambda tok: ll.llama_sampler_accept(chain, tok),
-        )
-    finally:
-        ll.llama_sampler_free(chain)
+    expected = reference_draws(
+        model, prompt, 60, temperature=temperature, penalty=1.8, last_n=6, seed=7
+    )
 
     def ours(penalty: float) -> list[int]:
         s = Sampler(
@@ -173,17 +179,7 @@ def test_greedy_draws_the_first_maximum_as_llama_cpp_does(model):
     """Greedy reads the logits itself (no candidate array): the same draws as llama.cpp's
     greedy sampler, ties included."""
     prompt = model.tokenize("the cat sat on the mat and the dog", add_special=True)
-    chain = reference_chain(model, temperature=0.0, penalty=1.0, last_n=0, seed=0)
-    try:
-        expected = draw(
-            model,
-            prompt,
-            40,
-            lambda ctx: ll.llama_sampler_sample(chain, ctx._ptr, -1),
-            lambda tok: None,
-        )
-    finally:
-        ll.llama_sampler_free(chain)
+    expected = reference_draws(model, prompt, 40, temperature=0.0, penalty=1.0, last_n=0, seed=0)
     s = Sampler.greedy(model.n_vocab)
     try:
         assert draw(model, prompt, 40, s.sample, s.accept) == expected
